@@ -1,0 +1,3 @@
+"""recstack: a real-time recommender stack."""
+
+__version__ = "0.1.0"

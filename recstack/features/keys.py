@@ -1,0 +1,43 @@
+"""The Redis key schema, in one place. Every reader and writer builds keys here.
+
+| key                       | type | content                                              |
+|---------------------------|------|------------------------------------------------------|
+| user:{id}:recent_items    | list | item ids, newest first, capped at RECENT_ITEMS_CAP   |
+| user:{id}:genre_scores    | hash | genre -> EMA score (alpha GENRE_EMA_ALPHA)           |
+| user:{id}:stats           | hash | counter per event type, total, last_active (unix s)  |
+| item:{id}:stats           | hash | counter per event type                               |
+| items:popularity          | zset | item id -> popularity score                          |
+| bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RECENT_ITEMS_CAP = 50
+GENRE_EMA_ALPHA = 0.1
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder behind an optional prefix (e.g. "prod:")."""
+
+    prefix: str = ""
+
+    def recent_items(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}:recent_items"
+
+    def genre_scores(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}:genre_scores"
+
+    def user_stats(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}:stats"
+
+    def item_stats(self, item_id: str) -> str:
+        return f"{self.prefix}item:{item_id}:stats"
+
+    def popularity(self) -> str:
+        return f"{self.prefix}items:popularity"
+
+    def bandit_arm(self, item_id: str) -> str:
+        return f"{self.prefix}bandit:ts:{item_id}"

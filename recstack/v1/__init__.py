@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs (package recstack.v1). Do not edit."""
