@@ -8,6 +8,14 @@
 | item:{id}:stats           | hash | counter per event type                               |
 | items:popularity          | zset | item id -> popularity score                          |
 | bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |
+| event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
+| imp:{request_id}          | hash | served item -> 0 (no reward yet) / 1 (rewarded)      |
+| imp:pending               | zset | request_id -> unix s when its reward window closes   |
+| imp:{request_id}:exp      | str  | "experiment_id\nvariant" of an impression            |
+| exp:{exp}:variants        | set  | variants seen in impressions of the experiment       |
+| exp:{exp}:{variant}:stats | hash | impressions, users (exposed), click/like/purchase    |
+|                           |      | (attributed via request_id), users_{type}            |
+| exp:{exp}:user:{id}       | hash | variant, first_exposure, impressions, click/like/... |
 """
 
 from __future__ import annotations
@@ -41,3 +49,24 @@ class Keys:
 
     def bandit_arm(self, item_id: str) -> str:
         return f"{self.prefix}bandit:ts:{item_id}"
+
+    def event_seen(self, event_id: str) -> str:
+        return f"{self.prefix}event:{event_id}"
+
+    def impression(self, request_id: str) -> str:
+        return f"{self.prefix}imp:{request_id}"
+
+    def impressions_pending(self) -> str:
+        return f"{self.prefix}imp:pending"
+
+    def impression_experiment(self, request_id: str) -> str:
+        return f"{self.prefix}imp:{request_id}:exp"
+
+    def experiment_variants(self, experiment_id: str) -> str:
+        return f"{self.prefix}exp:{experiment_id}:variants"
+
+    def experiment_stats(self, experiment_id: str, variant: str) -> str:
+        return f"{self.prefix}exp:{experiment_id}:{variant}:stats"
+
+    def experiment_user(self, experiment_id: str, user_id: str) -> str:
+        return f"{self.prefix}exp:{experiment_id}:user:{user_id}"

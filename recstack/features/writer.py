@@ -1,0 +1,286 @@
+"""Write side of the Redis features: applies a batch of validated events in ONE Lua script call.
+
+Per event (each ``event_id`` at most once: ``SET {prefix}event:{event_id} NX EX dedup_ttl`` inside
+the same script, so a batch replayed after a crash is a no-op):
+
+* every event: ``user:{id}:stats`` counter of its type, ``total``, ``last_active = max(old, ts)``.
+* interactions (view, click, like, purchase, rating):
+  - ``user:{id}:recent_items``: LREM the item (an earlier occurrence moves to the front instead of
+    appearing twice), LPUSH, LTRIM 0 49 (newest first, at most RECENT_ITEMS_CAP).
+  - ``user:{id}:genre_scores``: EMA with alpha GENRE_EMA_ALPHA=0.1: every genre of the user is
+    multiplied by (1 - alpha), then alpha * weight is added to each genre of the item (an item
+    without genres only decays). Weights (EventWeights, configurable): view 0.5, click 1,
+    like 1.5, purchase 2, rating rating/5.
+  - ``item:{id}:stats`` counter of the type; ``items:popularity`` ZINCRBY weight.
+  - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
+    once per (request_id, item) while the impression is pending.
+* impressions: ``item:{id}:stats`` ``impression`` += 1 for every served item; with a request_id,
+  ``imp:{request_id}`` records the slate (item -> 0) and ``imp:pending`` its window end
+  (event ts + reward_window_s).
+* A/B records (impressions with experiment_id and variant): ``exp:{exp}:variants``,
+  ``exp:{exp}:{variant}:stats`` (impressions, users = users first exposed in this variant) and the
+  user's record ``exp:{exp}:user:{id}`` (variant, first_exposure, impressions). A reward event whose
+  request_id has a pending impression is an outcome of that impression's variant: stats and user
+  record count it by type, and ``users_{type}`` counts users with at least one such outcome.
+
+:meth:`FeatureWriter.settle` closes windows that ended: every served item without a reward gets
+``beta += 1`` (zero reward). Arms start from the Beta(1, 1) prior (both fields set to 1 first).
+
+Keys are built inside the script from the prefix (single Redis or a hash-tagged prefix; not
+cluster-sharded). The script is loaded once (SCRIPT LOAD) and called with EVALSHA; redis-py's
+Script reloads it on NOSCRIPT (e.g. after a Redis restart).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from recstack.events.schema import REWARD_TYPES, UserEvent
+from recstack.features.catalog import ItemCatalog
+from recstack.features.keys import GENRE_EMA_ALPHA, RECENT_ITEMS_CAP, Keys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEDUP_TTL_S = 7 * 24 * 3600
+DEFAULT_REWARD_WINDOW_S = 1800.0
+
+_APPLY_LUA = r"""
+local prefix = ARGV[1]
+local alpha = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local batch = cjson.decode(ARGV[6])
+local applied, dup, rewards = 0, 0, 0
+local function fmt(x) return string.format('%.12g', x) end
+local function arm_prior(key)
+  redis.call('HSETNX', key, 'alpha', 1)
+  redis.call('HSETNX', key, 'beta', 1)
+end
+for _, ev in ipairs(batch) do
+  local id, user, item, etype, ts = ev[1], ev[2], ev[3], ev[4], ev[5]
+  local w, genres, req, reward, slate = ev[6], ev[7], ev[8], ev[9], ev[10]
+  local exp, variant = ev[11], ev[12]
+  if redis.call('SET', prefix .. 'event:' .. id, '1', 'NX', 'EX', ttl) then
+    applied = applied + 1
+    local ukey = prefix .. 'user:' .. user .. ':stats'
+    redis.call('HINCRBY', ukey, etype, 1)
+    redis.call('HINCRBY', ukey, 'total', 1)
+    local last = tonumber(redis.call('HGET', ukey, 'last_active') or '0')
+    if ts > last then redis.call('HSET', ukey, 'last_active', fmt(ts)) end
+    if etype == 'impression' then
+      local ikey = prefix .. 'imp:' .. req
+      for _, it in ipairs(slate) do
+        redis.call('HINCRBY', prefix .. 'item:' .. it .. ':stats', 'impression', 1)
+        if req ~= '' then redis.call('HSETNX', ikey, it, 0) end
+      end
+      if req ~= '' then
+        redis.call('EXPIRE', ikey, math.floor(window) + 86400)
+        redis.call('ZADD', prefix .. 'imp:pending', 'NX', fmt(ts + window), req)
+      end
+      if exp ~= '' and variant ~= '' then
+        local ebase = prefix .. 'exp:' .. exp
+        redis.call('SADD', ebase .. ':variants', variant)
+        local skey = ebase .. ':' .. variant .. ':stats'
+        redis.call('HINCRBY', skey, 'impressions', 1)
+        local xkey = ebase .. ':user:' .. user
+        if redis.call('HSETNX', xkey, 'variant', variant) == 1 then
+          redis.call('HSET', xkey, 'first_exposure', fmt(ts))
+          redis.call('HINCRBY', skey, 'users', 1)
+        end
+        redis.call('HINCRBY', xkey, 'impressions', 1)
+        if req ~= '' then
+          redis.call('SET', ikey .. ':exp', exp .. '\n' .. variant, 'EX', math.floor(window) + 86400)
+        end
+      end
+    elseif item ~= '' and w >= 0 and etype ~= 'session_start' and etype ~= 'session_end' then
+      local rkey = prefix .. 'user:' .. user .. ':recent_items'
+      redis.call('LREM', rkey, 0, item)
+      redis.call('LPUSH', rkey, item)
+      redis.call('LTRIM', rkey, 0, cap - 1)
+      local gkey = prefix .. 'user:' .. user .. ':genre_scores'
+      local flat = redis.call('HGETALL', gkey)
+      local scores = {}
+      for i = 1, #flat, 2 do scores[flat[i]] = tonumber(flat[i + 1]) * (1 - alpha) end
+      for _, g in ipairs(genres) do scores[g] = (scores[g] or 0) + alpha * w end
+      local args = {}
+      for g, s in pairs(scores) do
+        args[#args + 1] = g
+        args[#args + 1] = fmt(s)
+      end
+      if #args > 0 then redis.call('HSET', gkey, unpack(args)) end
+      redis.call('HINCRBY', prefix .. 'item:' .. item .. ':stats', etype, 1)
+      redis.call('ZINCRBY', prefix .. 'items:popularity', fmt(w), item)
+      if reward == 1 and req ~= '' then
+        local ikey = prefix .. 'imp:' .. req
+        local state = redis.call('HGET', ikey, item)
+        if state ~= '1' then
+          if state == '0' then redis.call('HSET', ikey, item, 1) end
+          local akey = prefix .. 'bandit:ts:' .. item
+          arm_prior(akey)
+          redis.call('HINCRBYFLOAT', akey, 'alpha', 1)
+          rewards = rewards + 1
+        end
+        local meta = redis.call('GET', ikey .. ':exp')
+        if meta then
+          local nl = string.find(meta, '\n', 1, true)
+          local ebase = prefix .. 'exp:' .. string.sub(meta, 1, nl - 1)
+          local skey = ebase .. ':' .. string.sub(meta, nl + 1) .. ':stats'
+          redis.call('HINCRBY', skey, etype, 1)
+          if redis.call('HINCRBY', ebase .. ':user:' .. user, etype, 1) == 1 then
+            redis.call('HINCRBY', skey, 'users_' .. etype, 1)
+          end
+        end
+      end
+    end
+  else
+    dup = dup + 1
+  end
+end
+return {applied, dup, rewards}
+"""
+
+_SETTLE_LUA = r"""
+local prefix = ARGV[1]
+local now = ARGV[2]
+local limit = tonumber(ARGV[3])
+local pkey = prefix .. 'imp:pending'
+local reqs = redis.call('ZRANGEBYSCORE', pkey, '-inf', now, 'LIMIT', 0, limit)
+local zeros = 0
+for _, req in ipairs(reqs) do
+  local ikey = prefix .. 'imp:' .. req
+  local flat = redis.call('HGETALL', ikey)
+  for i = 1, #flat, 2 do
+    if flat[i + 1] == '0' then
+      local akey = prefix .. 'bandit:ts:' .. flat[i]
+      redis.call('HSETNX', akey, 'alpha', 1)
+      redis.call('HSETNX', akey, 'beta', 1)
+      redis.call('HINCRBYFLOAT', akey, 'beta', 1)
+      zeros = zeros + 1
+    end
+  end
+  redis.call('DEL', ikey, ikey .. ':exp')
+  redis.call('ZREM', pkey, req)
+end
+return {#reqs, zeros}
+"""
+
+
+@dataclass(frozen=True)
+class EventWeights:
+    """Interaction weights for genre EMA and popularity. rating events weigh rating / rating_scale."""
+
+    view: float = 0.5
+    click: float = 1.0
+    like: float = 1.5
+    purchase: float = 2.0
+    rating_scale: float = 5.0
+
+    def weight(self, event: UserEvent) -> float:
+        """Weight of one event; 0.0 for impressions and session events."""
+        if event.event_type == "rating":
+            return (event.rating or 0.0) / self.rating_scale
+        return float(getattr(self, event.event_type, 0.0)) if event.is_interaction else 0.0
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """applied: events written; duplicates: event_ids already applied; rewards: alpha increments."""
+
+    applied: int
+    duplicates: int
+    rewards: int
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """requests: impression windows closed; zero_rewards: beta increments."""
+
+    requests: int
+    zero_rewards: int
+
+
+class FeatureWriter:
+    """Applies batches of validated events to Redis (see the module docstring for every key).
+
+    catalog: item genres (an ItemCatalog or a plain {item_id: [genres]} mapping); unknown items
+    have none. Replace ``writer.catalog`` to hot-swap it.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys | None = None,
+        catalog: ItemCatalog | Mapping[str, Sequence[str]] | None = None,
+        weights: EventWeights | None = None,
+        *,
+        alpha: float = GENRE_EMA_ALPHA,
+        recent_cap: int = RECENT_ITEMS_CAP,
+        dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S,
+        reward_window_s: float = DEFAULT_REWARD_WINDOW_S,
+    ) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be within (0, 1], got {alpha}")
+        if recent_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
+            raise ValueError("recent_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0")
+        self.redis = redis
+        self.keys = keys or Keys()
+        if catalog is None:
+            catalog = ItemCatalog()
+        self.catalog = catalog if isinstance(catalog, ItemCatalog) else ItemCatalog.from_genres(catalog)
+        self.weights = weights or EventWeights()
+        self.alpha = alpha
+        self.recent_cap = recent_cap
+        self.dedup_ttl_s = dedup_ttl_s
+        self.reward_window_s = reward_window_s
+        self._apply = redis.register_script(_APPLY_LUA)
+        self._settle = redis.register_script(_SETTLE_LUA)
+
+    def _encode(self, event: UserEvent) -> list[Any]:
+        return [
+            event.event_id,
+            event.user_id,
+            event.item_id,
+            event.event_type,
+            event.timestamp,
+            self.weights.weight(event),
+            list(self.catalog.genres_of(event.item_id)) if event.is_interaction else [],
+            event.request_id,
+            1 if event.event_type in REWARD_TYPES else 0,
+            list(event.items),
+            event.experiment_id,
+            event.variant,
+        ]
+
+    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+        """Apply validated events in order, in one EVALSHA. Raises redis.RedisError when Redis fails
+        (nothing of the batch is written unless the script itself fails half-way)."""
+        if not events:
+            return ApplyResult(0, 0, 0)
+        payload = json.dumps([self._encode(e) for e in events], separators=(",", ":"))
+        applied, dup, rewards = await self._apply(
+            keys=[],
+            args=[
+                self.keys.prefix,
+                self.alpha,
+                self.dedup_ttl_s,
+                self.recent_cap,
+                self.reward_window_s,
+                payload,
+            ],
+        )
+        return ApplyResult(int(applied), int(dup), int(rewards))
+
+    async def settle(self, now: float | None = None, limit: int = 1000) -> SettleResult:
+        """Close impression windows that ended before ``now``: zero reward (beta += 1) for every
+        served item that was not clicked/liked/purchased. Returns the counts."""
+        now = time.time() if now is None else now
+        requests, zeros = await self._settle(keys=[], args=[self.keys.prefix, repr(float(now)), limit])
+        return SettleResult(int(requests), int(zeros))

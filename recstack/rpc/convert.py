@@ -1,0 +1,54 @@
+"""Protobuf <-> Python conversions shared by servicers and the gateway's gRPC stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from recstack.features.types import UserFeatures
+from recstack.v1 import common_pb2
+
+
+def user_to_proto(user: UserFeatures) -> common_pb2.UserFeatures:
+    return common_pb2.UserFeatures(
+        user_id=user.user_id,
+        recent_items=list(user.recent_items),
+        genre_scores={k: float(v) for k, v in user.genre_scores.items()},
+        counters={k: int(v) for k, v in user.counters.items()},
+        last_active=float(user.last_active),
+    )
+
+
+def user_from_proto(msg: common_pb2.UserFeatures) -> UserFeatures:
+    return UserFeatures(
+        user_id=msg.user_id,
+        recent_items=list(msg.recent_items),
+        genre_scores=dict(msg.genre_scores),
+        counters=dict(msg.counters),
+        last_active=float(msg.last_active),
+    )
+
+
+def scored_items(
+    item_ids: Sequence[str],
+    scores: np.ndarray | Sequence[float],
+    components: Mapping[str, np.ndarray | Sequence[float]] | None = None,
+    propensities: Sequence[float] | None = None,
+) -> list[common_pb2.ScoredItem]:
+    """Build ScoredItem messages; ``components`` maps a name to a per-item score array [N]."""
+    out = []
+    for i, item_id in enumerate(item_ids):
+        msg = common_pb2.ScoredItem(item_id=item_id, score=float(scores[i]))
+        if components:
+            for name, values in components.items():
+                msg.scores[name] = float(values[i])
+        if propensities is not None:
+            msg.propensity = float(propensities[i])
+        out.append(msg)
+    return out
+
+
+def unpack_scored(items: Sequence[common_pb2.ScoredItem]) -> tuple[list[str], np.ndarray]:
+    """(item ids, scores float32 [N]) of a list of ScoredItem."""
+    return [x.item_id for x in items], np.asarray([x.score for x in items], dtype=np.float32)

@@ -1,0 +1,426 @@
+"""The gateway's chain stages and their two kinds of backends.
+
+Stages (recstack.serving.chain.Stage): features -> retrieval -> popularity (only when there are
+no candidates: cold start or retrieval failed) -> ranking -> rerank (only with recent items) ->
+bandit. Each stage talks to a backend:
+
+- gRPC backends (``Grpc*``): production, one stub call with the stage's deadline;
+- local backends (``Local*``): the serving cores called in-process (tests, benchmarks).
+
+Both return a ``StageResult``, so the same chain runs either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from recstack.exploration.arms import ArmCache
+from recstack.exploration.thompson import ThompsonSlatePolicy
+from recstack.features.types import UserFeatures
+from recstack.rpc.client import call
+from recstack.rpc.convert import scored_items, user_to_proto
+from recstack.serving.chain import FALLBACKS, RecommendState
+from recstack.v1 import (
+    bandit_pb2,
+    bandit_pb2_grpc,
+    ranking_pb2,
+    ranking_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """items [N] best first, scores [N], optional per-item component scores and propensities [N]."""
+
+    items: list[str]
+    scores: np.ndarray
+    version: str = ""
+    components: dict[str, dict[str, float]] = field(default_factory=dict)
+    propensities: np.ndarray | None = None
+    stale: bool = False
+
+
+class FeatureSource(Protocol):
+    async def get_user_features(self, user_id: str) -> UserFeatures: ...
+
+    async def get_popular(self, n: int) -> list[str]: ...
+
+
+class RetrievalBackend(Protocol):
+    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult: ...
+
+
+class RankingBackend(Protocol):
+    async def rank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult: ...
+
+
+class RerankBackend(Protocol):
+    async def rerank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult: ...
+
+
+class BanditBackend(Protocol):
+    async def explore(
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        k: int,
+        policy: str,
+        explore_slots: int,
+    ) -> StageResult: ...
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+class FeaturesStage:
+    """Reads the user's real-time features in one Redis round trip."""
+
+    name = "features"
+
+    def __init__(self, store: FeatureSource, timeout_s: float = 0.05):
+        self.store = store
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return True
+
+    async def __call__(self, state: RecommendState) -> None:
+        state.user = await self.store.get_user_features(state.user_id)
+
+
+class RetrievalStage:
+    """Candidate generation; skipped on the cold-start path (unknown user)."""
+
+    name = "retrieval"
+
+    def __init__(self, backend: RetrievalBackend, n: int = 200, timeout_s: float = 0.15):
+        self.backend = backend
+        self.n = n
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return not state.cold_start
+
+    async def __call__(self, state: RecommendState) -> None:
+        result = await self.backend.retrieve(state.features, self.n, sorted(state.never_show))
+        state.set_ranking(result.items, result.scores)
+        state.model_versions[self.name] = result.version
+
+
+class PopularityStage:
+    """Popular items when there are no candidates (cold start, or retrieval failed / was empty).
+
+    Reads ``items:popularity`` from Redis under half the stage deadline, else uses the bundle
+    catalogue's popularity list loaded at start; excluded and recent items are removed.
+    """
+
+    name = "popularity"
+
+    def __init__(
+        self,
+        store: FeatureSource | None,
+        catalog_popularity: Sequence[str],
+        n: int = 200,
+        timeout_s: float = 0.05,
+    ):
+        self.store = store
+        self.catalog_popularity = list(catalog_popularity)
+        self.n = n
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return not state.candidates
+
+    async def __call__(self, state: RecommendState) -> None:
+        never = state.never_show
+        items: list[str] = []
+        kind = "popularity"
+        if self.store is not None:
+            try:
+                async with asyncio.timeout(self.timeout_s / 2):
+                    items = await self.store.get_popular(self.n + len(never))
+            except Exception as exc:  # Redis down: the bundle's list below
+                log.info("popularity from Redis unavailable (%r), using the bundle catalogue", exc)
+        if not items:
+            items = self.catalog_popularity
+            kind = "catalog_popularity"
+        if not items:
+            raise RuntimeError("no popularity list in Redis nor in the bundle catalogue")
+        chosen = [x for x in items if x not in never][: self.n]
+        FALLBACKS.labels(kind).inc()
+        state.set_ranking(chosen, np.linspace(1.0, 0.0, num=len(chosen), endpoint=False))
+        state.model_versions[self.name] = kind
+
+
+class RankingStage:
+    name = "ranking"
+
+    def __init__(self, backend: RankingBackend, timeout_s: float = 0.15):
+        self.backend = backend
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return bool(state.candidates) and not state.cold_start
+
+    async def __call__(self, state: RecommendState) -> None:
+        result = await self.backend.rank(
+            state.features, state.candidates, state.scores, state.pipeline.ranking_model
+        )
+        state.set_ranking(result.items, result.scores, result.components)
+        state.model_versions[self.name] = result.version
+
+
+class RerankStage:
+    """Sequential re-ranking; only for users with recent items."""
+
+    name = "rerank"
+
+    def __init__(self, backend: RerankBackend, timeout_s: float = 0.15):
+        self.backend = backend
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return bool(state.candidates) and bool(state.features.recent_items)
+
+    async def __call__(self, state: RecommendState) -> None:
+        result = await self.backend.rerank(
+            state.features, state.candidates, state.scores, state.pipeline.rerank_model
+        )
+        state.set_ranking(result.items, result.scores, result.components)
+        state.model_versions[self.name] = result.version
+
+
+class BanditStage:
+    """Exploration over the ranked slate; sets the propensities."""
+
+    name = "bandit"
+
+    def __init__(self, backend: BanditBackend, timeout_s: float = 0.1):
+        self.backend = backend
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return bool(state.candidates)
+
+    async def __call__(self, state: RecommendState) -> None:
+        result = await self.backend.explore(
+            state.features,
+            state.candidates,
+            state.scores,
+            state.k,
+            state.pipeline.policy,
+            state.pipeline.explore_slots,
+        )
+        state.set_ranking(result.items, result.scores, result.components, result.propensities)
+        state.model_versions[self.name] = result.version
+        if result.stale:
+            state.mark_degraded(self.name, "stale arm statistics (Redis unavailable)")
+
+
+def build_stages(
+    store: FeatureSource | None,
+    retrieval: RetrievalBackend,
+    ranking: RankingBackend,
+    rerank: RerankBackend,
+    bandit: BanditBackend,
+    catalog_popularity: Sequence[str],
+    *,
+    n_candidates: int = 200,
+    features_timeout_s: float = 0.05,
+    retrieval_timeout_s: float = 0.15,
+    ranking_timeout_s: float = 0.15,
+    rerank_timeout_s: float = 0.15,
+    bandit_timeout_s: float = 0.1,
+    popularity_timeout_s: float = 0.05,
+) -> list[Any]:
+    """The standard stage list, in order."""
+    stages: list[Any] = []
+    if store is not None:
+        stages.append(FeaturesStage(store, features_timeout_s))
+    stages += [
+        RetrievalStage(retrieval, n_candidates, retrieval_timeout_s),
+        PopularityStage(store, catalog_popularity, n_candidates, popularity_timeout_s),
+        RankingStage(ranking, ranking_timeout_s),
+        RerankStage(rerank, rerank_timeout_s),
+        BanditStage(bandit, bandit_timeout_s),
+    ]
+    return stages
+
+
+# --- gRPC backends ----------------------------------------------------------------------------
+
+
+def _components(items: Sequence[Any]) -> dict[str, dict[str, float]]:
+    return {x.item_id: dict(x.scores) for x in items if x.scores}
+
+
+def _result(items: Sequence[Any], version: str) -> StageResult:
+    return StageResult(
+        items=[x.item_id for x in items],
+        scores=np.asarray([x.score for x in items], dtype=np.float64),
+        version=version,
+        components=_components(items),
+    )
+
+
+class GrpcRetrieval:
+    def __init__(self, channel: Any, timeout_s: float):
+        self.stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        self.timeout_s = timeout_s
+
+    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
+        request = retrieval_pb2.RetrieveRequest(user=user_to_proto(user), n=n, exclude_items=list(exclude))
+        reply = await call(self.stub.Retrieve, request, self.timeout_s)
+        return _result(reply.items, reply.model_version)
+
+
+class GrpcRanking:
+    def __init__(self, channel: Any, timeout_s: float):
+        self.stub = ranking_pb2_grpc.RankingStub(channel)
+        self.timeout_s = timeout_s
+
+    async def rank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult:
+        request = ranking_pb2.RankRequest(
+            user=user_to_proto(user), candidates=scored_items(items, scores), model=model
+        )
+        reply = await call(self.stub.Rank, request, self.timeout_s)
+        return _result(reply.items, reply.model_version)
+
+
+class GrpcRerank:
+    def __init__(self, channel: Any, timeout_s: float):
+        self.stub = rerank_pb2_grpc.RerankStub(channel)
+        self.timeout_s = timeout_s
+
+    async def rerank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult:
+        request = rerank_pb2.RerankRequest(
+            user=user_to_proto(user), candidates=scored_items(items, scores), model=model
+        )
+        reply = await call(self.stub.Rerank, request, self.timeout_s)
+        return _result(reply.items, reply.model_version)
+
+
+class GrpcBandit:
+    def __init__(self, channel: Any, timeout_s: float):
+        self.stub = bandit_pb2_grpc.BanditStub(channel)
+        self.timeout_s = timeout_s
+
+    async def explore(
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        k: int,
+        policy: str,
+        explore_slots: int,
+    ) -> StageResult:
+        request = bandit_pb2.ExploreRequest(
+            user=user_to_proto(user),
+            candidates=scored_items(items, scores),
+            k=k,
+            policy=policy,
+            explore_slots=explore_slots,
+        )
+        reply = await call(self.stub.Explore, request, self.timeout_s)
+        result = _result(reply.items, reply.policy)
+        result.propensities = np.asarray([x.propensity for x in reply.items], dtype=np.float64)
+        result.stale = reply.stale_state
+        return result
+
+
+# --- in-process backends (the serving cores, no gRPC) -----------------------------------------
+
+
+class LocalRetrieval:
+    """Calls ``Retriever.retrieve`` in a worker thread (so the stage deadline applies)."""
+
+    def __init__(self, retriever: Any, version: str):
+        self.retriever = retriever
+        self.version = version
+
+    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
+        ids, scores = await asyncio.to_thread(self.retriever.retrieve, user, n, exclude)
+        return StageResult(list(ids), np.asarray(scores, dtype=np.float64), self.version)
+
+
+def task_components(items: Sequence[str], per_task: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{item: {"p_click": ..., ...}} from the Ranker's per-task probability arrays [N]."""
+    names = {task: task if task.startswith("p_") else f"p_{task}" for task in per_task}
+    return {
+        item: {names[task]: float(values[i]) for task, values in per_task.items()}
+        for i, item in enumerate(items)
+    }
+
+
+class LocalRanking:
+    def __init__(self, ranker: Any, version: str):
+        self.ranker = ranker
+        self.version = version
+
+    async def rank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult:
+        ids, out, per_task = await asyncio.to_thread(
+            self.ranker.rank, user, list(items), model or "multitask"
+        )
+        return StageResult(
+            list(ids), np.asarray(out, dtype=np.float64), self.version, task_components(ids, per_task or {})
+        )
+
+
+class LocalRerank:
+    def __init__(self, reranker: Any, version: str):
+        self.reranker = reranker
+        self.version = version
+
+    async def rerank(
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+    ) -> StageResult:
+        ids, out = await asyncio.to_thread(
+            self.reranker.rerank, user, list(items), np.asarray(scores, dtype=np.float32), model or None
+        )
+        return StageResult(list(ids), np.asarray(out, dtype=np.float64), self.version)
+
+
+class LocalBandit:
+    """Thompson slate policy over an ArmCache, in process."""
+
+    def __init__(self, policy: ThompsonSlatePolicy, arms: ArmCache):
+        self.policy = policy
+        self.arms = arms
+
+    async def explore(
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        k: int,
+        policy: str,
+        explore_slots: int,
+    ) -> StageResult:
+        if policy not in ("", self.policy.name):
+            raise ValueError(f"policy {policy!r} is not available; use 'thompson'")
+        arms, stale = await self.arms.get(list(items))
+        ids, out, props = self.policy.select(items, scores, k, arms, explore_slots=explore_slots or None)
+        return StageResult(ids, out, self.policy.name, propensities=props, stale=stale)

@@ -1,0 +1,381 @@
+"""Training tasks of the sequential recommenders (SASRec, GRU4Rec, BERT4Rec) for the one trainer.
+
+Training examples come from ``split.train_seqs``: each user's training sequence is cut, from its
+newest end backwards, into consecutive windows of ``max_len + 1`` items (next-item models) or
+``max_len`` items (BERT4Rec), so that every training interaction is used and the most recent
+window is complete. Windows are left-padded with 0.
+
+- SASRec / GRU4Rec: input = window[:-1], target = window[1:]; full softmax cross-entropy over all
+  items at every non-padding position (Klenitskiy & Vasilev, RecSys 2023).
+- BERT4Rec: every item is replaced by [MASK] with probability ``mask_prob`` (at least one per
+  window), and with probability ``last_mask_prob`` only the newest item is masked (the serving
+  situation); cross-entropy over all items at the masked positions.
+
+Scoring for the protocol: stage "valid" scores from the training items, stage "test" from the
+training items plus the validation target (``recstack.evaluation.history_matrix``).
+
+``build_task(name, split, catalog, cfg)`` builds a task from the registry ("sasrec", "gru4rec",
+"bert4rec"). Each task config has ``small()`` (synthetic data, seconds) and ``full()``
+(MovieLens-size data, a few CPU minutes) profiles and ``trainer_overrides()``, the
+:class:`~recstack.training.trainer.TrainerConfig` fields the profile is tuned with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recstack.evaluation import Split, history_matrix
+from recstack.models.bert4rec import BERT4Rec, BERT4RecConfig
+from recstack.models.gru4rec import GRU4Rec, GRU4RecConfig
+from recstack.models.sasrec import SASRec, SASRecConfig
+from recstack.models.sequential_common import SequentialRecommender
+
+logger = logging.getLogger(__name__)
+
+SCORE_BATCH = 512
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU advertises native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether training losses run under bf16 autocast for ``precision`` ("auto", "fp32", "bf16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
+
+
+@dataclass
+class _TrainingProfile:
+    """Trainer settings a task profile was tuned with (fields of TrainerConfig)."""
+
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    eval_every: int = 1
+    max_minutes: float | None = 4.0
+    precision: str = "auto"  # "fp32", "bf16" (autocast in the loss) or "auto" (bf16 when the CPU has it)
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        """Keyword arguments for ``TrainerConfig(**overrides)``."""
+        return {
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "patience": self.patience,
+            "eval_every": self.eval_every,
+            "max_minutes": self.max_minutes,
+        }
+
+
+@dataclass
+class SASRecTaskConfig(_TrainingProfile):
+    """SASRec model size + batching (the model config is built with the split's n_items)."""
+
+    max_len: int = 200
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 1
+    dropout: float = 0.2
+    batch_size: int = 128
+
+    def model_config(self, n_items: int) -> SASRecConfig:
+        return SASRecConfig(
+            n_items=n_items,
+            max_len=self.max_len,
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            ffn_mult=self.ffn_mult,
+            dropout=self.dropout,
+        )
+
+    @classmethod
+    def small(cls) -> SASRecTaskConfig:
+        return cls(max_len=20, dim=32, n_layers=1, n_heads=1, dropout=0.1, batch_size=64, epochs=30, lr=3e-3,
+                   patience=5, max_minutes=0.3)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> SASRecTaskConfig:
+        return cls()
+
+
+@dataclass
+class GRU4RecTaskConfig(_TrainingProfile):
+    """GRU4Rec model size + batching."""
+
+    max_len: int = 200
+    dim: int = 64
+    hidden: int = 128
+    n_layers: int = 1
+    dropout: float = 0.2
+    batch_size: int = 128
+
+    def model_config(self, n_items: int) -> GRU4RecConfig:
+        return GRU4RecConfig(
+            n_items=n_items,
+            max_len=self.max_len,
+            dim=self.dim,
+            hidden=self.hidden,
+            n_layers=self.n_layers,
+            dropout=self.dropout,
+        )
+
+    @classmethod
+    def small(cls) -> GRU4RecTaskConfig:
+        return cls(max_len=20, dim=32, hidden=64, dropout=0.1, batch_size=64, epochs=30, lr=3e-3, patience=5,
+                   max_minutes=0.3)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> GRU4RecTaskConfig:
+        return cls()
+
+
+@dataclass
+class BERT4RecTaskConfig(_TrainingProfile):
+    """BERT4Rec model size, masking and batching."""
+
+    max_len: int = 200
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    batch_size: int = 128
+    mask_prob: float = 0.2
+    last_mask_prob: float = 0.1
+
+    def model_config(self, n_items: int) -> BERT4RecConfig:
+        return BERT4RecConfig(
+            n_items=n_items,
+            max_len=self.max_len,
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            ffn_mult=self.ffn_mult,
+            dropout=self.dropout,
+        )
+
+    @classmethod
+    def small(cls) -> BERT4RecTaskConfig:
+        return cls(max_len=20, dim=32, n_layers=1, n_heads=1, ffn_mult=2, batch_size=64, epochs=40, lr=3e-3,
+                   patience=8, max_minutes=0.3)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> BERT4RecTaskConfig:
+        return cls()
+
+
+def training_windows(seqs: list[np.ndarray], length: int) -> np.ndarray:
+    """Windows (N, length) int64 cut from each sequence's newest end backwards, left-padded with 0.
+
+    seqs: item-index arrays, oldest first (sequences shorter than 2 items are skipped; index 0 of
+    a per-user list is simply another sequence, usually empty). A sequence of T items yields
+    ceil((T - 1) / (length - 1)) windows that overlap by one item, so that every consecutive pair
+    (item, next item) appears in exactly one window.
+    """
+    if length < 2:
+        raise ValueError(f"window length must be >= 2, got {length}")
+    rows: list[np.ndarray] = []
+    step = length - 1
+    for seq in seqs:
+        seq = np.asarray(seq, dtype=np.int64)
+        end = len(seq)
+        while end >= 2:
+            start = max(0, end - length)
+            row = np.zeros(length, dtype=np.int64)
+            row[length - (end - start) :] = seq[start:end]
+            rows.append(row)
+            end -= step
+    if not rows:
+        raise ValueError("no training sequence has 2 or more items; the split is too small to train on")
+    return np.stack(rows)
+
+
+class _SequentialTask:
+    """Shared batching and protocol scoring; subclasses define the loss."""
+
+    name: str
+    model: SequentialRecommender
+
+    def __init__(self, split: Split, model: SequentialRecommender, batch_size: int, precision: str = "fp32"):
+        if split.n_items < 1:
+            raise ValueError("the split has no items")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split = split
+        self.model = model
+        self.batch_size = batch_size
+        self.bf16 = use_bf16(precision)
+        self._histories: dict[str, np.ndarray] = {}
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast of the training forward pass when enabled (scoring always runs in fp32)."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _window_batches(self, windows: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        order = rng.permutation(len(windows))
+        for start in range(0, len(order), self.batch_size):
+            yield windows[order[start : start + self.batch_size]]
+
+    def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
+        """Scores (B, n_items+1) float32 for users (B,) at stage "valid" or "test"; column 0 = PAD_SCORE."""
+        if stage not in self._histories:
+            self._histories[stage] = history_matrix(self.split, stage, self.model.max_len)
+        hist = self._histories[stage][np.asarray(user_indices, dtype=np.int64)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = [
+                    self.model.score_all(hist[s : s + SCORE_BATCH]).numpy()
+                    for s in range(0, len(hist), SCORE_BATCH)
+                ]
+        finally:
+            self.model.train(was_training)
+        if not out:
+            return np.zeros((0, self.split.n_items + 1), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def model_config(self) -> dict[str, Any]:
+        """The model's config as a plain dict (what the bundle stores next to the weights)."""
+        return asdict(self.model.config)
+
+
+def full_softmax_loss(
+    model: SequentialRecommender, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean CE over all real items (1..n_items) of hidden states (B, L, D) vs targets (B, L), 0 = ignore."""
+    keep = targets != 0
+    if not bool(keep.any()):
+        raise ValueError("batch has no target item (all padding)")
+    emb = model.output_embeddings()[1:]  # (n_items, D): padding is never a class
+    logits = torch.addmm(model.out_bias[1:], hidden[keep], emb.T)  # (N, n_items)
+    return F.cross_entropy(logits.float(), targets[keep] - 1)
+
+
+class NextItemTask(_SequentialTask):
+    """SASRec / GRU4Rec: predict window[t+1] from window[..t] at every position, full-softmax CE."""
+
+    def __init__(
+        self, name: str, split: Split, model: SequentialRecommender, batch_size: int, precision: str = "fp32"
+    ):
+        super().__init__(split, model, batch_size, precision)
+        self.name = name
+        self.windows = training_windows(split.train_seqs, model.max_len + 1)
+        logger.info("%s: %d training windows of %d items", name, len(self.windows), model.max_len + 1)
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches (inputs (B, L), targets (B, L)) with L = max_len."""
+        for w in self._window_batches(self.windows, rng):
+            t = torch.from_numpy(w)
+            yield t[:, :-1], t[:, 1:]
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        with self._autocast():
+            return full_softmax_loss(self.model, self.model.encode(inputs), targets)
+
+
+def mask_windows(
+    windows: np.ndarray, mask_token: int, mask_prob: float, last_mask_prob: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cloze masking of windows (B, L): returns (tokens (B, L), targets (B, L), 0 = not masked).
+
+    Each non-padding item is masked with probability ``mask_prob`` (at least one per row); a row
+    is instead masked at its newest item only with probability ``last_mask_prob``.
+    """
+    real = windows != 0
+    masked = (rng.random(windows.shape) < mask_prob) & real
+    # rows with nothing masked: mask one random real item
+    empty = np.flatnonzero(~masked.any(axis=1) & real.any(axis=1))
+    if len(empty):
+        n_real = real[empty].sum(axis=1)
+        offset = (rng.random(len(empty)) * n_real).astype(np.int64)
+        masked[empty, windows.shape[1] - n_real + offset] = True
+    last_only = rng.random(len(windows)) < last_mask_prob
+    masked[last_only] = False
+    masked[last_only, -1] = real[last_only, -1]
+    tokens = np.where(masked, mask_token, windows)
+    targets = np.where(masked, windows, 0)
+    return tokens, targets
+
+
+class MaskedItemTask(_SequentialTask):
+    """BERT4Rec: cloze task over windows of max_len items, CE over all items at masked positions."""
+
+    name = "bert4rec"
+
+    def __init__(
+        self,
+        split: Split,
+        model: BERT4Rec,
+        batch_size: int,
+        mask_prob: float,
+        last_mask_prob: float,
+        precision: str = "fp32",
+    ):
+        super().__init__(split, model, batch_size, precision)
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}")
+        if not 0.0 <= last_mask_prob <= 1.0:
+            raise ValueError(f"last_mask_prob must lie in [0, 1], got {last_mask_prob}")
+        self.mask_prob = mask_prob
+        self.last_mask_prob = last_mask_prob
+        self.windows = training_windows(split.train_seqs, model.max_len)
+        logger.info("bert4rec: %d training windows of %d items", len(self.windows), model.max_len)
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches (tokens (B, L), targets (B, L)), freshly masked every epoch."""
+        for w in self._window_batches(self.windows, rng):
+            tokens, targets = mask_windows(w, self.model.mask_token, self.mask_prob, self.last_mask_prob, rng)
+            yield torch.from_numpy(tokens), torch.from_numpy(targets)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        tokens, targets = batch
+        with self._autocast():
+            return full_softmax_loss(self.model, self.model.encode(tokens), targets)
+
+
+TaskConfig = SASRecTaskConfig | GRU4RecTaskConfig | BERT4RecTaskConfig
+
+CONFIGS: dict[str, type] = {
+    "sasrec": SASRecTaskConfig,
+    "gru4rec": GRU4RecTaskConfig,
+    "bert4rec": BERT4RecTaskConfig,
+}
+MODELS: dict[str, type[SequentialRecommender]] = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
+
+
+def build_task(name: str, split: Split, catalog: object | None = None, cfg: TaskConfig | None = None) -> Any:
+    """A TrainTask for model ``name`` ("sasrec", "gru4rec", "bert4rec") on ``split``.
+
+    catalog is accepted for a uniform registry signature and unused (the sequence models use item
+    indices only). cfg defaults to the model's ``full()`` profile.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown sequential model {name!r}; choose one of {sorted(CONFIGS)}")
+    cfg = CONFIGS[name].full() if cfg is None else cfg
+    if not isinstance(cfg, CONFIGS[name]):
+        raise TypeError(f"{name} needs a {CONFIGS[name].__name__}, got {type(cfg).__name__}")
+    model = MODELS[name](cfg.model_config(split.n_items))
+    if name == "bert4rec":
+        return MaskedItemTask(split, model, cfg.batch_size, cfg.mask_prob, cfg.last_mask_prob, cfg.precision)
+    return NextItemTask(name, split, model, cfg.batch_size, cfg.precision)

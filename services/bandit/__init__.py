@@ -1,0 +1,1 @@
+"""Exploration over the ranked slate: Thompson sampling with arm statistics from Redis."""

@@ -1,0 +1,144 @@
+"""The Faust app: user-events -> BatchProcessor -> Redis; invalid events -> dead-letter topic.
+
+Offsets: the agent reads with ``noack_take`` and acknowledges a batch only after its Redis writes
+(and dead letters) succeeded, so Faust commits nothing that is not in Redis. A crash between the
+write and the commit replays the batch; the writer's event_id check makes that a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import start_http_server
+from redis.exceptions import RedisError
+
+from recstack.devstack.embedded import EmbeddedError, ensure_topics
+from recstack.events.schema import InvalidEvent
+from recstack.features.catalog import CatalogError, ItemCatalog, load_catalog_or_empty
+from recstack.features.keys import Keys
+from recstack.features.writer import FeatureWriter
+from services.feature_stream import metrics, transport
+from services.feature_stream.processor import BatchProcessor, RawMessage, dead_letter_headers
+from services.feature_stream.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+CATALOG_CHECK_INTERVAL_S = 10.0
+
+
+def _current_version(artifacts: str) -> str:
+    current = Path(artifacts) / "CURRENT"
+    return current.read_text().strip() if current.is_file() else ""
+
+
+def create_app(settings: StreamSettings) -> faust.App:
+    """Build the Faust app with its agent and timers (nothing connects until the worker starts)."""
+    transport.register()
+    app = faust.App(
+        settings.group_id,
+        broker=settings.kafka_urls(scheme=transport.SCHEME),
+        store="memory://",
+        autodiscover=False,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind="127.0.0.1",
+        broker_session_timeout=10,
+        broker_rebalance_timeout=3,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        topic_partitions=1,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
+    dlq_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    writer = FeatureWriter(
+        redis,
+        keys=Keys(settings.redis_prefix),
+        catalog=load_catalog_or_empty(settings.artifacts),
+        dedup_ttl_s=settings.dedup_ttl_s,
+        reward_window_s=settings.reward_window_s,
+    )
+
+    async def send_dead_letter(message: RawMessage, error: InvalidEvent) -> None:
+        delivered = await dlq_topic.send(
+            key=message.key, value=message.value, headers=dead_letter_headers(message, error)
+        )
+        await delivered
+
+    processor = BatchProcessor(writer, send_dead_letter)
+
+    @app.agent(events_topic)
+    async def user_events(stream: Any) -> None:
+        async for batch in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
+            messages = [
+                RawMessage(
+                    value=e.message.value,
+                    key=e.message.key,
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                )
+                for e in batch
+            ]
+            await processor.process(messages)
+            for event in batch:
+                await stream.ack(event)
+
+    @app.timer(interval=settings.settle_interval_s)
+    async def settle_rewards() -> None:
+        try:
+            result = await writer.settle()
+        except (RedisError, OSError) as exc:  # Redis down: the next tick settles the backlog
+            log.warning("settling impression windows failed: %s", exc)
+            return
+        if result.zero_rewards:
+            metrics.REWARDS.labels(value="0").inc(result.zero_rewards)
+            log.info("closed %d impression windows, %d zero rewards", result.requests, result.zero_rewards)
+
+    @app.timer(interval=CATALOG_CHECK_INTERVAL_S)
+    async def reload_catalog() -> None:
+        version = _current_version(settings.artifacts)
+        if version and version != writer.catalog.version:
+            try:
+                writer.catalog = ItemCatalog.from_artifacts(settings.artifacts)
+            except CatalogError as exc:  # a bundle being written: keep the old catalogue
+                log.warning("item catalogue not reloaded: %s", exc)
+                return
+            log.info("item catalogue %s loaded (%d items)", writer.catalog.version, len(writer.catalog))
+
+    return app
+
+
+def declare_topics(settings: StreamSettings) -> None:
+    """Create the events and dead-letter topics when missing (existing topics are left as they are)."""
+    try:
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
+        )
+    except EmbeddedError as exc:
+        log.warning("could not declare topics (%s); they must exist before events arrive", exc)
+
+
+def run_worker(settings: StreamSettings | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT; returns the exit code (0 on a clean stop)."""
+    settings = settings or StreamSettings()
+    declare_topics(settings)
+    app = create_app(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+        log.info("metrics on :%d/metrics", settings.metrics_port)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # mode's worker always leaves through sys.exit
+        return int(exc.code or 0)
+    return 0

@@ -1,0 +1,60 @@
+"""Feature-stream settings, read once from the environment."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str, field_name: str) -> AliasChoices:
+    return AliasChoices(name, field_name)
+
+
+class StreamSettings(BaseSettings):
+    """Environment of `python -m services.feature_stream` (the variable name is in each alias).
+
+    Required: KAFKA_BOOTSTRAP_SERVERS (host:port[,host:port]) and REDIS_URL (redis://host:port/db).
+    """
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
+    )
+    redis_url: str = Field(validation_alias=_env("REDIS_URL", "redis_url"))
+    events_topic: str = Field("user-events", validation_alias=_env("RECSTACK_EVENTS_TOPIC", "events_topic"))
+    dead_letter_topic: str = Field(
+        "user-events.dlq", validation_alias=_env("RECSTACK_DEAD_LETTER_TOPIC", "dead_letter_topic")
+    )
+    events_partitions: int = Field(
+        4, ge=1, validation_alias=_env("RECSTACK_EVENTS_PARTITIONS", "events_partitions")
+    )
+    artifacts: str = Field("artifacts", validation_alias=_env("RECSTACK_ARTIFACTS", "artifacts"))
+    metrics_port: int = Field(9106, ge=0, validation_alias=_env("RECSTACK_METRICS_PORT", "metrics_port"))
+    redis_prefix: str = Field("", validation_alias=_env("RECSTACK_REDIS_PREFIX", "redis_prefix"))
+    group_id: str = Field(
+        "recstack-feature-stream", validation_alias=_env("RECSTACK_STREAM_GROUP", "group_id")
+    )
+    batch_size: int = Field(500, ge=1, validation_alias=_env("RECSTACK_STREAM_BATCH", "batch_size"))
+    batch_within_s: float = Field(
+        0.05, gt=0, validation_alias=_env("RECSTACK_STREAM_BATCH_WITHIN_S", "batch_within_s")
+    )
+    reward_window_s: float = Field(
+        1800.0, ge=0, validation_alias=_env("RECSTACK_REWARD_WINDOW_S", "reward_window_s")
+    )
+    settle_interval_s: float = Field(
+        5.0, gt=0, validation_alias=_env("RECSTACK_SETTLE_INTERVAL_S", "settle_interval_s")
+    )
+    dedup_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s")
+    )
+    web_port: int = Field(0, ge=0, validation_alias=_env("RECSTACK_STREAM_WEB_PORT", "web_port"))
+    log_level: str = Field("info", validation_alias=_env("RECSTACK_LOG_LEVEL", "log_level"))
+
+    def kafka_urls(self, scheme: str = "kafka") -> list[str]:
+        """Faust broker URLs (scheme://host:port) of KAFKA_BOOTSTRAP_SERVERS."""
+        hosts = [h.strip().removeprefix("kafka://") for h in self.kafka_bootstrap_servers.split(",")]
+        hosts = [h for h in hosts if h]
+        if not hosts:
+            raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty; set it to host:port[,host:port]")
+        return [f"{scheme}://{h}" for h in hosts]

@@ -1,0 +1,228 @@
+"""Gateway servicer: validate, assign the variant, run the chain, reply, publish the impression."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import Counter
+
+from recstack.events.producer import EventProducer
+from recstack.events.schema import new_event
+from recstack.experiments.assignment import DEFAULT_EXPERIMENT, Experiment, UnknownVariantError, assign
+from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
+from recstack.rpc.server import StartupError
+from recstack.serving.chain import Chain, RecommendState
+from recstack.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.validation import RequestError, validate_request
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "recstack_gateway_requests",
+    "Recommend requests by variant and outcome (ok, degraded, error, invalid).",
+    ["variant", "outcome"],
+)
+IMPRESSIONS = Counter(
+    "recstack_gateway_impressions",
+    "Impression events by outcome (sent, failed, disabled).",
+    ["outcome"],
+)
+DEADLINE_MARGIN_S = 0.01
+"""Time kept back from the caller's deadline to build and send the reply."""
+
+
+@dataclass(frozen=True)
+class BundleLists:
+    """What the gateway needs from the bundle: its version, popularity list and known users."""
+
+    version: str
+    popularity: list[str]
+    user_ids: frozenset[str]
+
+
+def read_bundle_lists(artifacts: Path) -> BundleLists:
+    """Version, catalogue popularity and user ids of the bundle (no model is built).
+
+    Raises StartupError with the BundleError message (which file is missing, how to create it).
+    """
+    from recstack.artifacts import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(artifacts)
+    except BundleError as exc:
+        raise StartupError(str(exc)) from exc
+    return BundleLists(
+        bundle.version, [str(x) for x in bundle.popularity], frozenset(map(str, bundle.user_ids))
+    )
+
+
+class ImpressionPublisher:
+    """Fire-and-forget impression events: never blocks nor fails a reply.
+
+    The Kafka producer is started lazily (and retried at most every ``retry_s`` seconds) so that
+    a gateway started before Kafka still serves; failures are logged and counted.
+    """
+
+    def __init__(self, producer: EventProducer | None, retry_s: float = 5.0):
+        self.producer = producer
+        self.retry_s = retry_s
+        self._started = False
+        self._next_try = 0.0
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def publish(self, state: RecommendState) -> None:
+        if self.producer is None:
+            IMPRESSIONS.labels("disabled").inc()
+            return
+        task = asyncio.create_task(self._send(state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ensure_started(self) -> bool:
+        assert self.producer is not None
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._started:
+                return True
+            if loop.time() < self._next_try:
+                return False
+            try:
+                await self.producer.start()
+            except Exception as exc:
+                self._next_try = loop.time() + self.retry_s
+                log.warning("impressions: Kafka unavailable (%s); retrying in %.0f s", exc, self.retry_s)
+                return False
+            self._started = True
+            return True
+
+    async def _send(self, state: RecommendState) -> None:
+        token = set_request_id(state.request_id)
+        try:
+            if not await self._ensure_started():
+                IMPRESSIONS.labels("failed").inc()
+                return
+            assert self.producer is not None
+            props = state.propensities
+            event = new_event(
+                state.user_id,
+                "impression",
+                request_id=state.request_id,
+                context=state.attributes,
+                items=list(state.candidates),
+                positions=list(range(len(state.candidates))),
+                # Without exploration the slate is deterministic: propensity 1.
+                propensities=[float(p) if p > 0 else 1.0 for p in props] if props is not None else (),
+                variant=state.variant,
+                experiment_id=state.experiment_id,
+                model_versions=state.model_versions,
+            )
+            await self.producer.send(event)
+            IMPRESSIONS.labels("sent").inc()
+        except Exception:
+            IMPRESSIONS.labels("failed").inc()
+            log.warning("impression for request %s not published", state.request_id, exc_info=True)
+        finally:
+            reset_request_id(token)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        if self.producer is not None and self._started:
+            await self.producer.stop()
+
+
+class Recommender:
+    """The gateway's logic without gRPC: validate, assign, run the chain, build the reply."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        known_users: Collection[str],
+        experiment: Experiment = DEFAULT_EXPERIMENT,
+        impressions: ImpressionPublisher | None = None,
+    ):
+        self.chain = chain
+        self.known_users = known_users
+        self.experiment = experiment
+        self.impressions = impressions
+
+    async def recommend(
+        self, request: gateway_pb2.RecommendRequest, time_remaining_s: float | None = None
+    ) -> gateway_pb2.RecommendResponse:
+        """Raises RequestError / UnknownVariantError for invalid requests.
+
+        time_remaining_s: the caller's remaining deadline; stages are cut to finish
+        ``DEADLINE_MARGIN_S`` before it.
+        """
+        validate_request(request)
+        variant = assign(self.experiment, request.user_id, request.context.force_variant)
+        state = RecommendState(
+            request_id=current_request_id() or new_request_id(),
+            user_id=request.user_id,
+            k=request.k,
+            variant=variant.name,
+            experiment_id=self.experiment.experiment_id,
+            pipeline=variant.pipeline,
+            exclude=set(request.context.exclude_items),
+            attributes=dict(request.context.attributes),
+            known_user=request.user_id in self.known_users,
+        )
+        if time_remaining_s is not None:
+            state.deadline = asyncio.get_running_loop().time() + time_remaining_s - DEADLINE_MARGIN_S
+        await self.chain.run(state)
+        reply = gateway_pb2.RecommendResponse(
+            request_id=state.request_id,
+            variant=state.variant,
+            stages=state.stages_ran,
+            degraded=state.degraded,
+            skipped=state.skipped,
+            model_versions=state.model_versions,
+        )
+        for i, item in enumerate(state.candidates):
+            msg = common_pb2.ScoredItem(item_id=item, score=float(state.scores[i]))
+            if state.propensities is not None:
+                msg.propensity = float(state.propensities[i])
+            for name, value in state.components.get(item, {}).items():
+                msg.scores[name] = value
+            reply.items.append(msg)
+        REQUESTS.labels(state.variant, "degraded" if state.degraded else "ok").inc()
+        if self.impressions is not None and not request.context.force_variant:
+            self.impressions.publish(state)
+        return reply
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Maps Recommender errors to status codes; UNAVAILABLE until ``recommender`` is set."""
+
+    def __init__(self, recommender: Recommender | None = None):
+        self.recommender = recommender
+
+    async def Recommend(
+        self, request: gateway_pb2.RecommendRequest, context: Any
+    ) -> gateway_pb2.RecommendResponse:
+        if self.recommender is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is still loading; retry shortly")
+        assert self.recommender is not None
+        token = None
+        if not current_request_id():
+            token = set_request_id(new_request_id())
+        try:
+            return await self.recommender.recommend(request, context.time_remaining())
+        except (RequestError, UnknownVariantError) as exc:
+            REQUESTS.labels("", "invalid").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:
+            REQUESTS.labels("", "error").inc()
+            log.exception("Recommend failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway logs")
+        finally:
+            if token is not None:
+                reset_request_id(token)
+        raise AssertionError("unreachable")

@@ -1,0 +1,36 @@
+"""Gateway settings (environment variables in parentheses)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from recstack.rpc.client import check_address
+from recstack.rpc.settings import ModelServiceSettings, env
+
+
+class GatewaySettings(ModelServiceSettings):
+    """Ports 50051 / 9101 by default; downstream addresses and per-stage deadlines (seconds)."""
+
+    port: int = Field(50051, ge=0, le=65535, validation_alias=env("RECSTACK_PORT"))
+    metrics_port: int = Field(9101, ge=0, le=65535, validation_alias=env("RECSTACK_METRICS_PORT"))
+    retrieval_addr: str = Field("localhost:50052", validation_alias=env("RETRIEVAL_ADDR"))
+    ranking_addr: str = Field("localhost:50053", validation_alias=env("RANKING_ADDR"))
+    rerank_addr: str = Field("localhost:50054", validation_alias=env("RERANK_ADDR"))
+    bandit_addr: str = Field("localhost:50055", validation_alias=env("BANDIT_ADDR"))
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=env("REDIS_URL"))
+    redis_prefix: str = Field("", validation_alias=env("RECSTACK_REDIS_PREFIX"))
+    # Empty: impressions are not published.
+    kafka_bootstrap_servers: str = Field("", validation_alias=env("KAFKA_BOOTSTRAP_SERVERS"))
+    events_topic: str = Field("user-events", validation_alias=env("RECSTACK_EVENTS_TOPIC"))
+    n_candidates: int = Field(200, ge=1, le=2000, validation_alias=env("RECSTACK_N_CANDIDATES"))
+    features_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_FEATURES_TIMEOUT_S"))
+    retrieval_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RETRIEVAL_TIMEOUT_S"))
+    ranking_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RANKING_TIMEOUT_S"))
+    rerank_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RERANK_TIMEOUT_S"))
+    bandit_timeout_s: float = Field(0.1, gt=0, validation_alias=env("RECSTACK_BANDIT_TIMEOUT_S"))
+
+    @field_validator("retrieval_addr", "ranking_addr", "rerank_addr", "bandit_addr")
+    @classmethod
+    def _address(cls, value: str, info: object) -> str:
+        name = getattr(info, "field_name", "address").upper()
+        return check_address(value, name)

@@ -1,0 +1,1 @@
+"""Sequential re-ranking with SASRec / GRU4Rec / BERT4Rec (recstack.serving.reranker)."""

@@ -1,0 +1,1 @@
+"""Two-tower candidate retrieval over a FAISS index (recstack.serving.retriever)."""

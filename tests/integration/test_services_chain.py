@@ -1,0 +1,321 @@
+"""The five services as real processes over a real Redis and a trained bundle.
+
+Starts retrieval, ranking, rerank, bandit and the gateway with `python -m services.NAME` on free
+ports, then checks the public API, health, metrics, degradation when a downstream dies and
+recovery after restart, and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recstack.devstack.embedded import ensure_topics, free_port
+from recstack.events.schema import parse_event
+from recstack.features.keys import Keys
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DOWNSTREAM = {
+    "retrieval": "recstack.v1.Retrieval",
+    "ranking": "recstack.v1.Ranking",
+    "rerank": "recstack.v1.Rerank",
+    "bandit": "recstack.v1.Bandit",
+}
+SERVICES = {**DOWNSTREAM, "gateway": "recstack.v1.Gateway"}
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    metrics_port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def service_env(name: str, port: int, metrics_port: int, artifacts: Path, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
+    env.update(
+        RECSTACK_HOST="127.0.0.1",
+        RECSTACK_PORT=str(port),
+        RECSTACK_METRICS_PORT=str(metrics_port),
+        RECSTACK_ARTIFACTS=str(artifacts),
+        RECSTACK_GRACE_S="3",
+        REDIS_URL=redis_url,
+        PYTHONPATH=str(REPO),
+    )
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
+def wait_serving(service: Service, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert service.proc is not None
+            if service.proc.poll() is not None:
+                pytest.fail(f"{service.name} exited with {service.proc.returncode}:\n{service.log_tail()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICES[service.name]), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    pytest.fail(f"{service.name} not SERVING after {timeout_s} s:\n{service.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    small_bundle: Path, redis_server: str, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Service]]:
+    logs = tmp_path_factory.mktemp("service-logs")
+    services: dict[str, Service] = {}
+    for name in SERVICES:
+        port, mport = free_port(), free_port()
+        env = service_env(name, port, mport, small_bundle, redis_server)
+        services[name] = Service(name, port, mport, env, logs / f"{name}.log")
+    gw = services["gateway"].env
+    for name in DOWNSTREAM:
+        gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
+    # Generous deadlines: the CI machine is small and shared; failures are tested by killing.
+    for stage in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK", "BANDIT"):
+        gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "3"
+    gw["KAFKA_BOOTSTRAP_SERVERS"] = kafka_broker
+    gw["RECSTACK_EVENTS_TOPIC"] = f"impressions-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_broker, {gw["RECSTACK_EVENTS_TOPIC"]: 1})
+    try:
+        for service in services.values():
+            service.start()
+        for service in services.values():
+            wait_serving(service)
+        yield services
+    finally:
+        for service in services.values():
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def known_user(small_bundle: Path, redis_server: str) -> tuple[str, list[str]]:
+    """A user of the bundle with three recent items written to Redis."""
+    version = (small_bundle / "CURRENT").read_text().strip()
+    users = json.loads((small_bundle / version / "users.json").read_text())["user_ids"]
+    items = json.loads((small_bundle / version / "catalog.json").read_text())["item_ids"]
+    user, recent = str(users[0]), [str(x) for x in items[:3]]
+    client = redis.Redis.from_url(redis_server)
+    key = Keys().recent_items(user)
+    client.delete(key)
+    client.rpush(key, *recent)
+    client.close()
+    return user, recent
+
+
+def recommend(
+    stack: dict[str, Service], request: gateway_pb2.RecommendRequest
+) -> gateway_pb2.RecommendResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{stack['gateway'].port}") as channel:
+        return gateway_pb2_grpc.GatewayStub(channel).Recommend(request, timeout=20)
+
+
+def metrics(service: Service) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_recommend_runs_the_full_chain(stack: dict[str, Service], known_user: tuple[str, list[str]]) -> None:
+    user, recent = known_user
+    reply = recommend(
+        stack, gateway_pb2.RecommendRequest(user_id=user, k=10, context={"attributes": {"device": "ios"}})
+    )
+    ids = [x.item_id for x in reply.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not set(recent) & set(ids)
+    assert not reply.degraded, dict(reply.skipped)
+    assert list(reply.stages) == ["features", "retrieval", "ranking", "rerank", "bandit"]
+    assert reply.variant in {"control", "treatment"}
+    assert reply.request_id
+    assert {"retrieval", "ranking", "rerank", "bandit"} <= set(reply.model_versions)
+    assert all(0 < x.propensity <= 1 for x in reply.items)
+    assert "p_click" in reply.items[0].scores
+
+
+async def test_impression_event_reaches_kafka(
+    stack: dict[str, Service], known_user: tuple[str, list[str]], kafka_broker: str
+) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    request = gateway_pb2.RecommendRequest(user_id=known_user[0], k=4)
+    reply = await asyncio.to_thread(recommend, stack, request)
+    consumer = AIOKafkaConsumer(
+        stack["gateway"].env["RECSTACK_EVENTS_TOPIC"],
+        bootstrap_servers=kafka_broker,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        found = None
+        deadline = time.monotonic() + 30
+        while found is None and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    event = parse_event(record.value)
+                    if event.request_id == reply.request_id:
+                        found = event
+    finally:
+        await consumer.stop()
+    assert found is not None, "no impression event with the reply's request_id"
+    assert found.event_type == "impression" and found.user_id == known_user[0]
+    assert list(found.items) == [x.item_id for x in reply.items]
+    assert list(found.positions) == [0, 1, 2, 3]
+    assert found.propensities == pytest.approx([x.propensity for x in reply.items])
+    assert found.variant == reply.variant and found.experiment_id
+    assert found.model_versions == dict(reply.model_versions)
+
+
+def test_unknown_user_gets_cold_start(stack: dict[str, Service]) -> None:
+    reply = recommend(stack, gateway_pb2.RecommendRequest(user_id="never-seen-user", k=5))
+    assert len({x.item_id for x in reply.items}) == 5
+    assert list(reply.stages) == ["features", "popularity", "bandit"]
+    assert not reply.degraded
+    assert reply.variant in {"control", "treatment"}
+
+
+def test_every_service_reports_serving(stack: dict[str, Service]) -> None:
+    for service in stack.values():
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for name in ("", SERVICES[service.name]):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, service.name
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (gateway_pb2.RecommendRequest(user_id="u", k=0), "k must be between 1 and 100, got 0"),
+        (gateway_pb2.RecommendRequest(user_id="", k=5), "user_id is required"),
+        (
+            gateway_pb2.RecommendRequest(user_id="u", k=5, context={"attributes": {"bad key!": "x"}}),
+            "context.attributes key",
+        ),
+        (
+            gateway_pb2.RecommendRequest(user_id="u", k=5, context={"force_variant": "nope"}),
+            "force_variant 'nope'",
+        ),
+    ],
+)
+def test_bad_arguments(
+    stack: dict[str, Service], request_: gateway_pb2.RecommendRequest, message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        recommend(stack, request_)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+def test_metrics_endpoints(stack: dict[str, Service], known_user: tuple[str, list[str]]) -> None:
+    recommend(stack, gateway_pb2.RecommendRequest(user_id=known_user[0], k=3))
+    text = metrics(stack["gateway"])
+    assert 'recstack_grpc_requests_total{code="OK",method="Recommend",service="recstack.v1.Gateway"}' in text
+    assert "recstack_gateway_requests_total" in text
+    assert 'recstack_gateway_stage_latency_seconds_bucket{le="0.1",outcome="ok",stage="retrieval"}' in text
+    assert 'code="OK",method="Rank",service="recstack.v1.Ranking"' in metrics(stack["ranking"])
+
+
+def test_ranking_down_degrades_then_recovers(
+    stack: dict[str, Service], known_user: tuple[str, list[str]]
+) -> None:
+    ranking = stack["ranking"]
+    request = gateway_pb2.RecommendRequest(user_id=known_user[0], k=10)
+    ranking.stop()
+    reply = recommend(stack, request)
+    assert len({x.item_id for x in reply.items}) == 10
+    assert reply.degraded
+    assert "ranking" in reply.skipped and "ranking" not in reply.stages
+    assert "retrieval" in reply.stages and "bandit" in reply.stages
+
+    ranking.start()
+    wait_serving(ranking)
+    deadline = time.monotonic() + 20
+    while True:
+        reply = recommend(stack, request)
+        if not reply.degraded or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert not reply.degraded, dict(reply.skipped)
+    assert "ranking" in reply.stages
+
+
+def test_sigterm_exits_zero(stack: dict[str, Service]) -> None:
+    bandit = stack["bandit"]
+    assert bandit.proc is not None
+    bandit.proc.send_signal(signal.SIGTERM)
+    assert bandit.proc.wait(20) == 0
+    assert "stopped" in bandit.log_tail()
+
+
+def test_missing_bundle_and_busy_port_exit_2(tmp_path: Path, redis_server: str) -> None:
+    env = service_env("ranking", free_port(), 0, tmp_path / "nothing", redis_server)
+    done = subprocess.run(
+        [sys.executable, "-m", "services.ranking"], cwd=REPO, env=env, capture_output=True, timeout=120
+    )
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert "recstack train --data synthetic --out artifacts" in err
+    assert "Traceback" not in err
+
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        env = service_env("bandit", sock.getsockname()[1], 0, tmp_path, redis_server)
+        done = subprocess.run(
+            [sys.executable, "-m", "services.bandit"], cwd=REPO, env=env, capture_output=True, timeout=120
+        )
+    assert done.returncode == 2
+    err = done.stderr.decode().strip()
+    assert "already in use" in err and "RECSTACK_PORT" in err
+    assert len(err.splitlines()) == 1

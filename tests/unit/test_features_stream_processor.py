@@ -1,0 +1,81 @@
+"""BatchProcessor: dead letters with reasons, Redis retry with backoff, settings from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from recstack.events import InvalidEvent, UserEvent, event_to_json, new_event
+from recstack.features.writer import ApplyResult
+from services.feature_stream.processor import BatchProcessor, RawMessage, dead_letter_headers
+from services.feature_stream.settings import StreamSettings
+
+
+class FlakyWriter:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.batches: list[list[UserEvent]] = []
+
+    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+        if self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("connection refused")
+        self.batches.append(list(events))
+        return ApplyResult(len(events), 0, 0)
+
+
+def msg(value: bytes, offset: int) -> RawMessage:
+    return RawMessage(value=value, key=b"u1", topic="user-events", partition=2, offset=offset)
+
+
+async def test_invalid_messages_are_dead_lettered_and_valid_ones_applied() -> None:
+    dead: list[tuple[RawMessage, InvalidEvent]] = []
+
+    async def sink(message: RawMessage, error: InvalidEvent) -> None:
+        dead.append((message, error))
+
+    writer = FlakyWriter(failures=0)
+    good = new_event("u1", "click", "i1")
+    processor = BatchProcessor(writer, sink)  # type: ignore[arg-type]
+    outcome = await processor.process([msg(event_to_json(good), 7), msg(b"{oops", 8)])
+    assert (outcome.valid, outcome.invalid, outcome.applied) == (1, 1, 1)
+    assert writer.batches == [[good]]
+    message, error = dead[0]
+    assert message.offset == 8 and error.reason_code == "malformed_json"
+    headers = dead_letter_headers(message, error)
+    assert headers["recstack-reason"] == b"malformed_json"
+    assert headers["recstack-source-partition"] == b"2" and headers["recstack-source-offset"] == b"8"
+
+
+async def test_redis_failures_are_retried_until_success() -> None:
+    async def sink(message: RawMessage, error: InvalidEvent) -> None:
+        raise AssertionError("no dead letters expected")
+
+    writer = FlakyWriter(failures=3)
+    processor = BatchProcessor(writer, sink, initial_backoff_s=0.001, max_backoff_s=0.002)  # type: ignore[arg-type]
+    outcome = await processor.process([msg(event_to_json(new_event("u1", "view", "i1")), 1)])
+    assert outcome.applied == 1 and writer.failures == 0 and len(writer.batches) == 1
+
+
+def test_settings_name_the_missing_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with pytest.raises(Exception, match="KAFKA_BOOTSTRAP_SERVERS") as info:
+        StreamSettings()
+    assert "REDIS_URL" in str(info.value)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "a:1, b:2")
+    monkeypatch.setenv("REDIS_URL", "redis://x:1/0")
+    monkeypatch.setenv("RECSTACK_EVENTS_TOPIC", "ev")
+    monkeypatch.setenv("RECSTACK_METRICS_PORT", "0")
+    settings = StreamSettings()
+    assert settings.kafka_urls() == ["kafka://a:1", "kafka://b:2"]
+    assert (settings.events_topic, settings.dead_letter_topic, settings.metrics_port) == (
+        "ev",
+        "user-events.dlq",
+        0,
+    )

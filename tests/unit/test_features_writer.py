@@ -1,0 +1,186 @@
+"""FeatureWriter Lua logic and FeatureStore reads against a real redis-server (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from recstack.events import new_event
+from recstack.features.catalog import CatalogError, ItemCatalog
+from recstack.features.keys import Keys
+from recstack.features.store import FeatureStore
+from recstack.features.writer import EventWeights, FeatureWriter
+
+GENRES = {"i1": ["Action", "Comedy"], "i2": ["Drama"], "i3": []}
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield r
+    await r.aclose()
+
+
+def ev(user: str, etype: str, item: str = "", ts: float = T0, **kw: object):
+    return new_event(user, etype, item, timestamp=ts, **kw)
+
+
+async def test_recent_items_newest_first_dedup_and_capped(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, recent_cap=3)
+    events = [ev("u", "view", f"i{n}", T0 + n) for n in range(5)] + [ev("u", "click", "i3", T0 + 9)]
+    result = await writer.apply(events)
+    assert result.applied == 6 and result.duplicates == 0
+    assert await client.lrange("user:u:recent_items", 0, -1) == ["i3", "i4", "i2"]
+
+
+async def test_genre_ema_decays_all_and_adds_weighted(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, catalog=GENRES)
+    await writer.apply(
+        [ev("u", "click", "i1"), ev("u", "purchase", "i2"), ev("u", "rating", "i3", rating=4.0)]
+    )
+    scores = {k: float(v) for k, v in (await client.hgetall("user:u:genre_scores")).items()}
+    # click i1: Action=Comedy=0.1; purchase i2: decay 0.9, Drama += 0.2; rating i3 (no genres): decay 0.9
+    assert scores["Action"] == pytest.approx(0.1 * 0.9 * 0.9)
+    assert scores["Comedy"] == pytest.approx(0.1 * 0.9 * 0.9)
+    assert scores["Drama"] == pytest.approx(0.2 * 0.9)
+
+
+async def test_configurable_weights_and_popularity(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, catalog=GENRES, weights=EventWeights(view=0.25))
+    await writer.apply([ev("a", "view", "i1"), ev("b", "view", "i1"), ev("a", "like", "i2")])
+    pop = await client.zrevrange("items:popularity", 0, -1, withscores=True)
+    assert pop == [("i2", 1.5), ("i1", 0.5)]
+    assert float(await client.hget("user:a:genre_scores", "Action")) == pytest.approx(0.1 * 0.25 * 0.9)
+
+
+async def test_counters_last_active_and_item_stats(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client)
+    await writer.apply(
+        [ev("u", "click", "i1", T0 + 50), ev("u", "view", "i1", T0 + 10), ev("u", "session_start")]
+    )
+    stats = await client.hgetall("user:u:stats")
+    assert stats["click"] == "1" and stats["view"] == "1" and stats["session_start"] == "1"
+    assert stats["total"] == "3"
+    assert float(stats["last_active"]) == T0 + 50
+    assert await client.hgetall("item:i1:stats") == {"click": "1", "view": "1"}
+
+
+async def test_impression_counts_only(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client)
+    await writer.apply([ev("u", "impression", items=["i1", "i2"], request_id="r1")])
+    assert await client.hget("item:i1:stats", "impression") == "1"
+    assert await client.hget("item:i2:stats", "impression") == "1"
+    assert await client.exists("user:u:recent_items", "items:popularity", "bandit:ts:i1") == 0
+
+
+async def test_duplicate_event_ids_are_applied_once(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, dedup_ttl_s=60)
+    click = ev("u", "click", "i1", request_id="r1")
+    first = await writer.apply([click, click])
+    again = await writer.apply([click])
+    assert (first.applied, first.duplicates, again.applied, again.duplicates) == (1, 1, 0, 1)
+    assert await client.hget("user:u:stats", "click") == "1"
+    assert await client.hget("bandit:ts:i1", "alpha") == "2"
+    assert 0 < await client.ttl(f"event:{click.event_id}") <= 60
+
+
+async def test_rewards_and_windowed_zero_rewards(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, reward_window_s=30)
+    store = FeatureStore(client)
+    imp = ev("u", "impression", items=["i1", "i2", "i3"], request_id="r1", ts=T0)
+    result = await writer.apply(
+        [imp, ev("u", "click", "i1", T0 + 1, request_id="r1"), ev("u", "like", "i1", T0 + 2, request_id="r1")]
+    )
+    assert result.rewards == 1  # one reward per (request, item)
+    assert (await writer.settle(now=T0 + 29)).requests == 0
+    settled = await writer.settle(now=T0 + 31)
+    assert (settled.requests, settled.zero_rewards) == (1, 2)
+    arms = await store.get_arms(["i1", "i2", "i3", "never"])
+    assert arms == {"i1": (2.0, 1.0), "i2": (1.0, 2.0), "i3": (1.0, 2.0)}
+    assert (await writer.settle(now=T0 + 100)).requests == 0
+
+
+async def test_click_without_request_id_is_no_reward(client: aioredis.Redis) -> None:
+    await FeatureWriter(client).apply([ev("u", "click", "i1")])
+    assert await client.exists("bandit:ts:i1") == 0
+
+
+async def test_prefix_and_store_round_trip(client: aioredis.Redis) -> None:
+    keys = Keys(prefix="t1:")
+    writer = FeatureWriter(client, keys=keys, catalog=GENRES)
+    await writer.apply([ev("u", "view", "i2", T0), ev("u", "click", "i1", T0 + 1)])
+    features = await FeatureStore(client, keys).get_user_features("u")
+    assert features.recent_items == ["i1", "i2"]
+    assert set(features.genre_scores) == {"Action", "Comedy", "Drama"}
+    assert features.counters == {"view": 1, "click": 1, "total": 2}
+    assert features.last_active == T0 + 1
+    assert await FeatureStore(client, keys).get_popular(1) == ["i1"]
+    assert await client.exists("user:u:stats") == 0
+    cold = await FeatureStore(client).get_user_features("nobody")
+    assert cold.is_cold and cold.counters == {}
+
+
+async def test_store_works_without_decode_responses(redis_url: str) -> None:
+    raw_client = aioredis.Redis.from_url(redis_url)
+    try:
+        await FeatureWriter(raw_client, catalog=GENRES).apply([ev("u", "click", "i1", request_id="r")])
+        store = FeatureStore(raw_client)
+        features = await store.get_user_features("u")
+        assert features.recent_items == ["i1"] and features.counters["click"] == 1
+        assert await store.get_popular(5) == ["i1"]
+        assert await store.get_arms(["i1"]) == {"i1": (2.0, 1.0)}
+    finally:
+        await raw_client.aclose()
+
+
+async def test_script_reloaded_after_script_flush(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client)
+    await writer.apply([ev("u", "view", "i1")])
+    await client.script_flush()
+    assert (await writer.apply([ev("u", "view", "i2")])).applied == 1
+
+
+def test_catalog_from_artifacts(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "catalog.json").write_text(json.dumps({"item_ids": ["i1"], "genres": {"i1": ["A"]}}))
+    with pytest.raises(CatalogError, match="recstack train"):
+        ItemCatalog.from_artifacts(tmp_path)
+    (tmp_path / "CURRENT").write_text("v1\n")
+    catalog = ItemCatalog.from_artifacts(tmp_path)
+    assert catalog.version == "v1" and catalog.genres_of("i1") == ("A",) and catalog.genres_of("x") == ()
+
+
+async def test_experiment_exposures_and_outcomes(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, keys=Keys("x:"), reward_window_s=10)
+    store = FeatureStore(client, Keys("x:"))
+
+    def imp(user: str, req: str, variant: str, ts: float = T0):
+        return ev(
+            user, "impression", items=["i1", "i2"], request_id=req, experiment_id="e1", variant=variant, ts=ts
+        )
+
+    await writer.apply(
+        [
+            imp("a", "r1", "A"),
+            imp("a", "r2", "A", T0 + 1),
+            imp("b", "r3", "B"),
+            ev("a", "click", "i1", T0 + 2, request_id="r1"),
+            ev("a", "click", "i2", T0 + 3, request_id="r2"),
+            ev("b", "purchase", "i2", T0 + 4, request_id="r3"),
+            ev("b", "click", "i2", T0 + 5, request_id="unknown-request"),
+        ]
+    )
+    stats = await store.get_experiment("e1")
+    assert stats["A"] == {"impressions": 2, "users": 1, "click": 2, "users_click": 1}
+    assert stats["B"] == {"impressions": 1, "users": 1, "purchase": 1, "users_purchase": 1}
+    user_a = await store.get_experiment_user("e1", "a")
+    assert user_a["variant"] == "A" and user_a["impressions"] == "2" and user_a["click"] == "2"
+    assert float(user_a["first_exposure"]) == T0
+    assert await store.get_experiment("nothing") == {}
+    await writer.settle(now=T0 + 100)
+    assert await client.exists("x:imp:r1:exp", "x:imp:r1") == 0

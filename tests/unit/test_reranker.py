@@ -1,0 +1,131 @@
+"""Reranker core: ordering, blending, cold users, unknown ids, one scoring path with the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+from recstack.data.schema import IdMap
+from recstack.features.types import UserFeatures
+from recstack.models.sasrec import SASRec, SASRecConfig
+from recstack.serving.errors import UnknownItemError, UnknownModelError
+from recstack.serving.reranker import Reranker, blend_scores, select_blend_weight, standardize
+
+N_ITEMS = 10
+ITEM_IDS = [f"m{i}" for i in range(1, N_ITEMS + 1)]  # index i <-> "m{i}"
+
+
+class SuccessorModel(torch.nn.Module):
+    """Scores candidate c by -|c - (newest history item + 1)|: the successor of the newest item first."""
+
+    max_len = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def score_candidates(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        self.seen.append(history.clone())
+        return -(candidates - (history[:, -1:] + 1)).abs().float()
+
+
+@dataclass
+class FakeBundle:
+    """The part of recstack.artifacts.Bundle the reranker and the features adapter read."""
+
+    models: dict[str, torch.nn.Module]
+    item_map: IdMap = field(default_factory=lambda: IdMap(ITEM_IDS))
+    user_map: IdMap = field(default_factory=lambda: IdMap(["u1"]))
+    genre_vocab: list[str] = field(default_factory=list)
+    configs: dict = field(default_factory=dict)
+    version: str = "v-test"
+
+    def model(self, name: str) -> torch.nn.Module:
+        return self.models[name]
+
+
+def user(*recent_newest_first: str) -> UserFeatures:
+    return UserFeatures(user_id="u1", recent_items=list(recent_newest_first))
+
+
+def test_orders_by_sequence_model_and_passes_history_oldest_first() -> None:
+    model = SuccessorModel()
+    rr = Reranker(FakeBundle({"sasrec": model}))
+    cands = ["m5", "m9", "m3", "m4"]
+    ids, scores = rr.rerank(user("m3", "m7", "m1"), cands, np.array([4.0, 3.0, 2.0, 1.0]))
+    # newest item m3 -> successor m4 first, then m5/m3 (distance 1, upstream order kept), then m9
+    assert ids == ["m4", "m5", "m3", "m9"]
+    assert np.all(np.diff(scores) <= 0)
+    assert model.seen[-1].tolist() == [[0, 0, 1, 7, 3]]
+
+
+def test_cold_user_keeps_upstream_order() -> None:
+    rr = Reranker(FakeBundle({"sasrec": SuccessorModel()}))
+    cands = ["m2", "m9", "m5"]
+    up = np.array([0.1, 0.9, 0.5])
+    for u in (user(), user("not-in-catalogue")):
+        ids, scores = rr.rerank(u, cands, up)
+        assert ids == cands
+        np.testing.assert_array_equal(scores, up)
+
+
+def test_blend_weight_mixes_standardised_scores() -> None:
+    cands = ["m4", "m9"]
+    up = np.array([0.0, 10.0])  # upstream prefers m9, the model prefers m4 (successor of m3)
+    only_up = Reranker(FakeBundle({"sasrec": SuccessorModel()}), blend=0.0)
+    assert only_up.rerank(user("m3"), cands, up)[0] == ["m9", "m4"]
+    only_seq = Reranker(FakeBundle({"sasrec": SuccessorModel()}), blend=1.0)
+    assert only_seq.rerank(user("m3"), cands, up)[0] == ["m4", "m9"]
+    from_bundle = Reranker(FakeBundle({"sasrec": SuccessorModel()}, configs={"rerank": {"blend": 0.3}}))
+    assert from_bundle.blend_weight("sasrec") == 0.3
+    ids, scores = from_bundle.rerank(user("m3"), cands, up)
+    # z(seq) = [1, -1], z(up) = [-1, 1]: final = 0.3*[1,-1] + 0.7*[-1,1] = [-0.4, 0.4]
+    assert ids == ["m9", "m4"]
+    np.testing.assert_allclose(scores, [0.4, -0.4])
+
+
+def test_unknown_candidates_and_models_raise() -> None:
+    rr = Reranker(FakeBundle({"sasrec": SuccessorModel()}))
+    with pytest.raises(UnknownItemError, match="'zz'") as info:
+        rr.rerank(user("m1"), ["m1", "zz"], np.zeros(2))
+    assert info.value.item_ids == ["zz"]
+    with pytest.raises(UnknownItemError):  # even for a cold user
+        rr.rerank(user(), ["zz"], np.zeros(1))
+    with pytest.raises(UnknownModelError, match="gru4rec"):
+        rr.rerank(user("m1"), ["m1"], np.zeros(1), model="gru4rec")
+    with pytest.raises(UnknownModelError, match="not a sequential model"):
+        Reranker(FakeBundle({"sasrec": SuccessorModel()}), default_model="ncf")
+    with pytest.raises(ValueError, match="one score per candidate"):
+        rr.rerank(user("m1"), ["m1", "m2"], np.zeros(3))
+    assert rr.rerank(user("m1"), [], np.zeros(0))[0] == []
+
+
+def test_scores_match_the_offline_scoring_path() -> None:
+    """The reranker's sequence scores are the model's score_all columns for the same history."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=6, dim=16, n_layers=1, n_heads=2)).eval()
+    rr = Reranker(FakeBundle({"sasrec": model}))
+    cands = ["m1", "m2", "m3", "m6", "m10"]
+    seq = rr.score(user("m5", "m8", "m2"), cands)
+    with torch.no_grad():
+        full = model.score_all(torch.tensor([[2, 8, 5]]))[0].numpy()
+    np.testing.assert_allclose(seq, full[[1, 2, 3, 6, 10]], rtol=1e-5)
+    ids, _ = rr.rerank(user("m5", "m8", "m2"), cands, np.zeros(len(cands)))
+    assert ids == [cands[i] for i in np.argsort(-seq, kind="stable")]
+
+
+def test_standardize_and_select_blend_weight() -> None:
+    np.testing.assert_allclose(standardize(np.array([1.0, 3.0])), [-1.0, 1.0])
+    np.testing.assert_array_equal(standardize(np.array([2.0, 2.0])), [0.0, 0.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend_scores(np.zeros(2), np.zeros(2), 1.5)
+    # list 1: the sequence model is sure of the target, upstream mildly against it; list 2: mirrored.
+    # Only a mix ranks the target first in both lists.
+    seq = [np.array([2.0, 0.0, 0.0]), np.array([0.5, 1.0, 0.0])]
+    up = [np.array([0.5, 1.0, 0.0]), np.array([2.0, 0.0, 0.0])]
+    best, table = select_blend_weight(seq, up, [0, 0], grid=[0.0, 0.5, 1.0], k=1)
+    assert table == {0.0: 0.5, 0.5: 1.0, 1.0: 0.5}
+    assert best == 0.5
