@@ -2,7 +2,9 @@
 #   make install   venv + torch (CPU) + recstack[dev] pinned by constraints.txt; no-op when up to date
 #   make test      the whole suite: unit, integration (real Redis/Kafka/gRPC) and e2e
 #   make demo      train if needed, run the stack, show recommendations change with events (ARGS=...)
-#   make lint | protos | bench | lock | clean | distclean
+#   make up        the stack in the foreground until Ctrl-C (ARGS="--free-ports" ...)
+#   make lint | protos | bench | k8s | image | lock | clean | distclean
+#   make bench     every `recstack bench` command, JSON into reports/bench/NAME.json
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,8 +17,10 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 ARGS ?=
 BENCH_OUT ?= reports/bench
+# Python sources only (ruff would also format the Python blocks inside docs/*.md).
+PY_PATHS := $(wildcard recstack services tests scripts bench)
 
-.PHONY: install test demo up lint format protos bench lock clean distclean
+.PHONY: install test demo up lint format protos bench k8s image lock clean distclean
 
 install: $(STAMP)
 
@@ -37,12 +41,12 @@ up: install
 	$(BIN)/recstack up $(ARGS)
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
 
 format: install
-	$(BIN)/ruff format .
-	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format $(PY_PATHS)
+	$(BIN)/ruff check --fix $(PY_PATHS)
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
@@ -52,8 +56,20 @@ bench: install
 	$(BIN)/recstack bench --help >/dev/null
 	@for cmd in $$($(BIN)/python -c "from recstack.cli import bench_app; print(' '.join(c.name or c.callback.__name__.replace('_', '-') for c in bench_app.registered_commands))"); do \
 		echo "recstack bench $$cmd"; \
-		$(BIN)/recstack bench $$cmd $(ARGS) > $(BENCH_OUT)/$$cmd.json || exit 1; \
+		$(BIN)/recstack bench $$cmd --json $(ARGS) > $(BENCH_OUT)/$$cmd.json || exit 1; \
 	done
+
+# Render every kustomize overlay (kubectl from the dev extra has kustomize built in).
+k8s: install
+	@mkdir -p reports/k8s
+	@for o in deploy/k8s/overlays/*/; do \
+		name=$$(basename $$o); $(BIN)/kubectl kustomize $$o > reports/k8s/$$name.yaml || exit 1; \
+		echo "reports/k8s/$$name.yaml"; \
+	done
+
+# One image for all processes; needs a Docker engine (none on the CI machines).
+image:
+	docker build -f deploy/Dockerfile -t recstack:$(or $(TAG),dev) .
 
 # Regenerate the lock from the current venv (local version labels such as +cpu are dropped so that
 # the pins also match the same release from another index).

@@ -205,6 +205,29 @@ def events_produce_cmd(
     typer.echo(f"sent {sent} events to {topic}")
 
 
+@events_app.command("tail")
+def events_tail_cmd(
+    topic: str = typer.Option("user-events", envvar="RECSTACK_EVENTS_TOPIC", help="e.g. user-events.dlq"),
+    bootstrap: str = typer.Option(..., envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka host:port."),
+    limit: int = typer.Option(10, help="Print at most this many records."),
+    idle_s: float = typer.Option(2.0, help="Stop after this many seconds without a record."),
+) -> None:
+    """Print records of a topic as JSON lines (value, key, partition, offset, headers: DLQ reasons)."""
+    import asyncio
+    import json
+
+    from recstack.events.tail import TailError, tail
+
+    async def run() -> None:
+        async for record in tail(bootstrap, topic, limit=limit, idle_s=idle_s):
+            typer.echo(json.dumps(record))
+
+    try:
+        asyncio.run(run())
+    except TailError as exc:
+        _fail(str(exc))
+
+
 @bench_app.command("stream")
 def bench_stream_cmd(
     events: int = typer.Option(20_000, help="Events per phase."),

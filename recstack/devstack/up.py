@@ -179,6 +179,7 @@ def service_specs(
         "REDIS_URL": redis_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "RECSTACK_EVENTS_TOPIC": config.events_topic,
+        "RECSTACK_EVENTS_PARTITIONS": str(config.event_partitions),
     }
     addr = {name: f"{config.host}:{ports[name][0]}" for name in STAGE_ADDR_ENV}
     specs = []

@@ -4,7 +4,8 @@
 |---------------------------|------|------------------------------------------------------|
 | user:{id}:recent_items    | list | item ids, newest first, capped at RECENT_ITEMS_CAP   |
 | user:{id}:genre_scores    | hash | genre -> EMA score (alpha GENRE_EMA_ALPHA)           |
-| user:{id}:stats           | hash | counter per event type, total, last_active (unix s)  |
+| user:{id}:stats           | hash | counter per event type, total (interactions only),   |
+|                           |      | last_active (unix s)                                 |
 | item:{id}:stats           | hash | counter per event type                               |
 | items:popularity          | zset | item id -> popularity score                          |
 | bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |

@@ -11,7 +11,7 @@ class UserFeatures:
 
     recent_items: item ids, most recent first (at most 50).
     genre_scores: genre -> EMA score (alpha 0.1).
-    counters: event type -> count, plus "total".
+    counters: event type -> count, plus "total" (view/click/like/purchase/rating only).
     last_active: unix seconds of the last event, 0.0 when unknown.
     """
 

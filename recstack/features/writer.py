@@ -3,7 +3,8 @@
 Per event (each ``event_id`` at most once: ``SET {prefix}event:{event_id} NX EX dedup_ttl`` inside
 the same script, so a batch replayed after a crash is a no-op):
 
-* every event: ``user:{id}:stats`` counter of its type, ``total``, ``last_active = max(old, ts)``.
+* every event: ``user:{id}:stats`` counter of its type and ``last_active = max(old, ts)``;
+  ``total`` counts interactions only (not impressions nor session events).
 * interactions (view, click, like, purchase, rating):
   - ``user:{id}:recent_items``: LREM the item (an earlier occurrence moves to the front instead of
     appearing twice), LPUSH, LTRIM 0 49 (newest first, at most RECENT_ITEMS_CAP).
@@ -64,15 +65,14 @@ local function arm_prior(key)
   redis.call('HSETNX', key, 'alpha', 1)
   redis.call('HSETNX', key, 'beta', 1)
 end
-for _, ev in ipairs(batch) do
+local function apply_one(ev)
   local id, user, item, etype, ts = ev[1], ev[2], ev[3], ev[4], ev[5]
   local w, genres, req, reward, slate = ev[6], ev[7], ev[8], ev[9], ev[10]
-  local exp, variant = ev[11], ev[12]
+  local exp, variant, interaction = ev[11], ev[12], ev[13] == 1
   if redis.call('SET', prefix .. 'event:' .. id, '1', 'NX', 'EX', ttl) then
-    applied = applied + 1
     local ukey = prefix .. 'user:' .. user .. ':stats'
     redis.call('HINCRBY', ukey, etype, 1)
-    redis.call('HINCRBY', ukey, 'total', 1)
+    if interaction then redis.call('HINCRBY', ukey, 'total', 1) end
     local last = tonumber(redis.call('HGET', ukey, 'last_active') or '0')
     if ts > last then redis.call('HSET', ukey, 'last_active', fmt(ts)) end
     if etype == 'impression' then
@@ -100,7 +100,7 @@ for _, ev in ipairs(batch) do
           redis.call('SET', ikey .. ':exp', exp .. '\n' .. variant, 'EX', math.floor(window) + 86400)
         end
       end
-    elseif item ~= '' and w >= 0 and etype ~= 'session_start' and etype ~= 'session_end' then
+    elseif interaction then
       local rkey = prefix .. 'user:' .. user .. ':recent_items'
       redis.call('LREM', rkey, 0, item)
       redis.call('LPUSH', rkey, item)
@@ -140,11 +140,23 @@ for _, ev in ipairs(batch) do
         end
       end
     end
+    return 'ok'
+  end
+  return 'dup'
+end
+local failed = {}
+for i, ev in ipairs(batch) do
+  local ok, res = pcall(apply_one, ev)
+  if not ok then
+    failed[#failed + 1] = tostring(i)
+    failed[#failed + 1] = type(res) == 'table' and tostring(res.err) or tostring(res)
+  elseif res == 'ok' then
+    applied = applied + 1
   else
     dup = dup + 1
   end
 end
-return {applied, dup, rewards}
+return {applied, dup, rewards, failed}
 """
 
 _SETTLE_LUA = r"""
@@ -192,11 +204,15 @@ class EventWeights:
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """applied: events written; duplicates: event_ids already applied; rewards: alpha increments."""
+    """applied: events written; duplicates: event_ids already applied; rewards: alpha increments;
+    failed: (index in the batch, Redis error) of events whose writes raised (e.g. WRONGTYPE on a key
+    another tool wrote). A failed event keeps its idempotency marker and whatever it wrote before
+    the error (Redis does not roll back scripts); the other events of the batch are applied."""
 
     applied: int
     duplicates: int
     rewards: int
+    failed: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,15 +273,16 @@ class FeatureWriter:
             list(event.items),
             event.experiment_id,
             event.variant,
+            1 if event.is_interaction else 0,
         ]
 
     async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
-        """Apply validated events in order, in one EVALSHA. Raises redis.RedisError when Redis fails
-        (nothing of the batch is written unless the script itself fails half-way)."""
+        """Apply validated events in order, in one EVALSHA. Raises redis.RedisError when Redis is
+        unreachable (then nothing of the batch was written); per-event errors are in ``failed``."""
         if not events:
             return ApplyResult(0, 0, 0)
         payload = json.dumps([self._encode(e) for e in events], separators=(",", ":"))
-        applied, dup, rewards = await self._apply(
+        applied, dup, rewards, failed = await self._apply(
             keys=[],
             args=[
                 self.keys.prefix,
@@ -276,7 +293,10 @@ class FeatureWriter:
                 payload,
             ],
         )
-        return ApplyResult(int(applied), int(dup), int(rewards))
+        errors = tuple((int(failed[i]) - 1, str(failed[i + 1])) for i in range(0, len(failed), 2))
+        for index, error in errors:
+            log.error("event %s not applied: %s", events[index].event_id, error)
+        return ApplyResult(int(applied), int(dup), int(rewards), errors)
 
     async def settle(self, now: float | None = None, limit: int = 1000) -> SettleResult:
         """Close impression windows that ended before ``now``: zero reward (beta += 1) for every

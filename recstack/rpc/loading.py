@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -32,13 +32,13 @@ def load_core(artifacts: str | Path, factory: Callable[[Any], T]) -> tuple[T, st
         raise StartupError(str(exc)) from exc
 
 
-async def abort_not_loaded(context: grpc.aio.ServicerContext, what: str) -> None:
+async def abort_not_loaded(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
     await context.abort(
         grpc.StatusCode.UNAVAILABLE, f"{what} is still loading its model bundle; retry shortly"
     )
 
 
-async def abort_invalid(context: grpc.aio.ServicerContext, message: str) -> None:
+async def abort_invalid(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
     """INVALID_ARGUMENT with a message that names the field."""
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -109,17 +109,23 @@ class BundleReloader:
 _reload_tasks: set[asyncio.Task[None]] = set()
 
 
+def start_reloader(
+    artifacts: str | Path, interval_s: float, factory: Callable[[Any], T], apply: Callable[[T, str], None]
+) -> None:
+    """Run a BundleReloader in the background (inside the running event loop); 0 disables it."""
+    if interval_s <= 0:
+        return
+    task = asyncio.create_task(BundleReloader(artifacts, factory, apply, interval_s).run())
+    _reload_tasks.add(task)
+    task.add_done_callback(_reload_tasks.discard)
+
+
 def watch_bundle(
     artifacts: str | Path, interval_s: float, factory: Callable[[Any], Any], target: Any
 ) -> None:
-    """Start a BundleReloader that swaps ``target.core`` / ``target.version`` (a servicer) on a
-    new bundle; ``interval_s`` 0 disables it. Call from inside the running event loop."""
-    if interval_s <= 0:
-        return
+    """Hot reload for a model servicer: swaps ``target.core`` / ``target.version`` on a new bundle."""
 
     def apply(core: Any, version: str) -> None:
         target.core, target.version = core, version
 
-    task = asyncio.create_task(BundleReloader(artifacts, factory, apply, interval_s).run())
-    _reload_tasks.add(task)
-    task.add_done_callback(_reload_tasks.discard)
+    start_reloader(artifacts, interval_s, factory, apply)

@@ -70,7 +70,7 @@ class _TrainingProfile:
     patience: int = 10
     eval_every: int = 1
     max_minutes: float | None = 4.0
-    precision: str = "auto"  # "fp32", "bf16" (autocast in the loss) or "auto" (bf16 when the CPU has it)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast in the loss) or "auto" (bf16 when the CPU has it)
 
     def trainer_overrides(self) -> dict[str, Any]:
         """Keyword arguments for ``TrainerConfig(**overrides)``."""
@@ -88,7 +88,7 @@ class _TrainingProfile:
 class SASRecTaskConfig(_TrainingProfile):
     """SASRec model size + batching (the model config is built with the split's n_items)."""
 
-    max_len: int = 200
+    max_len: int = 50
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 2
@@ -121,7 +121,7 @@ class SASRecTaskConfig(_TrainingProfile):
 class GRU4RecTaskConfig(_TrainingProfile):
     """GRU4Rec model size + batching."""
 
-    max_len: int = 200
+    max_len: int = 50
     dim: int = 64
     hidden: int = 128
     n_layers: int = 1
@@ -152,7 +152,7 @@ class GRU4RecTaskConfig(_TrainingProfile):
 class BERT4RecTaskConfig(_TrainingProfile):
     """BERT4Rec model size, masking and batching."""
 
-    max_len: int = 200
+    max_len: int = 50
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 2

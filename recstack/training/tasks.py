@@ -187,6 +187,7 @@ class PairTaskConfig:
     batch_size: int = 2048
     n_negatives: int = 1  # BPR: 1 negative per positive; NeuMF: 4
     neg_power: float = 0.0
+    loss: str = "bce"  # NeuMF only: "bce" (pointwise, He et al.) or "bpr" (pairwise vs each negative)
 
 
 class BPRTask:
@@ -247,7 +248,11 @@ class NeuMFTask:
             }
 
     def loss(self, batch: dict) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(self.model(batch["user"], batch["item"]), batch["label"])
+        logits = self.model(batch["user"], batch["item"])
+        if self.cfg.loss == "bpr":
+            grid = logits.view(-1, 1 + self.cfg.n_negatives)
+            return -F.logsigmoid(grid[:, :1] - grid[:, 1:]).mean()
+        return F.binary_cross_entropy_with_logits(logits, batch["label"])
 
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
         items = torch.arange(self.feats.n_items + 1)

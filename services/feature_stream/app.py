@@ -8,6 +8,7 @@ write and the commit replays the batch; the writer's event_id check makes that a
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from recstack.devstack.embedded import EmbeddedError, ensure_topics
-from recstack.events.schema import InvalidEvent
 from recstack.features.catalog import CatalogError, ItemCatalog, load_catalog_or_empty
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
@@ -26,8 +26,6 @@ from services.feature_stream.processor import BatchProcessor, RawMessage, dead_l
 from services.feature_stream.settings import StreamSettings
 
 log = logging.getLogger(__name__)
-
-CATALOG_CHECK_INTERVAL_S = 10.0
 
 
 def _current_version(artifacts: str) -> str:
@@ -42,10 +40,16 @@ def create_app(settings: StreamSettings) -> faust.App:
         settings.group_id,
         broker=settings.kafka_urls(scheme=transport.SCHEME),
         store="memory://",
+        # Faust creates "<datadir>/v1/tables" even with the memory store; keep it out of the cwd.
+        datadir=str(Path(tempfile.gettempdir()) / f"{settings.group_id}-data"),
         autodiscover=False,
         web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066,
         web_bind="127.0.0.1",
+        # Stop and rebalance without waiting for in-flight events: a batch stuck on an unreachable
+        # Redis would block SIGTERM forever. Unacked events are not committed; the next owner
+        # replays them and the writer's event_id check makes the replay a no-op.
+        stream_wait_empty=False,
         broker_session_timeout=10,
         broker_rebalance_timeout=3,
         broker_heartbeat_interval=1,
@@ -67,9 +71,9 @@ def create_app(settings: StreamSettings) -> faust.App:
         reward_window_s=settings.reward_window_s,
     )
 
-    async def send_dead_letter(message: RawMessage, error: InvalidEvent) -> None:
+    async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
         delivered = await dlq_topic.send(
-            key=message.key, value=message.value, headers=dead_letter_headers(message, error)
+            key=message.key, value=message.value, headers=dead_letter_headers(message, reason, detail)
         )
         await delivered
 
@@ -103,7 +107,7 @@ def create_app(settings: StreamSettings) -> faust.App:
             metrics.REWARDS.labels(value="0").inc(result.zero_rewards)
             log.info("closed %d impression windows, %d zero rewards", result.requests, result.zero_rewards)
 
-    @app.timer(interval=CATALOG_CHECK_INTERVAL_S)
+    @app.timer(interval=settings.catalog_check_s)
     async def reload_catalog() -> None:
         version = _current_version(settings.artifacts)
         if version and version != writer.catalog.version:
@@ -137,6 +141,7 @@ def run_worker(settings: StreamSettings | None = None) -> int:
         start_http_server(settings.metrics_port)
         log.info("metrics on :%d/metrics", settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.spinner = None  # terminal escape codes would end up in container logs
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode's worker always leaves through sys.exit

@@ -1,9 +1,10 @@
 """One batch of raw Kafka messages -> validated events -> Redis (no Faust here, so it unit-tests plainly).
 
 Invalid messages go to the dead-letter sink with their original bytes, the reason code and the
-source topic/partition/offset; valid ones are applied with one FeatureWriter call. A Redis failure
-is retried with exponential backoff (0.1 s doubling to max_backoff_s) until it succeeds or the task
-is cancelled, so the caller acknowledges (commits) the batch only after the writes landed.
+source topic/partition/offset; valid ones are applied with one FeatureWriter call, and events whose
+Redis writes raised (e.g. WRONGTYPE) are dead-lettered too, reason ``write_failed``. An unreachable
+Redis is retried with exponential backoff (0.1 s doubling to max_backoff_s) until it succeeds or the
+task is cancelled, so the caller acknowledges (commits) the batch only after the writes landed.
 """
 
 from __future__ import annotations
@@ -41,14 +42,17 @@ class RawMessage:
     offset: int
 
 
-DeadLetterSink = Callable[[RawMessage, InvalidEvent], Awaitable[None]]
+WRITE_FAILED = "write_failed"
+
+# (message, reason code, human-readable detail): reason is a schema REASON_CODES entry or WRITE_FAILED.
+DeadLetterSink = Callable[[RawMessage, str, str], Awaitable[None]]
 
 
-def dead_letter_headers(message: RawMessage, error: InvalidEvent) -> dict[str, bytes]:
-    """Kafka headers of a dead letter: reason code, message, source topic/partition/offset."""
+def dead_letter_headers(message: RawMessage, reason: str, detail: str) -> dict[str, bytes]:
+    """Kafka headers of a dead letter: reason code, detail, source topic/partition/offset."""
     return {
-        DLQ_HEADER_REASON: error.reason_code.encode(),
-        DLQ_HEADER_MESSAGE: error.message.encode()[:1024],
+        DLQ_HEADER_REASON: reason.encode(),
+        DLQ_HEADER_MESSAGE: detail.encode()[:1024],
         DLQ_HEADER_TOPIC: message.topic.encode(),
         DLQ_HEADER_PARTITION: str(message.partition).encode(),
         DLQ_HEADER_OFFSET: str(message.offset).encode(),
@@ -86,18 +90,18 @@ class BatchProcessor:
         started = time.perf_counter()
         now = self.clock()
         valid: list[UserEvent] = []
+        sources: list[RawMessage] = []
         invalid = 0
         for message in messages:
             try:
                 valid.append(parse_event(message.value, now=now))
+                sources.append(message)
             except InvalidEvent as exc:
                 invalid += 1
-                metrics.DEAD_LETTERS.labels(reason=exc.reason_code).inc()
-                log.warning(
-                    "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
-                )
-                await self.dead_letter(message, exc)
+                await self._dead_letter(message, exc.reason_code, exc.message)
         result = await self._apply_with_retry(valid)
+        for index, error in result.failed:
+            await self._dead_letter(sources[index], WRITE_FAILED, error)
         written_at = self.clock()
         for event in valid:
             metrics.EVENTS.labels(type=event.event_type).inc()
@@ -106,7 +110,16 @@ class BatchProcessor:
         metrics.REWARDS.labels(value="1").inc(result.rewards)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
-        return BatchOutcome(len(valid), invalid, result.applied, result.duplicates, result.rewards)
+        return BatchOutcome(
+            len(valid), invalid + len(result.failed), result.applied, result.duplicates, result.rewards
+        )
+
+    async def _dead_letter(self, message: RawMessage, reason: str, detail: str) -> None:
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
+        log.warning(
+            "dead letter %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset, reason, detail
+        )
+        await self.dead_letter(message, reason, detail)
 
     async def _apply_with_retry(self, events: Sequence[UserEvent]) -> ApplyResult:
         backoff = self.initial_backoff_s

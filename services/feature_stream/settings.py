@@ -45,6 +45,9 @@ class StreamSettings(BaseSettings):
     settle_interval_s: float = Field(
         5.0, gt=0, validation_alias=_env("RECSTACK_SETTLE_INTERVAL_S", "settle_interval_s")
     )
+    catalog_check_s: float = Field(
+        10.0, gt=0, validation_alias=_env("RECSTACK_CATALOG_CHECK_S", "catalog_check_s")
+    )
     dedup_ttl_s: int = Field(
         7 * 24 * 3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s")
     )

@@ -12,12 +12,19 @@ from recstack.events.producer import EventProducer
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.rpc.client import insecure_channel
+from recstack.rpc.loading import start_reloader
 from recstack.rpc.server import run
 from recstack.rpc.settings import load_settings
 from recstack.serving.chain import Chain
 from recstack.serving.stages import GrpcBandit, GrpcRanking, GrpcRerank, GrpcRetrieval, build_stages
 from recstack.v1 import gateway_pb2_grpc
-from services.gateway.servicer import GatewayServicer, ImpressionPublisher, Recommender, read_bundle_lists
+from services.gateway.servicer import (
+    GatewayServicer,
+    ImpressionPublisher,
+    Recommender,
+    bundle_lists,
+    read_bundle_lists,
+)
 from services.gateway.settings import GatewaySettings
 
 SERVICE_NAME = "recstack.v1.Gateway"
@@ -62,8 +69,10 @@ def main() -> int:
         )
         impressions = ImpressionPublisher(producer)
         resources["impressions"] = impressions
-        servicer.recommender = Recommender(
-            Chain(stages, lists.popularity), lists.user_ids, impressions=impressions
+        recommender = Recommender(Chain(stages, lists.popularity), lists.user_ids, impressions=impressions)
+        servicer.recommender = recommender
+        start_reloader(
+            settings.artifacts, settings.reload_s, bundle_lists, lambda new, _v: recommender.use_bundle(new)
         )
 
     async def on_stop() -> None:

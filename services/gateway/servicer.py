@@ -18,6 +18,7 @@ from recstack.experiments.assignment import DEFAULT_EXPERIMENT, Experiment, Unkn
 from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
 from recstack.rpc.server import StartupError
 from recstack.serving.chain import Chain, RecommendState
+from recstack.serving.stages import PopularityStage
 from recstack.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.validation import RequestError, validate_request
 
@@ -54,9 +55,13 @@ def read_bundle_lists(artifacts: Path) -> BundleLists:
     from recstack.artifacts import BundleError, load_bundle
 
     try:
-        bundle = load_bundle(artifacts)
+        return bundle_lists(load_bundle(artifacts))
     except BundleError as exc:
         raise StartupError(str(exc)) from exc
+
+
+def bundle_lists(bundle: Any) -> BundleLists:
+    """BundleLists of a loaded ``recstack.artifacts.Bundle``."""
     return BundleLists(
         bundle.version, [str(x) for x in bundle.popularity], frozenset(map(str, bundle.user_ids))
     )
@@ -153,6 +158,14 @@ class Recommender:
         self.experiment = experiment
         self.impressions = impressions
 
+    def use_bundle(self, lists: BundleLists) -> None:
+        """Switch to a new bundle's known users and popularity lists (hot reload)."""
+        self.known_users = lists.user_ids
+        self.chain.fill_items = list(lists.popularity)
+        for stage in self.chain.stages:
+            if isinstance(stage, PopularityStage):
+                stage.catalog_popularity = list(lists.popularity)
+
     async def recommend(
         self, request: gateway_pb2.RecommendRequest, time_remaining_s: float | None = None
     ) -> gateway_pb2.RecommendResponse:
@@ -205,16 +218,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.recommender = recommender
 
     async def Recommend(
-        self, request: gateway_pb2.RecommendRequest, context: Any
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
-        if self.recommender is None:
+        recommender = self.recommender
+        if recommender is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is still loading; retry shortly")
-        assert self.recommender is not None
-        token = None
-        if not current_request_id():
-            token = set_request_id(new_request_id())
+        # The interceptor of recstack.rpc.server binds a request id; direct callers get a fresh one.
+        token = None if current_request_id() else set_request_id(new_request_id())
         try:
-            return await self.recommender.recommend(request, context.time_remaining())
+            return await recommender.recommend(request, context.time_remaining())
         except (RequestError, UnknownVariantError) as exc:
             REQUESTS.labels("", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -225,4 +237,3 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         finally:
             if token is not None:
                 reset_request_id(token)
-        raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recstack.artifacts import write_current
 from recstack.devstack.embedded import ensure_topics, free_port
 from recstack.events.schema import parse_event
 from recstack.features.keys import Keys
@@ -108,10 +110,14 @@ def stack(
     small_bundle: Path, redis_server: str, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Service]]:
     logs = tmp_path_factory.mktemp("service-logs")
+    # A private copy: the hot-reload test moves its CURRENT.
+    artifacts = tmp_path_factory.mktemp("artifacts") / "bundle"
+    shutil.copytree(small_bundle, artifacts)
     services: dict[str, Service] = {}
     for name in SERVICES:
         port, mport = free_port(), free_port()
-        env = service_env(name, port, mport, small_bundle, redis_server)
+        env = service_env(name, port, mport, artifacts, redis_server)
+        env["RECSTACK_RELOAD_S"] = "0.5"
         services[name] = Service(name, port, mport, env, logs / f"{name}.log")
     gw = services["gateway"].env
     for name in DOWNSTREAM:
@@ -286,6 +292,30 @@ def test_ranking_down_degrades_then_recovers(
         time.sleep(0.3)
     assert not reply.degraded, dict(reply.skipped)
     assert "ranking" in reply.stages
+
+
+def test_new_bundle_is_picked_up_without_restart(
+    stack: dict[str, Service], known_user: tuple[str, list[str]]
+) -> None:
+    artifacts = Path(stack["ranking"].env["RECSTACK_ARTIFACTS"])
+    old = (artifacts / "CURRENT").read_text().strip()
+    new = f"{old}-reloaded"
+    shutil.copytree(artifacts / old, artifacts / new)
+    manifest = json.loads((artifacts / new / "manifest.json").read_text())
+    manifest["version"] = new
+    (artifacts / new / "manifest.json").write_text(json.dumps(manifest))
+    write_current(artifacts, new)
+    request = gateway_pb2.RecommendRequest(user_id=known_user[0], k=5)
+    deadline = time.monotonic() + 30
+    versions: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        reply = recommend(stack, request)
+        versions = dict(reply.model_versions)
+        if all(versions.get(s) == new for s in ("retrieval", "ranking", "rerank")):
+            break
+        time.sleep(0.3)
+    assert all(versions.get(s) == new for s in ("retrieval", "ranking", "rerank")), versions
+    assert not reply.degraded, dict(reply.skipped)
 
 
 def test_sigterm_exits_zero(stack: dict[str, Service]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from recstack.events import parse_event
+from recstack.events import new_event, parse_event
+from recstack.events.producer import EventProducer
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +72,24 @@ def test_produce_reports_unreachable_broker() -> None:
         cmd + ["--bootstrap", "127.0.0.1:1"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "cannot connect to Kafka" in done.stderr
+
+
+def test_tail_prints_records_as_json_lines(kafka_broker: str, kafka_topic: Callable[..., str]) -> None:
+    topic = kafka_topic(1, "tail")
+    events = [new_event(f"u{n}", "click", "i1") for n in range(3)]
+
+    async def send() -> None:
+        async with EventProducer(kafka_broker, topic) as producer:
+            await producer.send_raw(b"not json", key=b"k")
+            await producer.send_many(events)
+
+    asyncio.run(send())
+    cmd = [sys.executable, "-m", "recstack.cli", "events", "tail", "--topic", topic, "--limit", "3"]
+    done = subprocess.run(
+        cmd + ["--bootstrap", kafka_broker], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 3
+    assert lines[0]["value"] == "not json" and lines[0]["offset"] == 0 and lines[0]["key"] == "k"
+    assert lines[1]["value"]["event_id"] == events[0].event_id

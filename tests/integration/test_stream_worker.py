@@ -65,6 +65,8 @@ def worker_env(
         "RECSTACK_STREAM_GROUP": f"fs-{uuid.uuid4().hex[:8]}",
         "RECSTACK_REWARD_WINDOW_S": "1",
         "RECSTACK_SETTLE_INTERVAL_S": "0.5",
+        "RECSTACK_CATALOG_CHECK_S": "0.5",
+        "RECSTACK_LOG_LEVEL": "INFO",
     }
 
 
@@ -111,6 +113,7 @@ def worker(
         "metrics_port": int(env["RECSTACK_METRICS_PORT"]),
         "prefix": env["RECSTACK_REDIS_PREFIX"],
         "redis": redis.Redis.from_url(redis_url, decode_responses=True),
+        "artifacts": artifacts,
     }
     try:
         yield info
@@ -158,7 +161,7 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     wait_for(lambda: r.hget(f"{p}user:u1:stats", "click"), "features in redis", proc, log)
     assert r.lrange(f"{p}user:u1:recent_items", 0, -1) == ["i1", "i2"]
     stats = r.hgetall(f"{p}user:u1:stats")
-    assert (stats["click"], stats["view"], stats["impression"], stats["total"]) == ("1", "1", "1", "3")
+    assert (stats["click"], stats["view"], stats["impression"], stats["total"]) == ("1", "1", "1", "2")
     genres = {k: float(v) for k, v in r.hgetall(f"{p}user:u1:genre_scores").items()}
     assert genres["Action"] == pytest.approx(0.1) and genres["Drama"] == pytest.approx(0.05 * 0.9)
     assert r.hget(f"{p}item:i1:stats", "impression") == "1"
@@ -179,6 +182,21 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     assert 'recstack_stream_dead_letters_total{reason="unknown_event_type"} 1.0' in text
     assert "recstack_stream_duplicates_total 1.0" in text
 
+    # a new bundle version is picked up without a restart: i3 gains a genre
+    (worker["artifacts"] / "v2").mkdir()
+    catalog = {"item_ids": ["i1", "i2", "i3"], "genres": {"i3": ["Horror"]}}
+    (worker["artifacts"] / "v2" / "catalog.json").write_text(json.dumps(catalog))
+    (worker["artifacts"] / "CURRENT").write_text("v2\n")
+
+    def horror_seen() -> bool:
+        if r.hexists(f"{p}user:u1:genre_scores", "Horror"):
+            return True
+        view = new_event("u1", "view", "i3")
+        asyncio.run(produce(worker["bootstrap"], worker["events_topic"], [(b"u1", event_to_json(view))]))
+        return False
+
+    wait_for(horror_seen, "the v2 catalogue", proc, log)
+
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, log.read_text()[-3000:]
 
@@ -186,8 +204,8 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
 def test_offsets_commit_only_after_redis_writes(
     kafka_broker: str, kafka_topic: Callable[..., str], artifacts: Path, tmp_path: Path
 ) -> None:
-    """Redis goes down: the worker retries and commits nothing; a worker killed meanwhile loses
-    nothing, because its replacement (same group) re-reads the unwritten events."""
+    """Redis goes down: the worker retries and commits nothing; stopped meanwhile (SIGTERM, exit 0)
+    it loses nothing, because its replacement (same group) re-reads the unwritten events."""
     server = EmbeddedRedis(log_dir=tmp_path).start()
     port = server.port
     env = worker_env(
@@ -210,8 +228,9 @@ def test_offsets_commit_only_after_redis_writes(
         retries = "recstack_stream_redis_retries_total "
         # five failed attempts take > 3 s of backoff: longer than Faust's 2.8 s commit interval
         wait_for(lambda: metric(metrics_port, retries) >= 5, "redis write retries", first, log)
-        first.kill()
-        first.wait(10)
+        # SIGTERM while a batch is stuck: a clean, quick stop that commits only what was written
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0, log.read_text()[-3000:]
 
         server = EmbeddedRedis(port=port, log_dir=tmp_path).start()
         second = start_worker(env, log)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from recstack.events import InvalidEvent, UserEvent, event_to_json, new_event
+from recstack.events import UserEvent, event_to_json, new_event
 from recstack.features.writer import ApplyResult
 from services.feature_stream.processor import BatchProcessor, RawMessage, dead_letter_headers
 from services.feature_stream.settings import StreamSettings
@@ -31,10 +31,10 @@ def msg(value: bytes, offset: int) -> RawMessage:
 
 
 async def test_invalid_messages_are_dead_lettered_and_valid_ones_applied() -> None:
-    dead: list[tuple[RawMessage, InvalidEvent]] = []
+    dead: list[tuple[RawMessage, str, str]] = []
 
-    async def sink(message: RawMessage, error: InvalidEvent) -> None:
-        dead.append((message, error))
+    async def sink(message: RawMessage, reason: str, detail: str) -> None:
+        dead.append((message, reason, detail))
 
     writer = FlakyWriter(failures=0)
     good = new_event("u1", "click", "i1")
@@ -42,15 +42,15 @@ async def test_invalid_messages_are_dead_lettered_and_valid_ones_applied() -> No
     outcome = await processor.process([msg(event_to_json(good), 7), msg(b"{oops", 8)])
     assert (outcome.valid, outcome.invalid, outcome.applied) == (1, 1, 1)
     assert writer.batches == [[good]]
-    message, error = dead[0]
-    assert message.offset == 8 and error.reason_code == "malformed_json"
-    headers = dead_letter_headers(message, error)
+    message, reason, detail = dead[0]
+    assert message.offset == 8 and reason == "malformed_json" and "JSON" in detail
+    headers = dead_letter_headers(message, reason, detail)
     assert headers["recstack-reason"] == b"malformed_json"
     assert headers["recstack-source-partition"] == b"2" and headers["recstack-source-offset"] == b"8"
 
 
 async def test_redis_failures_are_retried_until_success() -> None:
-    async def sink(message: RawMessage, error: InvalidEvent) -> None:
+    async def sink(message: RawMessage, reason: str, detail: str) -> None:
         raise AssertionError("no dead letters expected")
 
     writer = FlakyWriter(failures=3)
@@ -79,3 +79,22 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "user-events.dlq",
         0,
     )
+
+
+class PartlyFailingWriter:
+    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+        return ApplyResult(len(events) - 1, 0, 0, failed=((1, "WRONGTYPE Operation against a key"),))
+
+
+async def test_events_failing_in_redis_are_dead_lettered() -> None:
+    dead: list[tuple[int, str]] = []
+
+    async def sink(message: RawMessage, reason: str, detail: str) -> None:
+        dead.append((message.offset, reason))
+
+    processor = BatchProcessor(PartlyFailingWriter(), sink)  # type: ignore[arg-type]
+    values = [event_to_json(new_event("u1", "view", f"i{n}")) for n in range(3)]
+    outcome = await processor.process([msg(b"{", 10)] + [msg(v, 11 + n) for n, v in enumerate(values)])
+    # batch index 1 of the valid events is offset 12 (offset 10 was invalid JSON)
+    assert dead == [(10, "malformed_json"), (12, "write_failed")]
+    assert outcome.invalid == 2 and outcome.applied == 2

@@ -65,7 +65,7 @@ async def test_counters_last_active_and_item_stats(client: aioredis.Redis) -> No
     )
     stats = await client.hgetall("user:u:stats")
     assert stats["click"] == "1" and stats["view"] == "1" and stats["session_start"] == "1"
-    assert stats["total"] == "3"
+    assert stats["total"] == "2"  # session events are not interactions
     assert float(stats["last_active"]) == T0 + 50
     assert await client.hgetall("item:i1:stats") == {"click": "1", "view": "1"}
 
@@ -184,3 +184,13 @@ async def test_experiment_exposures_and_outcomes(client: aioredis.Redis) -> None
     assert await store.get_experiment("nothing") == {}
     await writer.settle(now=T0 + 100)
     assert await client.exists("x:imp:r1:exp", "x:imp:r1") == 0
+
+
+async def test_event_failing_in_redis_is_reported_and_others_applied(client: aioredis.Redis) -> None:
+    await client.set("user:bad:recent_items", "not a list")
+    writer = FeatureWriter(client)
+    events = [ev("ok", "view", "i1"), ev("bad", "view", "i1"), ev("ok", "view", "i2")]
+    result = await writer.apply(events)
+    assert result.applied == 2 and result.duplicates == 0
+    assert len(result.failed) == 1 and result.failed[0][0] == 1 and "WRONGTYPE" in result.failed[0][1]
+    assert await client.lrange("user:ok:recent_items", 0, -1) == ["i2", "i1"]

@@ -199,3 +199,23 @@ async def test_caller_deadline_cuts_stages() -> None:
     assert s.skipped["ranking"].startswith("timeout after")
     assert s.skipped["bandit"] == "request deadline reached"
     assert len(s.candidates) == 5  # the reply is still built from what ran
+
+
+async def test_use_bundle_switches_known_users_and_popularity() -> None:
+    from services.gateway.servicer import BundleLists
+
+    rec = Recommender(make_chain(FakeStore(), FakeRetrieval(), FakeRanking(), FakeRerank()), set())
+    reply = await rec.recommend(
+        gateway_pb2.RecommendRequest(user_id="u7", k=3, context={"force_variant": "control"})
+    )
+    assert list(reply.stages) == ["features", "popularity", "bandit"]  # unknown: cold start
+    assert reply.items[0].item_id == "i49"
+    rec.use_bundle(BundleLists("v2", ["i3", "i4", "i5"], frozenset({"u7"})))
+    reply = await rec.recommend(
+        gateway_pb2.RecommendRequest(user_id="u7", k=3, context={"force_variant": "control"})
+    )
+    assert list(reply.stages) == ["features", "retrieval", "ranking", "bandit"]
+    reply = await rec.recommend(
+        gateway_pb2.RecommendRequest(user_id="stranger", k=3, context={"force_variant": "control"})
+    )
+    assert reply.items[0].item_id == "i3"  # the new bundle's popularity list

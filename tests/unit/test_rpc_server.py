@@ -143,3 +143,46 @@ async def test_loader_failure_stops_the_server() -> None:
     # the port is free again
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", cfg.port))
+
+
+async def test_stop_drains_in_flight_calls() -> None:
+    from recstack.exploration.arms import ArmCache
+    from recstack.exploration.thompson import ThompsonSlatePolicy
+    from recstack.v1 import bandit_pb2, bandit_pb2_grpc
+    from services.bandit.servicer import BanditServicer
+
+    async def slow_arms(items: object) -> dict[str, tuple[float, float]]:
+        await asyncio.sleep(0.5)
+        return {}
+
+    servicer = BanditServicer(ThompsonSlatePolicy(seed=0), ArmCache(slow_arms, timeout_s=2.0))
+    cfg = settings(metrics=False)
+    ready, stop = asyncio.Event(), asyncio.Event()
+
+    async def load() -> None:
+        return None
+
+    task = asyncio.create_task(
+        serve(
+            lambda s: bandit_pb2_grpc.add_BanditServicer_to_server(servicer, s),
+            "recstack.v1.Bandit",
+            cfg,
+            load,
+            ready=ready,
+            stop=stop,
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 5)
+    channel = insecure_channel(f"127.0.0.1:{cfg.port}")
+    stub = bandit_pb2_grpc.BanditStub(channel)
+    request = bandit_pb2.ExploreRequest(candidates=[common_pb2.ScoredItem(item_id="a", score=1.0)], k=1)
+    in_flight = asyncio.ensure_future(stub.Explore(request, timeout=5))
+    await asyncio.sleep(0.2)
+    stop.set()
+    reply = await in_flight  # finished within the grace period
+    assert [x.item_id for x in reply.items] == ["a"]
+    assert await asyncio.wait_for(task, 10) == 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Explore(request, timeout=1)
+    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    await channel.close()

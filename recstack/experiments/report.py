@@ -1,0 +1,189 @@
+"""A/B report: statistics of one experiment as Markdown plus a PNG of the lifts with CIs.
+
+    report = build_report(load_records("records.csv"), config.get("explore-slots-v1"))
+    paths = write_report(report, Path("reports/ab/explore-slots-v1"))
+
+Records come from a DataFrame, a CSV file or a JSON-lines file (one record per line) with the
+columns described in ``recstack.experiments.stats``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from recstack.experiments.config import ExperimentConfig, ExperimentsConfig, load_experiments
+from recstack.experiments.stats import ExperimentResult, ExperimentStatsError, analyze
+
+RecordSource = pd.DataFrame | str | Path
+
+
+@dataclass
+class Report:
+    experiment: ExperimentConfig
+    result: ExperimentResult
+    source: str
+    created_at: str
+
+    @property
+    def experiment_id(self) -> str:
+        return self.experiment.id
+
+
+def load_records(source: RecordSource) -> pd.DataFrame:
+    """A DataFrame as is; a path ending in .csv as CSV; .jsonl / .ndjson / .json as JSON lines."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ExperimentStatsError(f"records file {path} not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype={"user_id": str, "variant": str, "experiment_id": str})
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return pd.read_json(path, lines=True, dtype={"user_id": str, "variant": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise ExperimentStatsError(f"cannot parse records file {path}: {exc}") from None
+    raise ExperimentStatsError(f"records file {path}: use .csv or .jsonl (JSON lines), got {suffix!r}")
+
+
+def resolve_experiment(
+    experiment: ExperimentConfig | str, config: ExperimentsConfig | str | Path | None = None
+) -> ExperimentConfig:
+    """An ExperimentConfig as is; an id looked up in ``config`` (UnknownExperimentError if absent)."""
+    if isinstance(experiment, ExperimentConfig):
+        return experiment
+    if config is None:
+        raise ExperimentStatsError(
+            f"experiment {experiment!r} given by id: pass config= "
+            "(an ExperimentsConfig or the experiments file)"
+        )
+    cfg = config if isinstance(config, ExperimentsConfig) else load_experiments(config)
+    return cfg.get(experiment)
+
+
+def build_report(
+    records: RecordSource,
+    experiment: ExperimentConfig | str,
+    *,
+    config: ExperimentsConfig | str | Path | None = None,
+    alpha: float = 0.05,
+    cuped: bool = True,
+) -> Report:
+    """Analyse the experiment's records (see ``recstack.experiments.stats.analyze``)."""
+    exp = resolve_experiment(experiment, config)
+    df = load_records(records)
+    result = analyze(df, exp, alpha=alpha, cuped=cuped)
+    source = "DataFrame" if isinstance(records, pd.DataFrame) else str(records)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Report(exp, result, source, now)
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}g}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:+.2f}%"
+
+
+def _p(x: float) -> str:
+    return "-" if math.isnan(x) else ("<1e-4" if x < 1e-4 else f"{x:.4f}")
+
+
+def render_markdown(report: Report, png_name: str | None = "lifts.png") -> str:
+    r = report.result
+    exp = report.experiment
+    lines = [
+        f"# A/B report: {exp.id}",
+        "",
+        f"Layer `{exp.layer}`, traffic {exp.traffic:g}, control `{r.control}`, alpha {r.alpha:g}. "
+        f"Records: {report.source}. Generated {report.created_at}.",
+        "",
+        "## Users and sample ratio",
+        "",
+        "| variant | weight | users | expected |",
+        "|---|---:|---:|---:|",
+    ]
+    for v, w in exp.weights.items():
+        lines.append(f"| {v} | {w:.3f} | {r.users.get(v, 0)} | {r.srm.expected.get(v, 0.0):.1f} |")
+    verdict = "**SRM detected**" if r.srm.flagged else "no SRM"
+    lines += ["", f"Chi-square {r.srm.chi2:.3f}, p = {_p(r.srm.p_value)}: {verdict} (flag at p < 0.001)."]
+    if r.notes:
+        lines += [""] + [f"- {n}" for n in r.notes]
+    lines += [
+        "",
+        "## Lifts",
+        "",
+        "Welch t-test per user; relative CI by the delta method; p(Holm) and p(BH) adjust over the "
+        "primary metrics x variants (guardrails are outside the family); always-valid p and CS are "
+        "the mSPRT's (safe under peeking); CUPED uses the pre-period covariate when present.",
+        "",
+        "| metric | variant | mean (ctl) | mean (var) | abs lift [CI] | rel lift [CI] | p | p Holm | p BH "
+        "| always-valid p | CUPED var. red. | significant |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in r.comparisons:
+        name = f"{c.metric} (guardrail)" if c.guardrail else c.metric
+        lines.append(
+            f"| {name} | {c.variant} | {_num(c.mean_control)} | {_num(c.mean_treatment)} "
+            f"| {_num(c.abs_lift)} [{_num(c.abs_ci[0])}, {_num(c.abs_ci[1])}] "
+            f"| {_pct(c.rel_lift)} [{_pct(c.rel_ci[0])}, {_pct(c.rel_ci[1])}] "
+            f"| {_p(c.p_value)} | {_p(c.p_holm)} | {_p(c.p_bh)} | {_p(c.seq_p_value)} "
+            f"| {100 * c.variance_reduction:.1f}% | {'yes' if c.significant else 'no'} |"
+        )
+    if png_name:
+        lines += ["", f"![relative lifts with confidence intervals]({png_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_lifts(report: Report, png: Path) -> Path:
+    """Relative lift per metric and variant with its CI (horizontal error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comps = [c for c in report.result.comparisons if not math.isnan(c.rel_lift)]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * max(len(comps), 1) + 1.4))
+    for y, c in enumerate(comps):
+        color = (
+            "tab:green" if c.significant and c.rel_lift > 0 else "tab:red" if c.significant else "tab:gray"
+        )
+        ax.errorbar(
+            100 * c.rel_lift,
+            y,
+            xerr=[[100 * (c.rel_lift - c.rel_ci[0])], [100 * (c.rel_ci[1] - c.rel_lift)]],
+            fmt="o",
+            color=color,
+            capsize=4,
+        )
+    ax.set_yticks(range(len(comps)))
+    ax.set_yticklabels([f"{c.metric}{' (g)' if c.guardrail else ''}: {c.variant}" for c in comps])
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel(f"relative lift vs {report.result.control} (%), {100 * (1 - report.result.alpha):g}% CI")
+    ax.set_title(f"{report.experiment_id}")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.md, lifts.png and comparisons.csv into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_lifts(report, out / "lifts.png")
+    md = out / "report.md"
+    md.write_text(render_markdown(report, png.name), encoding="utf-8")
+    csv = out / "comparisons.csv"
+    report.result.table().to_csv(csv, index=False)
+    return {"markdown": md, "png": png, "csv": csv}

@@ -1,0 +1,126 @@
+"""The contract shared by the contextual slate policies (LinUCB, hybrid LinUCB, LinTS).
+
+A policy sees the upstream ranking of one request as ``arm_ids`` (item ids, best first, [C])
+and one feature row per candidate (``contexts`` [C, d]). It returns a ``SlateDecision`` of
+``k`` items: the first ``k - explore_slots`` positions keep the upstream order (propensity 1.0),
+the last ``explore_slots`` positions are chosen by the policy from the remaining candidates.
+
+Propensity of an explored item = the probability that the policy puts that item into the
+exploration slots (set membership, not a particular slot), the same meaning as in
+``recstack.exploration.thompson``; off-policy estimators divide by it.
+
+Input errors are ``PolicyInputError`` (a ``ValueError``) subclasses whose message names the
+argument; a corrupted serialised state is ``CorruptStateError``, which the loading code turns
+into a reset to the prior (``LinUCB.load_arm``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class PolicyInputError(ValueError):
+    """Invalid input to a contextual policy; the message says which argument and why."""
+
+
+class FeatureSizeError(PolicyInputError):
+    """A context or feature vector does not have the dimension the policy was built with."""
+
+
+class NonFiniteInputError(PolicyInputError):
+    """A context, reward or score contains NaN or infinity."""
+
+
+class EmptyCandidatesError(PolicyInputError):
+    """``select`` was called without candidates."""
+
+
+class SlateSizeError(PolicyInputError):
+    """``k`` or ``explore_slots`` is out of range (``k`` larger than the candidates included)."""
+
+
+class CorruptStateError(ValueError):
+    """Serialised arm statistics that cannot be trusted (wrong length, NaN, not symmetric, ...)."""
+
+
+@dataclass(frozen=True)
+class SlateDecision:
+    """A served slate, in slate order.
+
+    items: item ids [k]; scores: the policy's score of each served item [k] (the upstream
+    rank order is kept for the fixed positions, their score is still the policy's);
+    propensities: P(item served by the policy) [k], 1.0 for fixed positions;
+    explored: True for the positions filled by the exploration slots [k].
+    """
+
+    items: list[str]
+    scores: np.ndarray
+    propensities: np.ndarray
+    explored: np.ndarray
+
+
+@runtime_checkable
+class ContextualSlatePolicy(Protocol):
+    """What the bandit service calls; implemented by ``LinUCB``, ``HybridLinUCB`` and ``LinTS``."""
+
+    name: str
+    dim: int
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision: ...
+
+    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None: ...
+
+    def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None: ...
+
+
+def check_select_args(
+    contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int, dim: int
+) -> np.ndarray:
+    """Validate a ``select`` call; returns the contexts as float64 [C, dim].
+
+    Raises: EmptyCandidatesError (no candidates), FeatureSizeError (shape), NonFiniteInputError
+    (NaN/inf), SlateSizeError (k < 1, k > C, explore_slots < 0 or > k), PolicyInputError
+    (duplicate arm ids).
+    """
+    n = len(arm_ids)
+    if n == 0:
+        raise EmptyCandidatesError("arm_ids is empty: select needs at least one candidate")
+    x = np.asarray(contexts, dtype=np.float64)
+    if x.ndim != 2 or x.shape != (n, dim):
+        raise FeatureSizeError(
+            f"contexts must have shape (len(arm_ids), dim) = ({n}, {dim}), got {tuple(x.shape)}"
+        )
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise NonFiniteInputError(f"contexts contain NaN or inf (first at row {bad}, arm {arm_ids[bad]!r})")
+    if k < 1:
+        raise SlateSizeError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise SlateSizeError(f"k={k} is larger than the number of candidates ({n}); pass k <= {n}")
+    if explore_slots < 0 or explore_slots > k:
+        raise SlateSizeError(f"explore_slots must be in [0, k={k}], got {explore_slots}")
+    if len(set(arm_ids)) != n:
+        raise PolicyInputError("arm_ids must be distinct item ids")
+    return x
+
+
+def check_update_args(
+    arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an update batch; returns (xs float64 [N, dim], rewards float64 [N])."""
+    x = np.asarray(xs, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    n = len(arm_ids)
+    if x.ndim != 2 or x.shape != (n, dim):
+        raise FeatureSizeError(f"xs must have shape (len(arm_ids), dim) = ({n}, {dim}), got {tuple(x.shape)}")
+    if r.shape != (n,):
+        raise FeatureSizeError(f"rewards must have shape ({n},), got {tuple(r.shape)}")
+    if not (np.isfinite(x).all() and np.isfinite(r).all()):
+        raise NonFiniteInputError("update got NaN or inf in xs or rewards")
+    return x, r

@@ -1,0 +1,627 @@
+"""LinUCB (disjoint and hybrid) and linear Thompson sampling over a ranked slate.
+
+Model (Li et al., WWW 2010). Disjoint: every arm a has its own ridge regression
+``A_a = ridge*I + sum x x^T``, ``b_a = sum r x``, ``theta_a = A_a^{-1} b_a``, and the score of a
+candidate with features x is ``theta_a.x + alpha * sqrt(x^T A_a^{-1} x)``. Hybrid adds a
+coefficient vector beta shared by all arms over shared features z (``A0``, ``b0``), see
+``HybridLinUCB``. LinTS samples from the same Gaussian posterior instead of adding a bonus.
+
+Cost. ``A_a^{-1}`` is kept up to date with a rank-one Sherman-Morrison step per reward
+(O(d^2)); no matrix is inverted when deciding. All candidates are scored in one batched numpy
+operation over the stacked ``(n_arms, d, d)`` inverses. Arms never updated share row 0, the
+prior (``A^{-1} = I / ridge``, ``b = 0``), so unseen candidates cost no memory.
+
+Slate. ``select`` keeps the upstream order for the first ``k - explore_slots`` positions
+(propensity 1.0). The exploration slots come from the remaining pool of m candidates. LinUCB is
+deterministic, and a deterministic logging policy gives propensity 0 to every item it would not
+pick, so logs it writes cannot evaluate any other policy off-line. Hence the epsilon mix: with
+probability ``1 - epsilon`` the slots take the top ``explore_slots`` pool items by UCB (best
+first, ties broken by upstream order), with probability ``epsilon`` a uniformly random subset of
+the pool (random order). Propensity of a served explored item = P(it is in the slots) =
+``(1 - epsilon) * [it is in the greedy set] + epsilon * explore_slots / m``. Consequences:
+``epsilon = 0`` logs propensity 1 for the greedy items and never serves the others (no OPE of
+other policies); with ``epsilon > 0`` the smallest propensity is ``epsilon * s / m`` (0.001 for
+epsilon 0.1, 2 slots, 200 candidates), so IPS weights reach ``m / (epsilon * s)`` and estimates
+of very different policies are noisy; the greedy choice is served ``1 - epsilon`` of the time only.
+
+Persistence. ``LinUCB.arm_hash`` / ``load_arm`` map one arm to a Redis hash whose ``state``
+field holds float32 bytes (little endian); ``decode_state`` validates it and raises
+``CorruptStateError``, which ``load_arm`` turns into a reset of that arm to the prior with a
+logged warning. Policy objects are not thread-safe: use one per event loop / worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from recstack.exploration.base import (
+    CorruptStateError,
+    FeatureSizeError,
+    NonFiniteInputError,
+    PolicyInputError,
+    SlateDecision,
+    check_select_args,
+    check_update_args,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_DTYPE = np.dtype("<f4")
+SYMMETRY_RTOL = 1e-3
+
+
+def redis_key(arm_id: str, kind: str = "linucb", prefix: str = "") -> str:
+    """Redis key of an arm's hash: ``{prefix}bandit:{kind}:{arm_id}`` (kind linucb / linucb-hybrid)."""
+    return f"{prefix}bandit:{kind}:{arm_id}"
+
+
+def encode_state(*blocks: np.ndarray) -> bytes:
+    """Concatenate arrays (row-major) as little-endian float32 bytes."""
+    return b"".join(np.ascontiguousarray(x, dtype=STATE_DTYPE).tobytes() for x in blocks)
+
+
+def decode_state(
+    data: bytes, shapes: Sequence[tuple[int, ...]], symmetric: Sequence[int] = ()
+) -> list[np.ndarray]:
+    """Split float32 bytes into float64 arrays of ``shapes``; raise ``CorruptStateError`` when
+    the length is wrong, a value is NaN/inf, a matrix listed in ``symmetric`` (block indices) is
+    not symmetric or has a non-positive diagonal."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    want = sum(sizes) * STATE_DTYPE.itemsize
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CorruptStateError(f"state must be bytes, got {type(data).__name__}")
+    if len(data) != want:
+        raise CorruptStateError(f"state has {len(data)} bytes, expected {want} for blocks {list(shapes)}")
+    flat = np.frombuffer(bytes(data), dtype=STATE_DTYPE).astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise CorruptStateError("state contains NaN or inf")
+    out: list[np.ndarray] = []
+    start = 0
+    for size, shape in zip(sizes, shapes, strict=True):
+        out.append(flat[start : start + size].reshape(shape).copy())
+        start += size
+    for i in symmetric:
+        m = out[i]
+        scale = max(float(np.abs(m).max()), 1e-12)
+        if np.abs(m - m.T).max() > SYMMETRY_RTOL * scale:
+            raise CorruptStateError(f"state block {i} {m.shape} is not symmetric")
+        if (np.diag(m) <= 0).any():
+            raise CorruptStateError(f"state block {i} {m.shape} has a non-positive diagonal")
+    return out
+
+
+class _ArmRows:
+    """Arm id -> row of stacked per-arm arrays; row 0 is the shared prior and never updated.
+
+    Arrays named in ``mirror`` also get a float32 copy ``<name>32``, written by ``set``; the
+    decision path gathers those (half the memory traffic), updates work in float64.
+    """
+
+    def __init__(self, priors: Mapping[str, np.ndarray], mirror: Sequence[str] = (), capacity: int = 64):
+        self.priors = dict(priors)
+        self.mirror = tuple(mirror)
+        for name in self.mirror:
+            self.priors[name + "32"] = self.priors[name].astype(np.float32)
+        self.index: dict[str, int] = {}
+        self.counts = np.zeros(capacity, dtype=np.int64)
+        self.arrays = {
+            name: np.broadcast_to(p, (capacity, *p.shape)).copy() for name, p in self.priors.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, arm_ids: Sequence[str]) -> np.ndarray:
+        """Row of each arm [C] (0 for arms never updated)."""
+        get = self.index.get
+        return np.fromiter((get(a, 0) for a in arm_ids), dtype=np.intp, count=len(arm_ids))
+
+    def row(self, arm_id: str) -> int:
+        """Row of ``arm_id``, created (as the prior) on first use."""
+        r = self.index.get(arm_id)
+        if r is None:
+            r = len(self.index) + 1
+            if r >= self.counts.shape[0]:
+                self._grow(2 * self.counts.shape[0])
+            self.index[arm_id] = r
+        return r
+
+    def set(self, r: int, **values: np.ndarray) -> None:
+        """Write arrays of row r (and their float32 mirrors)."""
+        for name, v in values.items():
+            self.arrays[name][r] = v
+            if name in self.mirror:
+                self.arrays[name + "32"][r] = v
+
+    def reset(self, r: int) -> None:
+        for name, p in self.priors.items():
+            self.arrays[name][r] = p
+        self.counts[r] = 0
+
+    def _grow(self, capacity: int) -> None:
+        old = self.counts.shape[0]
+        self.counts = np.concatenate([self.counts, np.zeros(capacity - old, dtype=np.int64)])
+        for name, p in self.priors.items():
+            extra = np.broadcast_to(p, (capacity - old, *p.shape))
+            self.arrays[name] = np.concatenate([self.arrays[name], extra])
+
+
+def _sherman_morrison(ainv: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(A + x x^T)^{-1} from A^{-1} [d, d] and x [d]; result re-symmetrised."""
+    u = ainv @ x
+    out = ainv - np.outer(u, u) / (1.0 + x @ u)
+    return 0.5 * (out + out.T)
+
+
+def _check_params(alpha: float, epsilon: float, ridge: float, dim: int) -> None:
+    if dim < 1:
+        raise PolicyInputError(f"dim must be >= 1, got {dim}")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise PolicyInputError(f"alpha must be a finite number >= 0, got {alpha}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise PolicyInputError(f"epsilon must be in [0, 1], got {epsilon}")
+    if not (np.isfinite(ridge) and ridge > 0):
+        raise PolicyInputError(f"ridge must be > 0, got {ridge}")
+
+
+_Picker = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+class _SlateMixin:
+    """Slate assembly with the epsilon mix shared by the UCB policies."""
+
+    epsilon: float
+    _rng: np.random.Generator
+
+    def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
+        m = score.shape[0]
+        greedy = np.argsort(-score, kind="stable")[:slots]
+        if slots >= m:
+            return greedy, np.ones(slots)
+        if self.epsilon > 0 and self._rng.random() < self.epsilon:
+            chosen = self._rng.choice(m, size=slots, replace=False)
+        else:
+            chosen = greedy
+        in_greedy = np.isin(chosen, greedy)
+        props = (1.0 - self.epsilon) * in_greedy + self.epsilon * slots / m
+        return chosen, props
+
+    def _slate(
+        self, arm_ids: Sequence[str], score: np.ndarray, k: int, slots: int, pick: _Picker | None = None
+    ) -> SlateDecision:
+        """Fixed positions, then the slots chosen by ``pick(pool_scores, slots)``."""
+        fixed = k - slots
+        order = np.arange(fixed)
+        props = np.ones(fixed)
+        if slots:
+            chosen, p = (pick or self._pick_slots)(score[fixed:], slots)
+            order = np.concatenate([order, fixed + chosen])
+            props = np.concatenate([props, p])
+        explored = np.arange(k) >= fixed
+        return SlateDecision([arm_ids[i] for i in order], score[order], props, explored)
+
+
+class LinUCB(_SlateMixin):
+    """Disjoint LinUCB over a slate.
+
+    dim: feature dimension d; alpha: width of the confidence bonus (0 = greedy on the mean);
+    epsilon: probability of a uniformly random exploration set (see the module docstring);
+    ridge: prior precision lambda (A starts at lambda*I); seed: random generator seed.
+    """
+
+    name = "linucb"
+    kind = "linucb"
+
+    def __init__(
+        self,
+        dim: int,
+        alpha: float = 1.0,
+        epsilon: float = 0.05,
+        ridge: float = 1.0,
+        seed: int | None = None,
+    ):
+        _check_params(alpha, epsilon, ridge, dim)
+        self.dim = dim
+        self.alpha = float(alpha)
+        self.epsilon = float(epsilon)
+        self.ridge = float(ridge)
+        self._rng = np.random.default_rng(seed)
+        self._arms = _ArmRows(
+            {"ainv": np.eye(dim) / ridge, "b": np.zeros(dim), "theta": np.zeros(dim)},
+            mirror=("ainv", "theta"),
+        )
+
+    @property
+    def arm_ids(self) -> list[str]:
+        """Arms with statistics (updated or loaded)."""
+        return list(self._arms.index)
+
+    def mean_and_width(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean theta_a.x [C] and sqrt(x^T A_a^{-1} x) [C] of every candidate."""
+        x = np.asarray(contexts, dtype=np.float64)
+        rows = self._arms.rows(arm_ids)
+        arr = self._arms.arrays
+        x32 = x.astype(np.float32)
+        u = np.matmul(arr["ainv32"][rows], x32[:, :, None])[:, :, 0]  # [C, d]: A^{-1} x
+        var = np.einsum("ci,ci->c", u, x32).astype(np.float64)
+        mean = np.einsum("ci,ci->c", arr["theta32"][rows], x32).astype(np.float64)
+        return mean, np.sqrt(np.maximum(var, 0.0))
+
+    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
+        """Upper confidence bound of every candidate [C]."""
+        mean, width = self.mean_and_width(contexts, arm_ids)
+        return mean + self.alpha * width
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        """Slate of ``k`` items from candidates ``arm_ids`` [C] (upstream order) with features
+        ``contexts`` [C, d]. Raises ``PolicyInputError`` subclasses on bad input (k > C included)."""
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
+        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
+
+    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
+        """Add one observation (features x [d], reward) to ``arm_id``."""
+        self.update_batch([arm_id], check_vector(x, self.dim)[None, :], np.array([reward], dtype=float))
+
+    def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
+        """Add observations in order: arm_ids [N], xs [N, d], rewards [N]."""
+        x, r = check_update_args(arm_ids, xs, rewards, self.dim)
+        arr = self._arms.arrays
+        for arm_id, xi, ri in zip(arm_ids, x, r, strict=True):
+            row = self._arms.row(arm_id)
+            ainv = _sherman_morrison(arr["ainv"][row], xi)
+            b = arr["b"][row] + ri * xi
+            self._arms.set(row, ainv=ainv, b=b, theta=ainv @ b)
+            self._arms.counts[row] += 1
+
+    def a_inverse(self, arm_id: str) -> np.ndarray:
+        """A_a^{-1} [d, d] of an arm (the prior's for an unknown arm)."""
+        return self._arms.arrays["ainv"][self._arms.rows([arm_id])[0]].copy()
+
+    def arm_hash(self, arm_id: str) -> dict[str, bytes]:
+        """Redis hash of one arm: ``format``, ``dim``, ``n`` and ``state`` = A^{-1} then b (float32)."""
+        row = self._arms.rows([arm_id])[0]
+        arr = self._arms.arrays
+        return {
+            "format": f"{self.kind}-v1".encode(),
+            "dim": str(self.dim).encode(),
+            "n": str(int(self._arms.counts[row])).encode(),
+            "state": encode_state(arr["ainv"][row], arr["b"][row]),
+        }
+
+    def decode_arm(self, mapping: Mapping[bytes | str, bytes | str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """(A^{-1}, b, n) from a hash read from Redis; raises ``CorruptStateError``."""
+        fields = _fields(mapping, self.kind, self.dim)
+        ainv, b = decode_state(fields["state"], [(self.dim, self.dim), (self.dim,)], symmetric=[0])
+        return ainv, b, fields["n"]
+
+    def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
+        """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
+        warning) and returns False. An empty mapping (no key in Redis) leaves the prior: True."""
+        if not mapping:
+            return True
+        row = self._arms.row(arm_id)
+        try:
+            ainv, b, n = self.decode_arm(mapping)
+        except CorruptStateError as exc:
+            log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
+            self._arms.reset(row)
+            return False
+        self._arms.set(row, ainv=ainv, b=b, theta=ainv @ b)
+        self._arms.counts[row] = n
+        return True
+
+
+class LinTS(LinUCB):
+    """Linear Thompson sampling on the disjoint LinUCB posterior.
+
+    Per decision every candidate draws ``theta_a.x + v * sqrt(x^T A_a^{-1} x) * N(0, 1)`` (the
+    exact marginal of x^T theta~ for theta~ ~ N(theta_a, v^2 A_a^{-1}), independent across arms);
+    the highest draws in the pool take the exploration slots. Propensity = Monte Carlo
+    P(item in the slots) over ``n_draws`` draws (floored at 1/n_draws for a served item), mixed
+    with ``epsilon`` exactly as LinUCB (default 0: Thompson already randomises).
+    """
+
+    name = "lints"
+
+    def __init__(
+        self,
+        dim: int,
+        v: float = 1.0,
+        epsilon: float = 0.0,
+        ridge: float = 1.0,
+        seed: int | None = None,
+        n_draws: int = 200,
+    ):
+        super().__init__(dim, alpha=v, epsilon=epsilon, ridge=ridge, seed=seed)
+        if n_draws < 1:
+            raise PolicyInputError(f"n_draws must be >= 1, got {n_draws}")
+        self.n_draws = n_draws
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
+        mean, width = self.mean_and_width(x, arm_ids)
+        draw = mean + self.alpha * width * self._rng.standard_normal(mean.shape[0])
+        fixed = k - explore_slots
+
+        def pick(score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+            return self._pick_thompson(score, mean[fixed:], width[fixed:], slots)
+
+        return self._slate(arm_ids, draw, k, explore_slots, pick)
+
+    def _pick_thompson(
+        self, score: np.ndarray, mean: np.ndarray, width: np.ndarray, slots: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top draws of the pool (or an epsilon-uniform set) and Monte Carlo inclusion propensities."""
+        m = score.shape[0]
+        if slots >= m:
+            return np.argsort(-score, kind="stable"), np.ones(m)
+        if self.epsilon > 0 and self._rng.random() < self.epsilon:
+            chosen = self._rng.choice(m, size=slots, replace=False)
+        else:
+            chosen = np.argsort(-score, kind="stable")[:slots]
+        noise = self._rng.standard_normal((self.n_draws, m), dtype=np.float32)
+        sims = mean.astype(np.float32) + (self.alpha * width).astype(np.float32) * noise  # [n_draws, m]
+        top = np.argmax(sims, axis=1) if slots == 1 else np.argpartition(-sims, slots - 1, axis=1)[:, :slots]
+        inclusion = np.bincount(top.ravel(), minlength=m) / self.n_draws
+        p_ts = np.maximum(inclusion[chosen], 1.0 / self.n_draws)
+        return chosen, (1.0 - self.epsilon) * p_ts + self.epsilon * slots / m
+
+
+class HybridLinUCB(_SlateMixin):
+    """Hybrid LinUCB (Li et al. 2010, Algorithm 2): shared coefficients beta over features z
+    plus per-arm theta_a over features x.
+
+    Each context row is ``[z | x]``: the first ``shared_dim`` columns are z, the remaining
+    ``dim - shared_dim`` are x. With ``shared_dim=None`` z and x are both the whole row (the
+    shared part learns what generalises across arms, the per-arm part the residual).
+    Per-arm ``A_a^{-1}`` uses Sherman-Morrison; ``A0`` receives a rank-<=3 update per reward and
+    its k x k inverse is refreshed at update time, never when deciding.
+    """
+
+    name = "linucb-hybrid"
+    kind = "linucb-hybrid"
+
+    def __init__(
+        self,
+        dim: int,
+        shared_dim: int | None = None,
+        alpha: float = 1.0,
+        epsilon: float = 0.05,
+        ridge: float = 1.0,
+        seed: int | None = None,
+    ):
+        _check_params(alpha, epsilon, ridge, dim)
+        if shared_dim is not None and not 1 <= shared_dim < dim:
+            raise PolicyInputError(f"shared_dim must be in [1, dim-1] or None, got {shared_dim} (dim={dim})")
+        self.dim = dim
+        self.shared_dim = shared_dim
+        self.k_dim = dim if shared_dim is None else shared_dim
+        self.d_dim = dim if shared_dim is None else dim - shared_dim
+        self.alpha = float(alpha)
+        self.epsilon = float(epsilon)
+        self.ridge = float(ridge)
+        self._rng = np.random.default_rng(seed)
+        kd, dd = self.k_dim, self.d_dim
+        self.a0 = np.eye(kd) * ridge
+        self.a0inv = np.eye(kd) / ridge
+        self.b0 = np.zeros(kd)
+        self.beta = np.zeros(kd)
+        self._arms = _ArmRows(
+            {"ainv": np.eye(dd) / ridge, "B": np.zeros((dd, kd)), "b": np.zeros(dd)},
+            mirror=("ainv", "B", "b"),
+        )
+
+    def _split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.shared_dim is None:
+            return x, x
+        return x[..., : self.shared_dim], x[..., self.shared_dim :]
+
+    def mean_and_width(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted reward z.beta + x.theta_a [C] and the confidence width sqrt(s) [C]."""
+        z, x = self._split(np.asarray(contexts, dtype=np.float32))
+        rows = self._arms.rows(arm_ids)
+        arr = self._arms.arrays
+        ainv, bmat, b = arr["ainv32"][rows], arr["B32"][rows], arr["b32"][rows]
+        a0inv, beta = self.a0inv.astype(np.float32), self.beta.astype(np.float32)
+        # A_a^{-1} [b_a - B_a beta | x] in one batched product: [C, d, 2]
+        rhs = np.stack([b - bmat @ beta, x], axis=2)
+        prod = np.matmul(ainv, rhs)
+        theta, u = prod[:, :, 0], prod[:, :, 1]
+        w = z @ a0inv  # A0^{-1} z (A0 symmetric)
+        btu = np.matmul(u[:, None, :], bmat)[:, 0, :]  # B_a^T A_a^{-1} x  [C, k]
+        s = (
+            np.einsum("ck,ck->c", z, w)
+            - 2.0 * np.einsum("ck,ck->c", w, btu)
+            + np.einsum("cd,cd->c", x, u)
+            + np.einsum("ck,ck->c", btu, btu @ a0inv)
+        ).astype(np.float64)
+        mean = (z @ beta + np.einsum("cd,cd->c", x, theta)).astype(np.float64)
+        return mean, np.sqrt(np.maximum(s, 0.0))
+
+    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
+        mean, width = self.mean_and_width(contexts, arm_ids)
+        return mean + self.alpha * width
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        """As ``LinUCB.select``; contexts rows are ``[z | x]`` of width ``dim``."""
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
+        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
+
+    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
+        self.update_batch([arm_id], check_vector(x, self.dim)[None, :], np.array([reward], dtype=float))
+
+    def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
+        """Add observations in order: arm_ids [N], xs [N, dim] (rows [z | x]), rewards [N]."""
+        feats, r = check_update_args(arm_ids, xs, rewards, self.dim)
+        arr = self._arms.arrays
+        for arm_id, row_x, ri in zip(arm_ids, feats, r, strict=True):
+            z, x = self._split(row_x)
+            row = self._arms.row(arm_id)
+            ainv, bmat, b = arr["ainv"][row], arr["B"][row], arr["b"][row]
+            self.a0 += bmat.T @ ainv @ bmat
+            self.b0 += bmat.T @ ainv @ b
+            ainv = _sherman_morrison(ainv, x)
+            bmat = bmat + np.outer(x, z)
+            b = b + ri * x
+            self.a0 += np.outer(z, z) - bmat.T @ ainv @ bmat
+            self.b0 += ri * z - bmat.T @ ainv @ b
+            self._arms.set(row, ainv=ainv, B=bmat, b=b)
+            self._arms.counts[row] += 1
+        self.a0 = 0.5 * (self.a0 + self.a0.T)
+        self._refresh_shared()
+
+    def _refresh_shared(self) -> None:
+        self.a0inv = np.linalg.inv(self.a0)
+        self.a0inv = 0.5 * (self.a0inv + self.a0inv.T)
+        self.beta = self.a0inv @ self.b0
+
+    def shared_hash(self) -> dict[str, bytes]:
+        """Redis hash of the shared statistics: ``state`` = A0 then b0 (float32)."""
+        return {
+            "format": f"{self.kind}-shared-v1".encode(),
+            "dim": str(self.k_dim).encode(),
+            "n": b"0",
+            "state": encode_state(self.a0, self.b0),
+        }
+
+    def load_shared(self, mapping: Mapping[bytes | str, bytes | str]) -> bool:
+        """Install A0, b0; corrupted (or not positive definite) -> reset shared stats, False."""
+        if not mapping:
+            return True
+        kd = self.k_dim
+        try:
+            fields = _fields(mapping, f"{self.kind}-shared", kd)
+            a0, b0 = decode_state(fields["state"], [(kd, kd), (kd,)], symmetric=[0])
+            if np.linalg.eigvalsh(a0).min() <= 0:
+                raise CorruptStateError("A0 is not positive definite")
+        except CorruptStateError as exc:
+            log.warning("hybrid LinUCB shared state is corrupted, reset to the prior: %s", exc)
+            a0, b0 = np.eye(kd) * self.ridge, np.zeros(kd)
+            ok = False
+        else:
+            ok = True
+        self.a0, self.b0 = a0, b0
+        self._refresh_shared()
+        return ok
+
+    def arm_hash(self, arm_id: str) -> dict[str, bytes]:
+        """Redis hash of one arm: ``state`` = A_a^{-1}, B_a, b_a (float32)."""
+        row = self._arms.rows([arm_id])[0]
+        arr = self._arms.arrays
+        return {
+            "format": f"{self.kind}-v1".encode(),
+            "dim": str(self.dim).encode(),
+            "n": str(int(self._arms.counts[row])).encode(),
+            "state": encode_state(arr["ainv"][row], arr["B"][row], arr["b"][row]),
+        }
+
+    def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
+        """As ``LinUCB.load_arm``."""
+        if not mapping:
+            return True
+        row = self._arms.row(arm_id)
+        dd, kd = self.d_dim, self.k_dim
+        try:
+            fields = _fields(mapping, self.kind, self.dim)
+            ainv, bmat, b = decode_state(fields["state"], [(dd, dd), (dd, kd), (dd,)], symmetric=[0])
+        except CorruptStateError as exc:
+            log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
+            self._arms.reset(row)
+            return False
+        self._arms.set(row, ainv=ainv, B=bmat, b=b)
+        self._arms.counts[row] = fields["n"]
+        return True
+
+
+def _fields(mapping: Mapping[bytes | str, bytes | str], kind: str, dim: int) -> dict:
+    """Decode the common hash fields (format, dim, n, state) and check format and dim."""
+    m = {(k.decode() if isinstance(k, bytes) else k): v for k, v in mapping.items()}
+    missing = {"format", "dim", "n", "state"} - m.keys()
+    if missing:
+        raise CorruptStateError(f"state hash lacks fields {sorted(missing)}")
+
+    def text(v: bytes | str) -> str:
+        return v.decode() if isinstance(v, bytes) else v
+
+    if text(m["format"]) != f"{kind}-v1":
+        raise CorruptStateError(f"state format is {text(m['format'])!r}, expected {kind}-v1")
+    try:
+        got_dim, n = int(text(m["dim"])), int(text(m["n"]))
+    except ValueError as exc:
+        raise CorruptStateError(f"dim/n are not integers: {exc}") from None
+    if got_dim != dim:
+        raise CorruptStateError(f"state has dim {got_dim}, the policy has {dim}")
+    if n < 0:
+        raise CorruptStateError(f"update count n is negative ({n})")
+    if isinstance(m["state"], str):
+        raise CorruptStateError("state was read as text: read bandit hashes with decode_responses=False")
+    return {"state": m["state"], "n": n}
+
+
+def check_vector(x: np.ndarray, dim: int, name: str = "x") -> np.ndarray:
+    """A finite float64 vector [dim] or ``FeatureSizeError`` / ``NonFiniteInputError``."""
+    v = np.asarray(x, dtype=np.float64)
+    if v.shape != (dim,):
+        raise FeatureSizeError(f"{name} must have shape ({dim},), got {tuple(v.shape)}")
+    if not np.isfinite(v).all():
+        raise NonFiniteInputError(f"{name} contains NaN or inf")
+    return v
+
+
+CONTEXT_FIXED = 3
+
+
+def build_context(
+    user_genre_scores: Mapping[str, float],
+    item_genres: Sequence[str],
+    genre_vocab: Sequence[str],
+    upstream_score: float,
+    d: int,
+) -> np.ndarray:
+    """Feature vector [d] of one (user, candidate) pair for the contextual policies.
+
+    Layout (g = (d - 3) // 2 genre buckets; genre j of ``genre_vocab`` goes to bucket j % g, so
+    a vocabulary larger than g folds genres together):
+      x[0]            1.0 (bias)
+      x[1]            upstream_score (the ranker's score, as given)
+      x[2]            affinity: mean of the user's genre scores over the item's genres (0 if none)
+      x[3 : 3+g]      item genre indicator per bucket (1.0 if the item has a genre in the bucket)
+      x[3+g : 3+2g]   user genre score per bucket (sum of the bucket's genres)
+      x[3+2g :]       0.0 (one padding column when d - 3 is odd)
+    Genres outside ``genre_vocab`` (item or user side) are ignored. Raises ``FeatureSizeError``
+    for d < 5 and ``NonFiniteInputError`` for a NaN/inf score.
+    """
+    if d < CONTEXT_FIXED + 2:
+        raise FeatureSizeError(
+            f"d must be >= {CONTEXT_FIXED + 2} (bias, score, affinity, 1+1 genre buckets), got {d}"
+        )
+    score = float(upstream_score)
+    if not np.isfinite(score):
+        raise NonFiniteInputError(f"upstream_score must be finite, got {upstream_score}")
+    g = (d - CONTEXT_FIXED) // 2
+    position = {genre: j for j, genre in enumerate(genre_vocab)}
+    x = np.zeros(d, dtype=np.float64)
+    x[0], x[1] = 1.0, score
+    known = [position[genre] for genre in item_genres if genre in position]
+    for j in known:
+        x[CONTEXT_FIXED + j % g] = 1.0
+    for genre, value in user_genre_scores.items():
+        j = position.get(genre)
+        if j is not None:
+            v = float(value)
+            if not np.isfinite(v):
+                raise NonFiniteInputError(f"user genre score of {genre!r} is not finite: {value}")
+            x[CONTEXT_FIXED + g + j % g] += v
+    if known:
+        x[2] = float(np.mean([float(user_genre_scores.get(genre_vocab[j], 0.0)) for j in known]))
+    return x

