@@ -241,8 +241,9 @@ async def _demo_steps(running: RunningStack, console: Console, user_id: str | No
     user_id, history = _user_history(info, user_id)
     warmup = history[-WARMUP_EVENTS:]
     console.rule(f"user {user_id}: replaying their {len(warmup)} latest interactions into Kafka")
+    baseline = await _wait_for_total(running, user_id, 0)  # Redis may already know them (REDIS_URL)
     await _send(running, user_id, warmup)
-    before = await _wait_for_total(running, user_id, len(warmup))
+    before = await _wait_for_total(running, user_id, baseline.counters.get("total", 0) + len(warmup))
     favoured = dict(before.genre_scores)
     top = sorted(favoured.items(), key=lambda kv: -kv[1])[:3]
     console.print("favoured genres: " + ", ".join(f"{g} {s:.3f}" for g, s in top))

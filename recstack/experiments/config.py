@@ -26,7 +26,9 @@ Hashing (all through ``recstack.experiments.assignment.bucket``, uniform in [0, 
   intervals of [0, 1) of width ``traffic`` in file order, so within a layer no user is in two
   experiments (traffic in a layer sums to at most 1);
 - variant: ``assignment.assign`` with salt ``f"{layer}:{salt}"`` (the layer is part of the salt, so
-  experiments in different layers hash independently and do not collide).
+  experiments in different layers hash independently and do not collide). In the layer
+  ``default`` the salt is used as is, so an experiment written without a layer hashes exactly as
+  the same ``assignment.Experiment`` does in the gateway today (e.g. ``DEFAULT_EXPERIMENT``).
 
 Errors raise ``ExperimentConfigError`` (the class of ``recstack.experiments.assignment``) whose
 message names the bad field, e.g. ``experiments[1].variants[0].pipeline.diversity.lambda: must be
@@ -65,6 +67,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LAYER = "default"
 
 
 class UnknownExperimentError(KeyError):
@@ -135,10 +139,11 @@ class PipelineSpec(_Strict):
 
     def to_assignment(self) -> assignment.PipelineConfig:
         """The subset that ``assignment.PipelineConfig`` carries today (ranker, rerank model,
-        bandit slots and policy); diversity and task weights stay on this object."""
+        bandit slots and policy); ``rerank.enabled``, diversity and task weights stay on this
+        object until PipelineConfig grows those fields."""
         return assignment.PipelineConfig(
             ranking_model=self.ranker,
-            rerank_model=self.rerank.model if self.rerank.enabled else "",
+            rerank_model=self.rerank.model,
             explore_slots=self.bandit.slots,
             policy=self.bandit.policy,
         )
@@ -153,7 +158,7 @@ class VariantSpec(_Strict):
 class ExperimentConfig(_Strict):
     id: Ident
     salt: Ident
-    layer: Ident = "default"
+    layer: Ident = DEFAULT_LAYER
     traffic: Fraction = 1.0
     variants: list[VariantSpec] = Field(min_length=1)
 
@@ -183,11 +188,31 @@ class ExperimentConfig(_Strict):
         """``to_experiment()``, built once (the model is frozen)."""
         return self.to_experiment()
 
+    @classmethod
+    def from_assignment(cls, experiment: assignment.Experiment) -> ExperimentConfig:
+        """An experiment defined in code (layer "default", all traffic): same id, salt, variants,
+        weights, ranker and bandit settings, so it hashes users identically."""
+        variants = []
+        for v in experiment.variants:
+            p = v.pipeline
+            pipeline = {"bandit": {"policy": p.policy, "slots": p.explore_slots}, "ranker": p.ranking_model}
+            if p.rerank_model:
+                pipeline["rerank"] = {"model": p.rerank_model}
+            variants.append({"name": v.name, "weight": v.weight, "pipeline": pipeline})
+        data = {"id": experiment.experiment_id, "salt": experiment.salt, "variants": variants}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = [f"{_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
+            raise ExperimentConfigError(
+                f"experiment {experiment.experiment_id!r}: " + "; ".join(lines)
+            ) from None
+
     def to_experiment(self) -> assignment.Experiment:
-        """The hash-assignment view; the salt includes the layer."""
+        """The hash-assignment view; the salt includes the layer (except in layer "default")."""
         return assignment.Experiment(
             experiment_id=self.id,
-            salt=f"{self.layer}:{self.salt}",
+            salt=self.salt if self.layer == DEFAULT_LAYER else f"{self.layer}:{self.salt}",
             variants=tuple(
                 assignment.Variant(v.name, v.weight, v.pipeline.to_assignment()) for v in self.variants
             ),

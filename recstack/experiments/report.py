@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recstack.experiments.assignment import DEFAULT_EXPERIMENT
 from recstack.experiments.config import ExperimentConfig, ExperimentsConfig, load_experiments
 from recstack.experiments.stats import ExperimentResult, ExperimentStatsError, analyze
 
@@ -55,9 +56,13 @@ def load_records(source: RecordSource) -> pd.DataFrame:
 def resolve_experiment(
     experiment: ExperimentConfig | str, config: ExperimentsConfig | str | Path | None = None
 ) -> ExperimentConfig:
-    """An ExperimentConfig as is; an id looked up in ``config`` (UnknownExperimentError if absent)."""
+    """An ExperimentConfig as is; an id looked up in ``config`` (UnknownExperimentError if absent).
+    Without a config, the id of ``assignment.DEFAULT_EXPERIMENT`` (the gateway's built-in
+    experiment) resolves to that experiment."""
     if isinstance(experiment, ExperimentConfig):
         return experiment
+    if config is None and experiment == DEFAULT_EXPERIMENT.experiment_id:
+        return ExperimentConfig.from_assignment(DEFAULT_EXPERIMENT)
     if config is None:
         raise ExperimentStatsError(
             f"experiment {experiment!r} given by id: pass config= "

@@ -1,8 +1,9 @@
 """A/B statistics on per-user records.
 
 Records: a DataFrame with ``user_id``, ``variant``, ``exposures``, ``clicks``, ``likes``,
-``purchases`` and optionally ``experiment_id``, ``first_exposure`` (arrival order for the
-sequential test) and pre-period covariates for CUPED (``pre_<metric>``, else ``pre_period``).
+``purchases`` (or the Redis field names ``impressions``, ``click``, ``like``, ``purchase``) and
+optionally ``experiment_id``, ``first_exposure`` (arrival order for the sequential test) and
+pre-period covariates for CUPED (``pre_<metric>``, else ``pre_period``).
 Several rows per user (per day, per event) are summed per (user, variant) first: the unit of
 analysis is the user, never the event. Users seen in more than one variant are dropped (counted).
 
@@ -45,6 +46,13 @@ PRIMARY_METRICS: tuple[str, ...] = ("ctr", "likes", "purchases")
 GUARDRAIL_METRICS: tuple[str, ...] = ("exposures",)
 COUNT_COLUMNS: tuple[str, ...] = ("exposures", "clicks", "likes", "purchases")
 SRM_THRESHOLD = 0.001
+COLUMN_ALIASES: dict[str, str] = {
+    "impressions": "exposures",
+    "click": "clicks",
+    "like": "likes",
+    "purchase": "purchases",
+}
+"""Names of the Redis ``exp:{exp}:user:{id}`` hash fields, accepted for the canonical columns."""
 
 
 class ExperimentStatsError(ValueError):
@@ -339,15 +347,23 @@ def per_user(records: pd.DataFrame, experiment_id: str | None = None) -> tuple[p
                 f"no records for experiment {experiment_id!r}; the records hold "
                 f"{sorted(records['experiment_id'].astype(str).unique())[:20]}"
             )
+    renames = {a: c for a, c in COLUMN_ALIASES.items() if a in df.columns and c not in df.columns}
+    df = df.rename(columns=renames)
     missing = [c for c in ("user_id", "variant", *COUNT_COLUMNS) if c not in df.columns]
     if missing:
         raise ExperimentStatsError(
             f"records lack the columns {missing}; expected user_id, variant, {', '.join(COUNT_COLUMNS)}"
         )
     df = df.assign(user_id=df["user_id"].astype(str), variant=df["variant"].astype(str))
-    counts = df[list(COUNT_COLUMNS)]
-    if counts.isna().any().any() or (counts < 0).any().any():
-        raise ExperimentStatsError(f"columns {list(COUNT_COLUMNS)} must be non-negative numbers without NaN")
+    for col in COUNT_COLUMNS:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | (values < 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ExperimentStatsError(
+                f"column {col!r} must hold non-negative numbers; row {row} has {df[col].iloc[row]!r}"
+            )
+        df[col] = values
     covs = [c for c in df.columns if c.startswith("pre_")]
     agg: dict[str, str] = {c: "sum" for c in COUNT_COLUMNS}
     agg.update({c: "first" for c in covs})

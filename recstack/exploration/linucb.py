@@ -182,27 +182,28 @@ class _SlateMixin:
         greedy = np.argsort(-score, kind="stable")[:slots]
         if slots >= m:
             return greedy, np.ones(slots)
+        uniform = self.epsilon * slots / m
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             chosen = self._rng.choice(m, size=slots, replace=False)
-        else:
-            chosen = greedy
-        in_greedy = np.isin(chosen, greedy)
-        props = (1.0 - self.epsilon) * in_greedy + self.epsilon * slots / m
-        return chosen, props
+            top = set(greedy.tolist())
+            props = [uniform + (1.0 - self.epsilon) * (c in top) for c in chosen.tolist()]
+            return chosen, np.asarray(props)
+        return greedy, np.full(slots, 1.0 - self.epsilon + uniform)
 
     def _slate(
         self, arm_ids: Sequence[str], score: np.ndarray, k: int, slots: int, pick: _Picker | None = None
     ) -> SlateDecision:
         """Fixed positions, then the slots chosen by ``pick(pool_scores, slots)``."""
         fixed = k - slots
-        order = np.arange(fixed)
-        props = np.ones(fixed)
         if slots:
             chosen, p = (pick or self._pick_slots)(score[fixed:], slots)
-            order = np.concatenate([order, fixed + chosen])
-            props = np.concatenate([props, p])
-        explored = np.arange(k) >= fixed
-        return SlateDecision([arm_ids[i] for i in order], score[order], props, explored)
+            order = np.concatenate((np.arange(fixed), fixed + chosen))
+            props = np.concatenate((np.ones(fixed), p))
+        else:
+            order, props = np.arange(k), np.ones(k)
+        explored = np.zeros(k, dtype=bool)
+        explored[fixed:] = True
+        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, explored)
 
 
 class LinUCB(_SlateMixin):

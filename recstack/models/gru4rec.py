@@ -58,7 +58,7 @@ class GRU4Rec(SequentialRecommender):
         )
         self.out_drop = Dropout(config.dropout)
         self.proj = nn.Linear(config.hidden, config.dim)
-        init_weights(self, std=0.05)
+        init_weights(self, std=0.1)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) for tokens (B, L); position t depends on tokens <= t only."""

@@ -155,12 +155,17 @@ async def _produce_paced(bootstrap: str, topic: str, events: list[UserEvent], ra
 
 
 def bench_end_to_end(
-    redis_url: str, bootstrap: str, events: list[UserEvent], batch: int, timeout: float = 300.0
+    redis_url: str,
+    bootstrap: str,
+    events: list[UserEvent],
+    batch: int,
+    partitions: int = 4,
+    timeout: float = 300.0,
 ) -> dict[str, float]:
     """Start the worker, produce the events as fast as possible and wait until all are in Redis
     (throughput, backlog latency); then 1000 events at PACED_RATE/s (steady-state latency)."""
     topic = f"bench-events-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 1, f"{topic}.dlq": 1})
+    ensure_topics(bootstrap, {topic: partitions, f"{topic}.dlq": 1})
     port = free_port()
     env = {
         **os.environ,
@@ -205,6 +210,7 @@ def bench_end_to_end(
     return {
         "events": len(events),
         "batch_size": batch,
+        "partitions": partitions,
         "worker_startup_s": round(startup_s, 2),
         "produce_s": round(produced_s, 3),
         "drain_s": round(drained_s, 3),

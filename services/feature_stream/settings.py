@@ -48,9 +48,7 @@ class StreamSettings(BaseSettings):
     catalog_check_s: float = Field(
         10.0, gt=0, validation_alias=_env("RECSTACK_CATALOG_CHECK_S", "catalog_check_s")
     )
-    dedup_ttl_s: int = Field(
-        7 * 24 * 3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s")
-    )
+    dedup_ttl_s: int = Field(3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s"))
     web_port: int = Field(0, ge=0, validation_alias=_env("RECSTACK_STREAM_WEB_PORT", "web_port"))
     log_level: str = Field("info", validation_alias=_env("RECSTACK_LOG_LEVEL", "log_level"))
 

@@ -214,3 +214,34 @@ def test_shutdown_signals_turns_sigterm_into_keyboard_interrupt() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_children_die_when_the_supervising_process_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    parent = _script(
+        tmp_path,
+        "parent",
+        f"""
+        import os, sys, time
+        from pathlib import Path
+        from recstack.devstack.supervisor import ServiceSpec, Supervisor
+        sup = Supervisor(Path({str(tmp_path / "run")!r}))
+        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        proc = sup.start(ServiceSpec("sleeper", argv, dict(os.environ)))
+        Path({str(pid_file)!r}).write_text(str(proc.pid))
+        time.sleep(60)
+        """,
+    )
+    supervising = psutil.Popen(parent)
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and supervising.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert not _gone(child)
+    supervising.kill()  # no cleanup code runs: the kernel's parent-death signal must stop the child
+    supervising.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from recstack.devstack.demo import burst_items, genre_counts, genre_share, pick_new_genre
+from recstack.devstack.demo import (
+    DemoError,
+    burst_items,
+    genre_counts,
+    genre_share,
+    pick_new_genre,
+    read_bundle_info,
+)
 from recstack.devstack.supervisor import GrpcHealth, HttpHealth
 from recstack.devstack.up import (
     DEFAULT_PORTS,
@@ -129,3 +137,19 @@ def test_burst_items_follow_popularity_and_skip_seen() -> None:
 def test_genre_share() -> None:
     assert genre_share(["i3", "i1", "i4", "i6"], "Horror", GENRES) == 0.5
     assert genre_share([], "Horror", GENRES) == 0.0
+
+
+def test_read_bundle_info_reads_the_design_layout_and_names_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(DemoError, match="CURRENT not found; train with `recstack train"):
+        read_bundle_info(tmp_path)
+    (tmp_path / "CURRENT").write_text("v7\n")
+    (tmp_path / "v7").mkdir()
+    (tmp_path / "v7" / "manifest.json").write_text(json.dumps({"version": "v7", "data_spec": "synthetic"}))
+    with pytest.raises(DemoError, match="catalog.json"):
+        read_bundle_info(tmp_path)
+    catalog = {"item_ids": ["a", "b"], "genres": {"a": ["X"], "b": []}, "popularity": ["b", "a"]}
+    (tmp_path / "v7" / "catalog.json").write_text(json.dumps(catalog))
+    (tmp_path / "v7" / "users.json").write_text(json.dumps({"user_ids": ["u1"]}))
+    info = read_bundle_info(tmp_path)
+    assert (info.version, info.data_spec, info.user_ids) == ("v7", "synthetic", ["u1"])
+    assert info.popularity == ["b", "a"] and info.item_genres == {"a": ["X"], "b": []}

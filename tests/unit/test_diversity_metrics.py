@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from recstack.diversity import (
     jaccard_similarity,
     novelty,
 )
+from recstack.diversity.bench import latency
 from recstack.diversity.metrics import genre_matrix, mean_intra_list_diversity
 
 
@@ -58,11 +57,6 @@ def test_coverage_and_novelty() -> None:
 
 
 def test_bench_seed_implementations_agree_with_fast_ones() -> None:
-    path = Path(__file__).resolve().parents[2] / "bench" / "diversity.py"
-    spec = importlib.util.spec_from_file_location("bench_diversity", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.latency(n=40, ks=(5, 10), dim=16, repeats=1)
+    out = latency(n=40, ks=(5, 10), dim=16, repeats=1)
     assert out["selections_match"] is True
     assert len(out["dpp_ms"]) == 2 and all(x > 0 for x in out["dpp_seed_ms"])

@@ -13,7 +13,9 @@ import yaml
 from recstack.experiments import assignment
 from recstack.experiments.config import (
     ConfigWatcher,
+    ExperimentConfig,
     ExperimentConfigError,
+    ExperimentsConfig,
     UnknownExperimentError,
     load_experiments,
     parse_experiments,
@@ -208,3 +210,13 @@ def test_watcher_reloads_and_keeps_last_valid(tmp_path: Path, caplog: pytest.Log
 def test_watcher_first_load_must_succeed(tmp_path: Path) -> None:
     with pytest.raises(ExperimentConfigError, match="not found"):
         ConfigWatcher(tmp_path / "none.yaml")
+
+
+def test_default_layer_keeps_the_gateway_hash() -> None:
+    cfg = ExperimentConfig.from_assignment(assignment.DEFAULT_EXPERIMENT)
+    assert cfg.layer == "default" and cfg.to_experiment().salt == assignment.DEFAULT_EXPERIMENT.salt
+    assert cfg.variant("treatment").pipeline.bandit.slots == 2
+    full = ExperimentsConfig(experiments=[cfg])
+    for i in range(500):
+        (got,) = full.assign(f"u{i}")
+        assert got.variant == assignment.assign(assignment.DEFAULT_EXPERIMENT, f"u{i}").name

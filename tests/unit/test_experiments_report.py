@@ -96,3 +96,13 @@ def test_report_errors(tmp_path: Path) -> None:
     bad.write_text("x")
     with pytest.raises(ExperimentStatsError, match="use .csv or .jsonl"):
         load_records(bad)
+
+
+def test_builtin_experiment_needs_no_config() -> None:
+    df = records()
+    df = df.assign(
+        experiment_id="explore-slots-v1", variant=np.where(np.arange(len(df)) % 2, "control", "treatment")
+    )
+    report = build_report(df, "explore-slots-v1")  # assignment.DEFAULT_EXPERIMENT
+    assert report.experiment_id == "explore-slots-v1"
+    assert report.result.users == {"control": 2000, "treatment": 2000}

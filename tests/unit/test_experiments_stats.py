@@ -204,6 +204,10 @@ def test_per_user_aggregation_of_event_rows() -> None:
         }
     )
     users, dropped = per_user(events, "exp1")
+    redis_named = events.rename(
+        columns={"exposures": "impressions", "clicks": "click", "likes": "like", "purchases": "purchase"}
+    )
+    assert per_user(redis_named, "exp1")[0].equals(users)
     assert dropped == 1  # user c is in both variants
     assert users["user_id"].tolist() == ["b", "a"]  # arrival order by first exposure
     a = users.set_index("user_id").loc["a"]
@@ -227,7 +231,21 @@ def test_clear_errors() -> None:
         analyze(df.assign(variant=np.where(df["variant"] == "control", "control", "b")), EXP)
     with pytest.raises(ExperimentStatsError, match=r"lack the columns \['likes'\]"):
         analyze(df.drop(columns="likes"), EXP)
+    broken = df.astype({"clicks": object})
+    broken.loc[3, "clicks"] = "many"
+    with pytest.raises(
+        ExperimentStatsError, match="column 'clicks' must hold non-negative numbers; row 3 has 'many'"
+    ):
+        analyze(broken, EXP)
     with pytest.raises(ExperimentStatsError, match="at least 2 users"):
         welch_test(np.array([1.0]), np.array([1.0, 2.0]))
     with pytest.raises(ExperimentStatsError, match="unknown metric"):
         analyze(df, EXP, metrics=("revenue",))
+
+
+def test_constant_metric_gives_no_signal_instead_of_nan_errors() -> None:
+    rng = np.random.default_rng(7)
+    df = simulate(rng, 400, {"control": 0.1, "treatment": 0.1}).assign(purchases=0)
+    c = comparison(analyze(df, EXP), "purchases")
+    assert (c.abs_lift, c.p_value, c.seq_p_value) == (0.0, 1.0, 1.0)
+    assert np.isnan(c.rel_lift) and not c.significant
