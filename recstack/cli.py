@@ -261,6 +261,57 @@ def bench_stream_cmd(
             typer.echo(f"{section}.{key}: {value}")
 
 
+# --- experiments and diversity (recstack/experiments, recstack/diversity) ------------------------
+
+ab_app = typer.Typer(help="A/B experiments: reports with trustworthy statistics.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+DEFAULT_ML100K = "ml-100k:../shared/datasets/ml-100k"
+
+
+@bench_app.command("diversity")
+def bench_diversity_cmd(
+    data: str = typer.Option(DEFAULT_ML100K, help="Dataset spec for the offline trade-off curve."),
+    png: Path = typer.Option(Path("reports/diversity/tradeoff.png"), help="Trade-off curve PNG."),
+    no_tradeoff: bool = typer.Option(False, "--no-tradeoff", help="Latency only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+) -> None:
+    """MMR/DPP latency against seed-style implementations, and the NDCG/diversity trade-off curve."""
+    import json
+
+    from recstack.diversity.bench import run
+
+    result = run(None if no_tradeoff else data, png)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(
+            f"mmr {result['mmr_speedup_vs_seed']:.0f}x, "
+            f"dpp {result['dpp_speedup_vs_seed']:.0f}x faster than seed"
+        )
+
+
+@ab_app.command("report")
+def ab_report_cmd(
+    experiment: str = typer.Argument(..., help="Experiment id."),
+    records: Path = typer.Option(..., "--records", help="Per-user records, CSV or JSON lines."),
+    config: Path | None = typer.Option(
+        None, "--config", envvar="RECSTACK_EXPERIMENTS", help="Experiments file."
+    ),
+    out: Path = typer.Option(Path("reports/ab"), help="Output directory."),
+    alpha: float = typer.Option(0.05, help="Significance level."),
+) -> None:
+    """Statistics of one experiment: report.md, lifts.png and comparisons.csv."""
+    from recstack.experiments.config import ExperimentConfigError, UnknownExperimentError
+    from recstack.experiments.report import build_report, write_report
+    from recstack.experiments.stats import ExperimentStatsError
+
+    try:
+        paths = write_report(build_report(records, experiment, config=config, alpha=alpha), out / experiment)
+    except (ExperimentConfigError, UnknownExperimentError, ExperimentStatsError) as exc:
+        _fail(str(exc))
+    typer.echo(str(paths["markdown"]))
+
+
 # --- dev stack and demo (recstack/devstack) -----------------------------------------------------
 
 

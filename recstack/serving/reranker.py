@@ -89,7 +89,8 @@ class Reranker:
 
     bundle: a loaded bundle (``model(name)``, ``item_map``, ``configs``, ``version``, plus what
     the features adapter reads: ``user_map``, ``genre_vocab``).
-    default_model: model used when ``rerank(model=None)``.
+    default_model: model used when ``rerank(model=None)``; None reads
+    ``bundle.configs["rerank"]["model"]`` (chosen on validation by training) when set, else "sasrec".
     max_len: history length fed to the model; None = the model's configured ``max_len``.
     blend: sequence-score weight, a float for every model or {model: weight}; None reads
     ``bundle.configs["rerank"]["blend"]`` when present, else 1.0 (sequence model only).
@@ -98,16 +99,17 @@ class Reranker:
     def __init__(
         self,
         bundle: Any,
-        default_model: str = "sasrec",
+        default_model: str | None = None,
         max_len: int | None = None,
         blend: float | Mapping[str, float] | None = None,
     ):
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.bundle = bundle
-        self.default_model = default_model
+        settings = self._rerank_settings()
+        self.default_model = default_model or settings.get("model") or "sasrec"
         self.max_len = max_len
-        self._blend = self._blend_from_bundle() if blend is None else blend
+        self._blend = settings.get("blend", 1.0) if blend is None else blend
         for w in self._blend.values() if isinstance(self._blend, Mapping) else [self._blend]:
             if not 0.0 <= float(w) <= 1.0:
                 raise ValueError(f"blend weight must lie in [0, 1], got {w}")
@@ -115,12 +117,11 @@ class Reranker:
         self._lock = threading.Lock()
         self.model(default_model)  # fail at start, not at the first request
 
-    def _blend_from_bundle(self) -> float | Mapping[str, float]:
+    def _rerank_settings(self) -> Mapping[str, Any]:
+        """The bundle's serving settings for rerank: {"model": name | None, "blend": w | {name: w}}."""
         configs = getattr(self.bundle, "configs", None) or {}
         rerank = configs.get("rerank") if isinstance(configs, Mapping) else None
-        if isinstance(rerank, Mapping) and "blend" in rerank:
-            return rerank["blend"]
-        return 1.0
+        return rerank if isinstance(rerank, Mapping) else {}
 
     def blend_weight(self, model: str) -> float:
         """Sequence-score weight used for ``model``."""

@@ -79,8 +79,11 @@ def test_blend_weight_mixes_standardised_scores() -> None:
     assert only_up.rerank(user("m3"), cands, up)[0] == ["m9", "m4"]
     only_seq = Reranker(FakeBundle({"sasrec": SuccessorModel()}), blend=1.0)
     assert only_seq.rerank(user("m3"), cands, up)[0] == ["m4", "m9"]
-    from_bundle = Reranker(FakeBundle({"sasrec": SuccessorModel()}, configs={"rerank": {"blend": 0.3}}))
-    assert from_bundle.blend_weight("sasrec") == 0.3
+    settings = {"rerank": {"model": "gru4rec", "blend": {"gru4rec": 0.3}}}
+    from_bundle = Reranker(FakeBundle({"gru4rec": SuccessorModel()}, configs=settings))
+    assert from_bundle.default_model == "gru4rec"
+    assert from_bundle.blend_weight("gru4rec") == 0.3
+    assert from_bundle.blend_weight("sasrec") == 1.0
     ids, scores = from_bundle.rerank(user("m3"), cands, up)
     # z(seq) = [1, -1], z(up) = [-1, 1]: final = 0.3*[1,-1] + 0.7*[-1,1] = [-0.4, 0.4]
     assert ids == ["m9", "m4"]
