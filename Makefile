@@ -11,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.recstack-install.stamp
 TORCH_VERSION := 2.13.0
-# Extra pip arguments for the torch step, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# Extra pip arguments for the torch step, e.g. TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>"
 # on a machine whose registries would otherwise hand out the multi-GB CUDA build.
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=

@@ -124,19 +124,23 @@ def event_to_json(event: UserEvent) -> bytes:
     return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def parse_event(raw: bytes, now: float | None = None) -> UserEvent:
+def parse_event(raw: bytes | None, now: float | None = None) -> UserEvent:
     """Decode and validate one message of the events topic.
 
     ``now`` (unix seconds, default the wall clock) bounds the timestamp: events more than five
     minutes in the future are rejected. Raises InvalidEvent.
     """
+    if raw is None:
+        raise InvalidEvent("malformed_json", "event has no value (a null / tombstone record)")
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(
             "too_large", f"event is {len(raw)} bytes; the limit is {MAX_EVENT_BYTES} bytes (64 KiB)"
         )
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than Python's
+        # int-conversion limit; RecursionError deeply nested arrays/objects (both fit in 64 KiB).
         raise InvalidEvent("malformed_json", f"event is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InvalidEvent("malformed_json", f"event must be a JSON object, got {type(obj).__name__}")
@@ -277,10 +281,24 @@ def _tname(value: Any) -> str:
 def _number(value: Any, name: str) -> float:
     if not _is_number(value):
         raise InvalidEvent("wrong_type", f"{name} must be a number, got {_tname(value)}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError as exc:  # an integer beyond the float range
+        raise InvalidEvent("invalid_value", f"{name} is out of range: {exc}") from exc
     if not math.isfinite(out):
         raise InvalidEvent("invalid_value", f"{name} must be finite, got {out}")
     return out
+
+
+def _check_text(value: str, name: str) -> str:
+    """JSON escapes can smuggle lone UTF-16 surrogates ("\\ud800") into a str that has no UTF-8
+    form: Redis keys and the writer's Lua payload could not carry it, so reject it here."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEvent("invalid_value", f"{name} is not valid Unicode text: {exc}") from exc
+    return value
 
 
 def _required_str(obj: Mapping[str, Any], name: str) -> str:
@@ -291,7 +309,7 @@ def _required_str(obj: Mapping[str, Any], name: str) -> str:
         raise InvalidEvent("wrong_type", f"{name} must be a string, got {_tname(value)}")
     if not value:
         raise InvalidEvent("missing_field", f"{name} must not be empty")
-    return value
+    return _check_text(value, name)
 
 
 def _optional_str(obj: Mapping[str, Any], name: str) -> str:
@@ -300,7 +318,7 @@ def _optional_str(obj: Mapping[str, Any], name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{name} must be a string, got {_tname(value)}")
-    return value
+    return _check_text(value, name)
 
 
 def _list(obj: Mapping[str, Any], name: str, check: Any, what: str) -> list[Any]:
@@ -316,6 +334,8 @@ def _str_list(obj: Mapping[str, Any], name: str) -> list[str]:
     values = _list(obj, name, lambda v: isinstance(v, str), "strings")
     if any(not v for v in values):
         raise InvalidEvent("invalid_value", f"{name} must not contain empty strings")
+    for v in values:
+        _check_text(v, name)
     return values
 
 
@@ -325,4 +345,7 @@ def _str_map(obj: Mapping[str, Any], name: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise InvalidEvent("wrong_type", f"{name} must be an object of string -> string")
+    for k, v in value.items():
+        _check_text(k, name)
+        _check_text(v, name)
     return dict(value)

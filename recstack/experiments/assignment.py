@@ -24,14 +24,22 @@ class ExperimentConfigError(ValueError):
 class PipelineConfig:
     """What a variant changes in the gateway chain.
 
-    ranking_model: "multitask" or "ncf"; rerank_model: "" for the bundle default;
-    explore_slots: slate positions the bandit may explore; policy: bandit policy name.
+    ranking_model: "multitask" or "ncf"; task_weights: multi-task score weights as
+    ((task, weight), ...) (empty: the model's defaults); rerank_enabled / rerank_model ("" for the
+    bundle default); explore_slots: slate positions the bandit may explore; policy: bandit policy
+    name; diversity: "none", "mmr" or "dpp" with diversity_lambda (MMR relevance weight, DPP theta)
+    over diversity_similarity ("jaccard": item genres, "cosine": two-tower item embeddings).
     """
 
     ranking_model: str = "multitask"
     rerank_model: str = ""
     explore_slots: int = 1
     policy: str = "thompson"
+    rerank_enabled: bool = True
+    task_weights: tuple[tuple[str, float], ...] = ()
+    diversity: str = "none"
+    diversity_lambda: float = 0.7
+    diversity_similarity: str = "jaccard"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ File shape (YAML shown; JSON with the same keys works)::
 
     holdout: 0.05                 # global holdout: these users get the default pipeline, no experiment
     holdout_salt: global-holdout
+    default_pipeline: {}          # optional: the pipeline of holdout users and users in no experiment
     experiments:
       - id: explore-slots-v1
         salt: explore-slots-v1
@@ -14,10 +15,17 @@ File shape (YAML shown; JSON with the same keys works)::
             weight: 1
             pipeline:
               ranker: multitask                    # multitask | ncf
-              rerank: {enabled: true, model: sasrec}   # sasrec | gru4rec | bert4rec
+              rerank: {enabled: true, model: sasrec}   # sasrec | gru4rec | bert4rec | "" (bundle default)
               bandit: {policy: thompson, slots: 1}     # thompson | linucb
-              diversity: {method: mmr, lambda: 0.7}    # mmr | dpp | none; lambda = relevance weight
+              diversity: {method: mmr, lambda: 0.7, similarity: jaccard}
+                # method mmr | dpp | none; lambda = relevance weight (MMR) / theta (DPP);
+                # similarity jaccard (item genres) | cosine (two-tower item embeddings)
               multitask_weights: {click: 1.0, like: 0.5, purchase: 2.0}
+
+Pipeline of a request (``ExperimentsConfig.resolve``): ``default_pipeline``, then, layer by layer
+in file order, the fields that the user's variant sets explicitly (a variant that only sets
+``bandit.slots`` changes nothing else, so experiments in different layers can vary different
+parts of the chain; on a conflict the later layer wins).
 
 Hashing (all through ``recstack.experiments.assignment.bucket``, uniform in [0, 1)):
 
@@ -61,6 +69,7 @@ __all__ = [
     "ExperimentConfigError",
     "ExperimentsConfig",
     "PipelineSpec",
+    "Resolution",
     "UnknownExperimentError",
     "load_experiments",
     "parse_experiments",
@@ -106,8 +115,10 @@ class _Strict(BaseModel):
 
 
 class RerankSpec(_Strict):
+    """model "": the bundle's default re-ranker."""
+
     enabled: bool = True
-    model: Literal["sasrec", "gru4rec", "bert4rec"] = "sasrec"
+    model: Literal["", "sasrec", "gru4rec", "bert4rec"] = ""
 
 
 class BanditSpec(_Strict):
@@ -120,6 +131,7 @@ class DiversitySpec(_Strict):
 
     method: Literal["mmr", "dpp", "none"] = "none"
     lam: Fraction = Field(0.7, alias="lambda")
+    similarity: Literal["jaccard", "cosine"] = "jaccard"
 
 
 class MultitaskWeights(_Strict):
@@ -138,15 +150,26 @@ class PipelineSpec(_Strict):
     multitask_weights: MultitaskWeights = MultitaskWeights()
 
     def to_assignment(self) -> assignment.PipelineConfig:
-        """The subset that ``assignment.PipelineConfig`` carries today (ranker, rerank model,
-        bandit slots and policy); ``rerank.enabled``, diversity and task weights stay on this
-        object until PipelineConfig grows those fields."""
+        """The chain's view. Task weights are passed on only when ``multitask_weights`` was set
+        (else the ranking model's own defaults apply)."""
+        weights: tuple[tuple[str, float], ...] = ()
+        if "multitask_weights" in self.model_fields_set:
+            weights = tuple(self.multitask_weights.model_dump().items())
         return assignment.PipelineConfig(
             ranking_model=self.ranker,
             rerank_model=self.rerank.model,
             explore_slots=self.bandit.slots,
             policy=self.bandit.policy,
+            rerank_enabled=self.rerank.enabled,
+            task_weights=weights,
+            diversity=self.diversity.method,
+            diversity_lambda=self.diversity.lam,
+            diversity_similarity=self.diversity.similarity,
         )
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set explicitly (nested), for layering one pipeline over another."""
+        return self.model_dump(exclude_unset=True)
 
 
 class VariantSpec(_Strict):
@@ -229,10 +252,44 @@ class Assignment:
     pipeline: PipelineSpec
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """What one request runs: its assignments (one per layer at most), the merged pipeline,
+    whether the user is in the global holdout and whether a QA override (force_variant) was used."""
+
+    assignments: tuple[Assignment, ...]
+    pipeline: assignment.PipelineConfig
+    holdout: bool = False
+    qa: bool = False
+
+    @property
+    def primary(self) -> Assignment | None:
+        """The first assignment (file order of the layers): reply's ``variant`` and the
+        impression's experiment_id / variant."""
+        return self.assignments[0] if self.assignments else None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class ExperimentsConfig(_Strict):
     holdout: Fraction = 0.0
     holdout_salt: Ident = "global-holdout"
+    default_pipeline: PipelineSpec = PipelineSpec()
     experiments: list[ExperimentConfig] = Field(default_factory=list)
+
+    @classmethod
+    def builtin(cls) -> ExperimentsConfig:
+        """The gateway's configuration without an experiments file: ``DEFAULT_EXPERIMENT`` on all
+        traffic (hashes exactly as ``assignment.assign(DEFAULT_EXPERIMENT, user)``)."""
+        return cls(experiments=[ExperimentConfig.from_assignment(assignment.DEFAULT_EXPERIMENT)])
 
     def get(self, experiment_id: str) -> ExperimentConfig:
         for exp in self.experiments:
@@ -266,6 +323,48 @@ class ExperimentsConfig(_Strict):
                     break
                 start += exp.traffic
         return out
+
+    def forced(self, force_variant: str) -> tuple[ExperimentConfig, str]:
+        """The (experiment, variant) a QA override names: ``EXPERIMENT/VARIANT``, or a bare
+        ``VARIANT`` for the first experiment (file order) that has it. Raises UnknownVariantError."""
+        if "/" in force_variant:
+            exp_id, _, name = force_variant.partition("/")
+            exp = next((e for e in self.experiments if e.id == exp_id), None)
+            if exp is None:
+                raise assignment.UnknownVariantError(
+                    f"force_variant {force_variant!r}: unknown experiment {exp_id!r}; "
+                    f"configured: {[e.id for e in self.experiments]}"
+                )
+            exp.variant(name)  # raises UnknownVariantError naming the variants
+            return exp, name
+        for exp in self.experiments:
+            if any(v.name == force_variant for v in exp.variants):
+                return exp, force_variant
+        options = sorted({f"{e.id}/{v.name}" for e in self.experiments for v in e.variants})
+        raise assignment.UnknownVariantError(
+            f"force_variant {force_variant!r} is not a variant of any configured experiment; "
+            f"use one of {options} (or the bare variant name)"
+        )
+
+    def resolve(self, user_id: str, force_variant: str = "") -> Resolution:
+        """Assignments and merged pipeline of one request (see the module docstring).
+
+        A ``force_variant`` puts the user in that variant of its experiment whatever the hash and
+        the holdout say (other layers are assigned as usual unless the user is held out); the
+        request is flagged ``qa`` so that it is left out of the analysis."""
+        holdout = self.in_holdout(user_id)
+        assigned = self.assign(user_id)
+        if force_variant:
+            exp, name = self.forced(force_variant)
+            forced = Assignment(exp.id, exp.layer, name, exp.variant(name).pipeline)
+            assigned = [forced] + [a for a in assigned if a.layer != exp.layer]
+            order = list(self.layers())
+            assigned.sort(key=lambda a: order.index(a.layer))
+        merged = self.default_pipeline.overrides()
+        for a in assigned:
+            merged = _merge(merged, a.pipeline.overrides())
+        pipeline = PipelineSpec.model_validate(merged).to_assignment()
+        return Resolution(tuple(assigned), pipeline, holdout=holdout, qa=bool(force_variant))
 
 
 def _path(loc: tuple[Any, ...]) -> str:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -303,7 +304,7 @@ class LinUCB(_SlateMixin):
 
     def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
-        warning) and returns False. An empty mapping (no key in Redis) leaves the prior: True."""
+        warning) and returns False. An empty mapping (no key in Redis) changes nothing: True."""
         if not mapping:
             return True
         row = self._arms.row(arm_id)
@@ -577,6 +578,41 @@ def check_vector(x: np.ndarray, dim: int, name: str = "x") -> np.ndarray:
     if not np.isfinite(v).all():
         raise NonFiniteInputError(f"{name} contains NaN or inf")
     return v
+
+
+def shared_key(kind: str = "linucb-hybrid", prefix: str = "") -> str:
+    """Redis key of the hybrid model's shared statistics: ``{prefix}bandit:{kind}-shared``."""
+    return f"{prefix}bandit:{kind}-shared"
+
+
+def save_arms(client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = "") -> None:
+    """Write the arms' hashes (and the hybrid shared hash) with one pipelined round trip.
+
+    ``client`` is a synchronous ``redis.Redis`` (bytes responses)."""
+    pipe = client.pipeline(transaction=False)
+    for arm in arm_ids:
+        pipe.hset(redis_key(arm, policy.kind, prefix), mapping=policy.arm_hash(arm))
+    if isinstance(policy, HybridLinUCB):
+        pipe.hset(shared_key(policy.kind, prefix), mapping=policy.shared_hash())
+    pipe.execute()
+
+
+def load_arms(
+    client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = ""
+) -> list[str]:
+    """Read the arms' hashes in one round trip into ``policy``; returns the arms whose stored
+    state was corrupted and reset to the prior (each logged as a warning). Missing keys keep
+    the prior. ``client`` must return bytes (``decode_responses=False``)."""
+    pipe = client.pipeline(transaction=False)
+    for arm in arm_ids:
+        pipe.hgetall(redis_key(arm, policy.kind, prefix))
+    hybrid = isinstance(policy, HybridLinUCB)
+    if hybrid:
+        pipe.hgetall(shared_key(policy.kind, prefix))
+    replies = pipe.execute()
+    if hybrid:
+        policy.load_shared(replies.pop())
+    return [arm for arm, mapping in zip(arm_ids, replies, strict=True) if not policy.load_arm(arm, mapping)]
 
 
 CONTEXT_FIXED = 3

@@ -38,6 +38,26 @@ class NeuMF(nn.Module):
         for e in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(e.weight, std=0.01)
 
+    def init_gmf_from(self, user_emb: torch.Tensor, item_emb: torch.Tensor, mlp_scale: float = 0.1) -> None:
+        """Pre-training (He et al. 2017, sec. 3.4.1): copy MF factors into the GMF branch.
+
+        user_emb [n_users + 1, mf_dim], item_emb [n_items + 1, mf_dim] (e.g. a trained BPRMF). The
+        GMF output weights are set to 1 so that the initial logit is the MF score plus a damped
+        (``mlp_scale``) MLP branch.
+        """
+        if user_emb.shape != self.gmf_user.weight.shape or item_emb.shape != self.gmf_item.weight.shape:
+            raise ValueError(
+                f"MF factors {tuple(user_emb.shape)}/{tuple(item_emb.shape)} do not match GMF "
+                f"{tuple(self.gmf_user.weight.shape)}/{tuple(self.gmf_item.weight.shape)}; "
+                "set mf_dim to the MF dim"
+            )
+        with torch.no_grad():
+            self.gmf_user.weight.copy_(user_emb)
+            self.gmf_item.weight.copy_(item_emb)
+            self.out.weight[:, : self.cfg.mf_dim] = 1.0
+            self.out.weight[:, self.cfg.mf_dim :] *= mlp_scale
+            self.out.bias.zero_()
+
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """user_idx [B], item_idx [B] -> logits [B]."""
         gmf = self.gmf_user(user_idx) * self.gmf_item(item_idx)

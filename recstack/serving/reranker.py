@@ -115,7 +115,7 @@ class Reranker:
                 raise ValueError(f"blend weight must lie in [0, 1], got {w}")
         self._models: dict[str, torch.nn.Module] = {}
         self._lock = threading.Lock()
-        self.model(default_model)  # fail at start, not at the first request
+        self.model(self.default_model)  # fail at start, not at the first request
 
     def _rerank_settings(self) -> Mapping[str, Any]:
         """The bundle's serving settings for rerank: {"model": name | None, "blend": w | {name: w}}."""

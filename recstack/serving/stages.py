@@ -1,8 +1,9 @@
 """The gateway's chain stages and their two kinds of backends.
 
 Stages (recstack.serving.chain.Stage): features -> retrieval -> popularity (only when there are
-no candidates: cold start or retrieval failed) -> ranking -> rerank (only with recent items) ->
-bandit. Each stage talks to a backend:
+no candidates: cold start or retrieval failed) -> ranking -> rerank (only with recent items and
+when the variant enables it) -> diversity (when the variant sets a method) -> bandit (when the
+variant has exploration slots). Each stage talks to a backend:
 
 - gRPC backends (``Grpc*``): production, one stub call with the stage's deadline;
 - local backends (``Local*``): the serving cores called in-process (tests, benchmarks).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,7 +65,12 @@ class RetrievalBackend(Protocol):
 
 class RankingBackend(Protocol):
     async def rank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        weights: Mapping[str, float] | None = None,
     ) -> StageResult: ...
 
 
@@ -180,15 +186,16 @@ class RankingStage:
         return bool(state.candidates) and not state.cold_start
 
     async def __call__(self, state: RecommendState) -> None:
+        weights = dict(state.pipeline.task_weights) or None
         result = await self.backend.rank(
-            state.features, state.candidates, state.scores, state.pipeline.ranking_model
+            state.features, state.candidates, state.scores, state.pipeline.ranking_model, weights
         )
         state.set_ranking(result.items, result.scores, result.components)
         state.model_versions[self.name] = result.version
 
 
 class RerankStage:
-    """Sequential re-ranking; only for users with recent items."""
+    """Sequential re-ranking; only for users with recent items, when the variant enables it."""
 
     name = "rerank"
 
@@ -197,7 +204,9 @@ class RerankStage:
         self.timeout_s = timeout_s
 
     def applies(self, state: RecommendState) -> bool:
-        return bool(state.candidates) and bool(state.features.recent_items)
+        return (
+            state.pipeline.rerank_enabled and bool(state.candidates) and bool(state.features.recent_items)
+        )
 
     async def __call__(self, state: RecommendState) -> None:
         result = await self.backend.rerank(
@@ -207,8 +216,48 @@ class RerankStage:
         state.model_versions[self.name] = result.version
 
 
+class DiversityStage:
+    """MMR or DPP over the ranked list, per the variant's ``diversity`` settings.
+
+    Placement: after ranking/rerank and BEFORE the bandit. The stage picks k items from the top
+    ``window`` candidates (relevance = the current scores, similarity = genre Jaccard or cosine of
+    the two-tower item embeddings) and puts them first, followed by the other candidates in their
+    ranked order. The bandit then keeps the first k - slots of this diversified list and explores
+    among the rest, so every propensity it reports is computed on the list it actually drew from
+    and stays valid for off-policy estimation; the exploration slots are not re-ordered afterwards.
+    Scores are kept (the reply shows relevance); only the order changes.
+    """
+
+    name = "diversity"
+
+    def __init__(self, similarity: Any, window: int = 50, timeout_s: float = 0.05):
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self.similarity = similarity
+        self.window = window
+        self.timeout_s = timeout_s
+
+    def applies(self, state: RecommendState) -> bool:
+        return state.pipeline.diversity not in ("", "none") and len(state.candidates) > 1
+
+    async def __call__(self, state: RecommendState) -> None:
+        from recstack.diversity.catalog import diversify
+
+        pipeline = state.pipeline
+        n = min(len(state.candidates), max(self.window, state.k))
+        top = state.candidates[:n]
+        sim = self.similarity.matrix(top, pipeline.diversity_similarity)
+        chosen = diversify(state.scores[:n], sim, state.k, pipeline.diversity, pipeline.diversity_lambda)
+        rest = np.setdiff1d(np.arange(len(state.candidates)), chosen, assume_unique=True)
+        order = np.concatenate([chosen, rest]).astype(np.int64)
+        props = None if state.propensities is None else state.propensities[order]
+        state.set_ranking([state.candidates[i] for i in order], state.scores[order], None, props)
+        state.model_versions[self.name] = f"{pipeline.diversity}:{pipeline.diversity_similarity}"
+
+
 class BanditStage:
-    """Exploration over the ranked slate; sets the propensities."""
+    """Exploration over the ranked slate; sets the propensities. Skipped when the variant has no
+    exploration slots (``explore_slots`` 0: a deterministic slate, propensity 1)."""
 
     name = "bandit"
 
@@ -217,7 +266,7 @@ class BanditStage:
         self.timeout_s = timeout_s
 
     def applies(self, state: RecommendState) -> bool:
-        return bool(state.candidates)
+        return bool(state.candidates) and state.pipeline.explore_slots > 0
 
     async def __call__(self, state: RecommendState) -> None:
         result = await self.backend.explore(
@@ -249,8 +298,12 @@ def build_stages(
     rerank_timeout_s: float = 0.15,
     bandit_timeout_s: float = 0.1,
     popularity_timeout_s: float = 0.05,
+    similarity: Any = None,
+    diversity_window: int = 50,
+    diversity_timeout_s: float = 0.05,
 ) -> list[Any]:
-    """The standard stage list, in order."""
+    """The standard stage list, in order (the diversity stage only with a ``similarity``,
+    a ``recstack.diversity.catalog.CatalogSimilarity``)."""
     stages: list[Any] = []
     if store is not None:
         stages.append(FeaturesStage(store, features_timeout_s))
@@ -259,8 +312,10 @@ def build_stages(
         PopularityStage(store, catalog_popularity, n_candidates, popularity_timeout_s),
         RankingStage(ranking, ranking_timeout_s),
         RerankStage(rerank, rerank_timeout_s),
-        BanditStage(bandit, bandit_timeout_s),
     ]
+    if similarity is not None:
+        stages.append(DiversityStage(similarity, diversity_window, diversity_timeout_s))
+    stages.append(BanditStage(bandit, bandit_timeout_s))
     return stages
 
 
@@ -297,10 +352,18 @@ class GrpcRanking:
         self.timeout_s = timeout_s
 
     async def rank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        weights: Mapping[str, float] | None = None,
     ) -> StageResult:
         request = ranking_pb2.RankRequest(
-            user=user_to_proto(user), candidates=scored_items(items, scores), model=model
+            user=user_to_proto(user),
+            candidates=scored_items(items, scores),
+            model=model,
+            task_weights=dict(weights or {}),
         )
         reply = await call(self.stub.Rank, request, self.timeout_s)
         return _result(reply.items, reply.model_version)
@@ -379,10 +442,15 @@ class LocalRanking:
         self.version = version
 
     async def rank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        weights: Mapping[str, float] | None = None,
     ) -> StageResult:
         ids, out, per_task = await asyncio.to_thread(
-            self.ranker.rank, user, list(items), model or "multitask"
+            self.ranker.rank, user, list(items), model or "multitask", weights
         )
         return StageResult(
             list(ids), np.asarray(out, dtype=np.float64), self.version, task_components(ids, per_task or {})

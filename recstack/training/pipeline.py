@@ -41,6 +41,7 @@ class ModelPlan:
     model: dict[str, Any] = field(default_factory=dict)
     task: Any = None
     trainer: TrainerConfig | None = None
+    init_from: str | None = None  # ncf: initialise the GMF branch from this trained MF model ("bpr_mf")
 
 
 @dataclass
@@ -135,8 +136,8 @@ def _trainer_config(name: str, plan: ModelPlan, cfg: TrainConfig) -> TrainerConf
     return dataclasses.replace(base, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress)
 
 
-def build_task(name: str, plan: ModelPlan, split, feats):
-    """The TrainTask for model ``name``."""
+def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = None):
+    """The TrainTask for model ``name`` (``trained``: models trained earlier in this run)."""
     from recstack.models.mf import BPRMF, BPRMFConfig
     from recstack.models.multitask import MultiTaskConfig, build_ranker
     from recstack.models.ncf import NeuMF, NeuMFConfig
@@ -153,7 +154,15 @@ def build_task(name: str, plan: ModelPlan, split, feats):
         model = build_ranker(MultiTaskConfig(nu, ni, g, max_len=max_len, **m), feats.genres.matrix)
         return tasks.RankerTask(model, feats, plan.task, name=name)
     if name == "ncf":
-        return tasks.NeuMFTask(NeuMF(NeuMFConfig(nu, ni, **m)), feats, plan.task)
+        model = NeuMF(NeuMFConfig(nu, ni, **m))
+        source = (trained or {}).get(plan.init_from) if plan.init_from else None
+        if source is not None:
+            model.init_gmf_from(source.user_emb.weight, source.item_emb.weight)
+        elif plan.init_from:
+            logger.warning(
+                "ncf: %s was not trained in this run; NeuMF starts from random weights", plan.init_from
+            )
+        return tasks.NeuMFTask(model, feats, plan.task)
     if name == "bpr_mf":
         return tasks.BPRTask(BPRMF(BPRMFConfig(nu, ni, **m)), feats, plan.task)
     if name in SEQUENTIAL_MODELS:
@@ -199,7 +208,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     trained, records = {}, {}
     for name, plan in config.models.items():
         seed_everything(config.seed)  # initial weights are drawn from the seeded global generator
-        task = build_task(name, plan, split, feats)
+        task = build_task(name, plan, split, feats, trained)
         result = fit(task, split, _trainer_config(name, plan, config))
         trained[name] = task.model
         records[name] = _fit_record(result)

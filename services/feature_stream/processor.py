@@ -5,6 +5,12 @@ source topic/partition/offset; valid ones are applied with one FeatureWriter cal
 Redis writes raised (e.g. WRONGTYPE) are dead-lettered too, reason ``write_failed``. An unreachable
 Redis is retried with exponential backoff (0.1 s doubling to max_backoff_s) until it succeeds or the
 task is cancelled, so the caller acknowledges (commits) the batch only after the writes landed.
+
+Any other error of a whole batch call (a Redis ResponseError of the script itself, an encoding
+error in the client) is blamed on its content, not on Redis: the batch is split in halves and each
+half applied in order until the single events that fail are found; those are dead-lettered
+``write_failed``. Halves that are re-sent after a partial write are harmless, because the writer
+skips event_ids it has applied. So no event content can crash or stall the worker.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from recstack.events.schema import InvalidEvent, UserEvent, parse_event
 from recstack.features.writer import ApplyResult, FeatureWriter
@@ -52,7 +59,7 @@ def dead_letter_headers(message: RawMessage, reason: str, detail: str) -> dict[s
     """Kafka headers of a dead letter: reason code, detail, source topic/partition/offset."""
     return {
         DLQ_HEADER_REASON: reason.encode(),
-        DLQ_HEADER_MESSAGE: detail.encode()[:1024],
+        DLQ_HEADER_MESSAGE: detail.encode("utf-8", "backslashreplace")[:1024],
         DLQ_HEADER_TOPIC: message.topic.encode(),
         DLQ_HEADER_PARTITION: str(message.partition).encode(),
         DLQ_HEADER_OFFSET: str(message.offset).encode(),
@@ -99,7 +106,7 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 invalid += 1
                 await self._dead_letter(message, exc.reason_code, exc.message)
-        result = await self._apply_with_retry(valid)
+        result = await self._apply_isolating(valid)
         for index, error in result.failed:
             await self._dead_letter(sources[index], WRITE_FAILED, error)
         written_at = self.clock()
@@ -120,6 +127,34 @@ class BatchProcessor:
             "dead letter %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset, reason, detail
         )
         await self.dead_letter(message, reason, detail)
+
+    async def _apply_isolating(self, events: Sequence[UserEvent], offset: int = 0) -> ApplyResult:
+        """Apply in order; a batch rejected as a whole is bisected down to the events that fail.
+
+        ``offset`` is the index of events[0] in the processed batch (indices in ``failed``)."""
+        try:
+            result = await self._apply_with_retry(events)
+        except (RedisError, ValueError, TypeError) as exc:
+            if len(events) == 1:
+                return ApplyResult(0, 0, 0, ((offset, f"{type(exc).__name__}: {exc}"),))
+            log.warning("batch of %d events rejected (%r); isolating the failing events", len(events), exc)
+            half = len(events) // 2
+            first = await self._apply_isolating(events[:half], offset)
+            second = await self._apply_isolating(events[half:], offset + half)
+            return ApplyResult(
+                first.applied + second.applied,
+                first.duplicates + second.duplicates,
+                first.rewards + second.rewards,
+                first.failed + second.failed,
+            )
+        if offset and result.failed:
+            return ApplyResult(
+                result.applied,
+                result.duplicates,
+                result.rewards,
+                tuple((offset + i, error) for i, error in result.failed),
+            )
+        return result
 
     async def _apply_with_retry(self, events: Sequence[UserEvent]) -> ApplyResult:
         backoff = self.initial_backoff_s

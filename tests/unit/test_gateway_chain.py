@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -65,10 +65,17 @@ class FakeRanking:
     def __init__(self, fail: bool = False, delay: float = 0.0):
         self.fail = fail
         self.delay = delay
+        self.calls: list[tuple[str, Mapping[str, float] | None]] = []
 
     async def rank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        weights: Mapping[str, float] | None = None,
     ) -> StageResult:
+        self.calls.append((model, weights))
         await asyncio.sleep(self.delay)
         if self.fail:
             raise RuntimeError("boom")

@@ -85,3 +85,13 @@ def test_neumf_and_bprmf(inputs) -> None:
     b = BPRMF(BPRMFConfig(NU, NI, dim=4))
     assert b.score_all(user).shape == (B, NI + 1)
     assert torch.allclose(b.score_all(user)[torch.arange(B), item], b(user, item), atol=1e-6)
+
+
+def test_neumf_pretraining_from_mf_starts_at_the_mf_score(inputs) -> None:
+    user, _, _, item = inputs
+    mf = BPRMF(BPRMFConfig(NU, NI, dim=4))
+    n = NeuMF(NeuMFConfig(NU, NI, mf_dim=4, mlp_dims=(8, 4), dropout=0.0))
+    n.init_gmf_from(mf.user_emb.weight, mf.item_emb.weight, mlp_scale=0.0)
+    assert torch.allclose(n(user, item), mf(user, item), atol=1e-6)
+    with pytest.raises(ValueError, match="set mf_dim"):
+        NeuMF(NeuMFConfig(NU, NI, mf_dim=8)).init_gmf_from(mf.user_emb.weight, mf.item_emb.weight)
