@@ -1,8 +1,22 @@
-"""Prometheus metrics of the feature stream (served by prometheus_client.start_http_server)."""
+"""Prometheus metrics of the feature stream (served by prometheus_client.start_http_server).
+
+| metric                                      | kind      | labels            |
+|---------------------------------------------|-----------|-------------------|
+| recstack_stream_events_total                | counter   | type              |
+| recstack_stream_dead_letters_total          | counter   | reason            |
+| recstack_stream_duplicates_total            | counter   |                   |
+| recstack_stream_rewards_total               | counter   | value (1 / 0)     |
+| recstack_stream_redis_retries_total         | counter   |                   |
+| recstack_stream_batch_size                  | histogram |                   |
+| recstack_stream_batch_seconds               | histogram | (processing time) |
+| recstack_stream_event_to_feature_seconds    | histogram | (event ts -> Redis write) |
+| recstack_stream_consumer_lag                | gauge     | topic, partition  |
+| recstack_stream_assigned_partitions         | gauge     |                   |
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("recstack_stream_events_total", "Valid events consumed, by event type", ["type"])
 DEAD_LETTERS = Counter(
@@ -24,5 +38,16 @@ BATCH_LATENCY = Histogram(
 EVENT_TO_FEATURE = Histogram(
     "recstack_stream_event_to_feature_seconds",
     "Event timestamp to features written in Redis",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=(
+        0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+        0.75, 1, 2.5, 5, 10, 30, 60,
+    ),
+)  # fmt: skip
+CONSUMER_LAG = Gauge(
+    "recstack_stream_consumer_lag",
+    "Records in the partition not yet written to Redis (log end offset - next offset to process)",
+    ["topic", "partition"],
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "recstack_stream_assigned_partitions", "Partitions of the events topic assigned to this worker"
 )

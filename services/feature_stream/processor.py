@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -168,3 +168,53 @@ class BatchProcessor:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+
+class LagTracker:
+    """Consumer lag per partition: log end offset (highwater) - next offset to process.
+
+    ``processed(messages)`` after a batch is in Redis; ``update(...)`` from a timer sets the
+    ``recstack_stream_consumer_lag{topic,partition}`` gauge of every assigned partition and drops
+    the partitions that were revoked. A partition with nothing processed here yet uses
+    ``positions`` (the consumer's fetch position: equal to the committed offset until records are
+    fetched, so an idle partition reads 0). Partitions whose highwater is unknown are not reported.
+    """
+
+    def __init__(self) -> None:
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self._reported: set[tuple[str, int]] = set()
+
+    def processed(self, messages: Sequence[RawMessage]) -> None:
+        for m in messages:
+            key = (m.topic, m.partition)
+            if m.offset + 1 > self.next_offset.get(key, -1):
+                self.next_offset[key] = m.offset + 1
+
+    def unknown(self, assignment: Collection[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Assigned partitions with nothing processed here yet (they need a fallback position)."""
+        return [tp for tp in assignment if tp not in self.next_offset]
+
+    def update(
+        self,
+        assignment: Collection[tuple[str, int]],
+        highwaters: Mapping[tuple[str, int], int | None],
+        positions: Mapping[tuple[str, int], int | None] | None = None,
+    ) -> dict[tuple[str, int], int]:
+        lags: dict[tuple[str, int], int] = {}
+        for tp in assignment:
+            end = highwaters.get(tp)
+            position = self.next_offset.get(tp)
+            if position is None and positions is not None:
+                position = positions.get(tp)
+            if end is None or position is None:
+                continue
+            lags[tp] = max(0, end - position)
+        for tp in set(self.next_offset) - set(assignment):
+            del self.next_offset[tp]  # revoked: another worker moves it on
+        for topic, partition in self._reported - set(lags):
+            metrics.CONSUMER_LAG.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            metrics.CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(lag)
+        self._reported = set(lags)
+        metrics.ASSIGNED_PARTITIONS.set(len(assignment))
+        return lags

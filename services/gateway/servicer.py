@@ -1,34 +1,45 @@
-"""Gateway servicer: validate, assign the variant, run the chain, reply, publish the impression."""
+"""Gateway servicer: validate, assign the variants, run the chain, reply, publish the impression.
+
+Experiments come from an ``ExperimentsConfig`` (``RECSTACK_EXPERIMENTS`` file, reloaded by
+``ConfigWatcher``; without a file the built-in ``DEFAULT_EXPERIMENT``). Each request is resolved
+once: its variant per layer, the global holdout, a QA override (``context.force_variant``:
+``VARIANT`` or ``EXPERIMENT/VARIANT``) and the merged pipeline that drives the chain.
+
+Exposure is logged once per request, in its impression event: ``experiment_id`` / ``variant`` are
+the first (primary) assignment, and the context carries every assignment as
+``ab.<experiment_id> = variant``, ``holdout = "1"`` for held-out users and ``qa = "1"`` for forced
+requests (the stream's A/B record writer skips those). Callers cannot set these reserved keys:
+request attributes named ``qa``, ``holdout`` or ``ab.*`` are dropped from the event context.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
-from dataclasses import dataclass
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from prometheus_client import Counter
 
+from recstack.diversity.catalog import CatalogSimilarity
 from recstack.events.producer import EventProducer
 from recstack.events.schema import new_event
-from recstack.experiments.assignment import DEFAULT_EXPERIMENT, Experiment, UnknownVariantError, assign
+from recstack.experiments.assignment import UnknownVariantError
+from recstack.experiments.config import ExperimentsConfig, Resolution
 from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
 from recstack.rpc.server import StartupError
 from recstack.serving.chain import Chain, RecommendState
-from recstack.serving.stages import PopularityStage
+from recstack.serving.stages import DiversityStage, PopularityStage
 from recstack.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.monitoring import REQUEST_LATENCY, REQUESTS, GatewayMonitor
 from services.gateway.validation import RequestError, validate_request
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter(
-    "recstack_gateway_requests",
-    "Recommend requests by variant and outcome (ok, degraded, error, invalid).",
-    ["variant", "outcome"],
-)
 IMPRESSIONS = Counter(
     "recstack_gateway_impressions",
     "Impression events by outcome (sent, failed, disabled).",
@@ -45,6 +56,9 @@ class BundleLists:
     version: str
     popularity: list[str]
     user_ids: frozenset[str]
+    catalog_size: int = 0
+    similarity: CatalogSimilarity | None = None
+    created_at: Mapping[str, float] = field(default_factory=dict)
 
 
 def read_bundle_lists(artifacts: Path) -> BundleLists:
@@ -61,10 +75,37 @@ def read_bundle_lists(artifacts: Path) -> BundleLists:
 
 
 def bundle_lists(bundle: Any) -> BundleLists:
-    """BundleLists of a loaded ``recstack.artifacts.Bundle``."""
+    """BundleLists of a loaded ``recstack.artifacts.Bundle``: also the item similarities of the
+    diversity stage (genres; two-tower item embeddings when the bundle has them) and the items'
+    ``created_at`` (catalog.json ``"created_at": {item: unix s}``, optional) for freshness."""
+    created = bundle.catalog.get("created_at") or {}
     return BundleLists(
-        bundle.version, [str(x) for x in bundle.popularity], frozenset(map(str, bundle.user_ids))
+        bundle.version,
+        [str(x) for x in bundle.popularity],
+        frozenset(map(str, bundle.user_ids)),
+        catalog_size=len(bundle.catalog.get("item_ids", [])),
+        similarity=CatalogSimilarity.from_bundle(bundle),
+        created_at={str(k): float(v) for k, v in created.items()} if isinstance(created, dict) else {},
     )
+
+
+RESERVED_CONTEXT = ("qa", "holdout")
+RESERVED_PREFIX = "ab."
+
+
+def exposure_context(attributes: Mapping[str, str], resolution: Resolution) -> dict[str, str]:
+    """The impression context: the request attributes without reserved keys, plus the exposure
+    (``ab.<experiment>`` per assignment, ``holdout``, ``qa``)."""
+    out = {
+        k: v for k, v in attributes.items() if k not in RESERVED_CONTEXT and not k.startswith(RESERVED_PREFIX)
+    }
+    for a in resolution.assignments:
+        out[f"{RESERVED_PREFIX}{a.experiment_id}"] = a.variant
+    if resolution.holdout:
+        out["holdout"] = "1"
+    if resolution.qa:
+        out["qa"] = "1"
+    return out
 
 
 class ImpressionPublisher:
@@ -144,27 +185,40 @@ class ImpressionPublisher:
 
 
 class Recommender:
-    """The gateway's logic without gRPC: validate, assign, run the chain, build the reply."""
+    """The gateway's logic without gRPC: validate, assign, run the chain, build the reply.
+
+    ``experiments`` is read once per request; replace it (one assignment, e.g. from
+    ``ConfigWatcher``'s on_change) to switch configurations without a restart.
+    """
 
     def __init__(
         self,
         chain: Chain,
         known_users: Collection[str],
-        experiment: Experiment = DEFAULT_EXPERIMENT,
+        experiments: ExperimentsConfig | None = None,
         impressions: ImpressionPublisher | None = None,
+        monitor: GatewayMonitor | None = None,
     ):
         self.chain = chain
         self.known_users = known_users
-        self.experiment = experiment
+        self.experiments = experiments if experiments is not None else ExperimentsConfig.builtin()
         self.impressions = impressions
+        self.monitor = monitor
+
+    def use_experiments(self, config: ExperimentsConfig) -> None:
+        self.experiments = config
 
     def use_bundle(self, lists: BundleLists) -> None:
-        """Switch to a new bundle's known users and popularity lists (hot reload)."""
+        """Switch to a new bundle's known users, popularity lists and catalogue (hot reload)."""
         self.known_users = lists.user_ids
         self.chain.fill_items = list(lists.popularity)
         for stage in self.chain.stages:
             if isinstance(stage, PopularityStage):
                 stage.catalog_popularity = list(lists.popularity)
+            if isinstance(stage, DiversityStage) and lists.similarity is not None:
+                stage.similarity = lists.similarity
+        if self.monitor is not None:
+            self.monitor.use_catalog(lists.catalog_size, lists.similarity, lists.created_at)
 
     async def recommend(
         self, request: gateway_pb2.RecommendRequest, time_remaining_s: float | None = None
@@ -174,22 +228,32 @@ class Recommender:
         time_remaining_s: the caller's remaining deadline; stages are cut to finish
         ``DEADLINE_MARGIN_S`` before it.
         """
-        validate_request(request)
-        variant = assign(self.experiment, request.user_id, request.context.force_variant)
+        start = time.perf_counter()
+        try:
+            validate_request(request)
+            resolution = self.experiments.resolve(request.user_id, request.context.force_variant)
+        except (RequestError, UnknownVariantError):
+            REQUEST_LATENCY.labels("invalid").observe(time.perf_counter() - start)
+            raise
+        primary = resolution.primary
         state = RecommendState(
             request_id=current_request_id() or new_request_id(),
             user_id=request.user_id,
             k=request.k,
-            variant=variant.name,
-            experiment_id=self.experiment.experiment_id,
-            pipeline=variant.pipeline,
+            variant=primary.variant if primary else ("holdout" if resolution.holdout else ""),
+            experiment_id=primary.experiment_id if primary else "",
+            pipeline=resolution.pipeline,
             exclude=set(request.context.exclude_items),
-            attributes=dict(request.context.attributes),
+            attributes=exposure_context(request.context.attributes, resolution),
             known_user=request.user_id in self.known_users,
         )
         if time_remaining_s is not None:
             state.deadline = asyncio.get_running_loop().time() + time_remaining_s - DEADLINE_MARGIN_S
-        await self.chain.run(state)
+        try:
+            await self.chain.run(state)
+        except Exception:
+            REQUEST_LATENCY.labels("error").observe(time.perf_counter() - start)
+            raise
         reply = gateway_pb2.RecommendResponse(
             request_id=state.request_id,
             variant=state.variant,
@@ -205,10 +269,25 @@ class Recommender:
             for name, value in state.components.get(item, {}).items():
                 msg.scores[name] = value
             reply.items.append(msg)
-        REQUESTS.labels(state.variant, "degraded" if state.degraded else "ok").inc()
-        if self.impressions is not None and not request.context.force_variant:
+        outcome = "degraded" if state.degraded else "ok"
+        if self.monitor is not None:
+            self.monitor.observe(state.candidates)
+        count_request(resolution, outcome)
+        REQUEST_LATENCY.labels(outcome).observe(time.perf_counter() - start)
+        if self.impressions is not None:
             self.impressions.publish(state)
         return reply
+
+
+def count_request(resolution: Resolution, outcome: str) -> None:
+    """``recstack_gateway_requests_total`` once per experiment of the request (see monitoring)."""
+    labels = [(a.experiment_id, a.variant) for a in resolution.assignments]
+    if not labels:
+        labels = [("", "holdout" if resolution.holdout else "none")]
+    for experiment_id, variant in labels:
+        REQUESTS.labels(experiment_id, variant, outcome).inc()
+        if resolution.qa:
+            REQUESTS.labels(experiment_id, variant, "qa").inc()
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -228,10 +307,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             return await recommender.recommend(request, context.time_remaining())
         except (RequestError, UnknownVariantError) as exc:
-            REQUESTS.labels("", "invalid").inc()
+            REQUESTS.labels("", "", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception:
-            REQUESTS.labels("", "error").inc()
+            REQUESTS.labels("", "", "error").inc()
             log.exception("Recommend failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway logs")
         finally:
