@@ -293,23 +293,52 @@ def bench_diversity_cmd(
 @ab_app.command("report")
 def ab_report_cmd(
     experiment: str = typer.Argument(..., help="Experiment id."),
-    records: Path = typer.Option(..., "--records", help="Per-user records, CSV or JSON lines."),
+    records: Path | None = typer.Option(
+        None, "--records", help="Per-user records, CSV or JSON lines (default: read them from Redis)."
+    ),
+    redis_url: str | None = typer.Option(
+        None, "--redis", envvar="REDIS_URL", help="Redis with the stream's A/B records (exp:{exp}:user:*)."
+    ),
+    prefix: str = typer.Option("", "--prefix", envvar="RECSTACK_REDIS_PREFIX", help="Redis key prefix."),
     config: Path | None = typer.Option(
         None, "--config", envvar="RECSTACK_EXPERIMENTS", help="Experiments file."
     ),
     out: Path = typer.Option(Path("reports/ab"), help="Output directory."),
     alpha: float = typer.Option(0.05, help="Significance level."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the paths, not the report."),
 ) -> None:
-    """Statistics of one experiment: report.md, lifts.png and comparisons.csv."""
+    """Statistics of one experiment: prints the report and writes report.md, lifts.png and
+    comparisons.csv under OUT/EXPERIMENT."""
     from recstack.experiments.config import ExperimentConfigError, UnknownExperimentError
-    from recstack.experiments.report import build_report, write_report
+    from recstack.experiments.report import (
+        build_report,
+        load_redis_records,
+        render_markdown,
+        resolve_experiment,
+        write_report,
+    )
     from recstack.experiments.stats import ExperimentStatsError
 
+    if not 0 < alpha < 1:
+        _fail(f"--alpha must be in (0, 1), got {alpha}")
     try:
-        paths = write_report(build_report(records, experiment, config=config, alpha=alpha), out / experiment)
+        exp = resolve_experiment(experiment, config)
+        if records is not None:
+            source: object = records
+        elif redis_url:
+            source = load_redis_records(redis_url, experiment, prefix)
+        else:
+            _fail("no records: pass --records FILE or --redis URL (or set REDIS_URL)")
+        report = build_report(source, exp, alpha=alpha)  # type: ignore[arg-type]
+        if records is None:
+            report.source = f"Redis {redis_url} (exp:{experiment}:user:*)"
+        paths = write_report(report, out / experiment)
     except (ExperimentConfigError, UnknownExperimentError, ExperimentStatsError) as exc:
         _fail(str(exc))
-    typer.echo(str(paths["markdown"]))
+    if not quiet:
+        typer.echo(render_markdown(report, None))
+    for kind in ("markdown", "png", "csv"):
+        typer.echo(f"{kind}: {paths[kind]}")
 
 
 # --- dev stack and demo (recstack/devstack) -----------------------------------------------------

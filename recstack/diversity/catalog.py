@@ -89,9 +89,7 @@ class CatalogSimilarity:
         return intra_list_diversity(np.arange(len(items)), self.matrix(items, "jaccard"))
 
 
-def diversify(
-    scores: np.ndarray, sim: np.ndarray, k: int, method: str, lam: float
-) -> np.ndarray:
+def diversify(scores: np.ndarray, sim: np.ndarray, k: int, method: str, lam: float) -> np.ndarray:
     """Indices of the k items chosen by ``method`` ("mmr": lam = relevance weight; "dpp": lam =
     theta, clipped below 1), in selection order."""
     if method == "mmr":

@@ -488,6 +488,11 @@ class ConfigWatcher:
             return None
         return st.st_mtime_ns, st.st_size
 
+    @property
+    def config(self) -> ExperimentsConfig:
+        """The configuration in force, without checking the file."""
+        return self._config
+
     def current(self) -> ExperimentsConfig:
         """The configuration in force (reloading first when due and the file changed)."""
         if self._clock() - self._checked >= self.interval_s:

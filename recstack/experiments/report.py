@@ -3,8 +3,10 @@
     report = build_report(load_records("records.csv"), config.get("explore-slots-v1"))
     paths = write_report(report, Path("reports/ab/explore-slots-v1"))
 
-Records come from a DataFrame, a CSV file or a JSON-lines file (one record per line) with the
-columns described in ``recstack.experiments.stats``.
+Records come from a DataFrame, a CSV file, a JSON-lines file (one record per line) with the
+columns described in ``recstack.experiments.stats``, or Redis: ``load_redis_records`` reads the
+per-user hashes ``exp:{exp}:user:{id}`` (variant, first_exposure, impressions, click, like,
+purchase) that the feature stream writes from impressions and attributed outcomes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,56 @@ def load_records(source: RecordSource) -> pd.DataFrame:
     raise ExperimentStatsError(f"records file {path}: use .csv or .jsonl (JSON lines), got {suffix!r}")
 
 
+REDIS_RECORD_FIELDS = ("variant", "first_exposure", "impressions", "click", "like", "purchase")
+
+
+def load_redis_records(
+    redis_url: str, experiment_id: str, prefix: str = "", batch: int = 1000
+) -> pd.DataFrame:
+    """One row per exposed user of ``experiment_id`` from Redis (columns: user_id, variant,
+    first_exposure, impressions, click, like, purchase; missing counters are 0).
+
+    Raises ExperimentStatsError when Redis is unreachable or holds no record of the experiment.
+    """
+    import redis
+
+    from recstack.features.keys import Keys
+
+    keys = Keys(prefix)
+    head = keys.experiment_user(experiment_id, "")
+    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    rows: list[dict[str, object]] = []
+    try:
+        names = [k.decode() for k in client.scan_iter(match=f"{head}*", count=batch)]
+        for start in range(0, len(names), batch):
+            chunk = names[start : start + batch]
+            pipe = client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.hgetall(name)
+            for name, raw in zip(chunk, pipe.execute(), strict=True):
+                row = {k.decode(): v.decode() for k, v in raw.items()}
+                if "variant" not in row:
+                    continue
+                record: dict[str, object] = {"user_id": name[len(head) :], "variant": row["variant"]}
+                record["first_exposure"] = float(row.get("first_exposure", "nan"))
+                for field in REDIS_RECORD_FIELDS[2:]:
+                    record[field] = float(row.get(field, 0))
+                rows.append(record)
+        variants = sorted(v.decode() for v in client.smembers(keys.experiment_variants(experiment_id)))
+    except redis.RedisError as exc:
+        raise ExperimentStatsError(f"cannot read A/B records from Redis at {redis_url}: {exc}") from None
+    finally:
+        client.close()
+    if not rows:
+        seen = f" (variants seen: {variants})" if variants else ""
+        raise ExperimentStatsError(
+            f"no A/B records for experiment {experiment_id!r} in Redis at {redis_url} "
+            f"(keys {head}*){seen}: no impression of this experiment has been processed by the "
+            "feature stream yet, or the experiment id / RECSTACK_REDIS_PREFIX is wrong"
+        )
+    return pd.DataFrame(rows, columns=["user_id", *REDIS_RECORD_FIELDS])
+
+
 def resolve_experiment(
     experiment: ExperimentConfig | str, config: ExperimentsConfig | str | Path | None = None
 ) -> ExperimentConfig:
@@ -65,8 +117,9 @@ def resolve_experiment(
         return ExperimentConfig.from_assignment(DEFAULT_EXPERIMENT)
     if config is None:
         raise ExperimentStatsError(
-            f"experiment {experiment!r} given by id: pass config= "
-            "(an ExperimentsConfig or the experiments file)"
+            f"unknown experiment {experiment!r}: without an experiments file only the built-in "
+            f"{DEFAULT_EXPERIMENT.experiment_id!r} is known; pass the experiments file "
+            "(--config or RECSTACK_EXPERIMENTS)"
         )
     cfg = config if isinstance(config, ExperimentsConfig) else load_experiments(config)
     return cfg.get(experiment)

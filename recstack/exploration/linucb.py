@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -94,6 +96,26 @@ def decode_state(
     return out
 
 
+@dataclass(frozen=True)
+class ArmState:
+    """Sufficient statistics of one disjoint arm: A^{-1} [d, d], b [d], update count n."""
+
+    ainv: np.ndarray
+    b: np.ndarray
+    n: int = 0
+
+    def to_bytes(self) -> bytes:
+        """A^{-1} (row-major) then b as little-endian float32."""
+        return encode_state(self.ainv, self.b)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dim: int, n: int = 0) -> ArmState:
+        """Inverse of ``to_bytes``; raises ``CorruptStateError`` (wrong length, NaN/inf,
+        A^{-1} not symmetric or with a non-positive diagonal)."""
+        ainv, b = decode_state(data, [(dim, dim), (dim,)], symmetric=[0])
+        return cls(ainv, b, n)
+
+
 class _ArmRows:
     """Arm id -> row of stacked per-arm arrays; row 0 is the shared prior and never updated.
 
@@ -117,8 +139,7 @@ class _ArmRows:
 
     def rows(self, arm_ids: Sequence[str]) -> np.ndarray:
         """Row of each arm [C] (0 for arms never updated)."""
-        get = self.index.get
-        return np.fromiter((get(a, 0) for a in arm_ids), dtype=np.intp, count=len(arm_ids))
+        return np.fromiter(map(self.index.get, arm_ids, repeat(0)), dtype=np.intp, count=len(arm_ids))
 
     def row(self, arm_id: str) -> int:
         """Row of ``arm_id``, created (as the prior) on first use."""
@@ -293,14 +314,13 @@ class LinUCB(_SlateMixin):
             "format": f"{self.kind}-v1".encode(),
             "dim": str(self.dim).encode(),
             "n": str(int(self._arms.counts[row])).encode(),
-            "state": encode_state(arr["ainv"][row], arr["b"][row]),
+            "state": ArmState(arr["ainv"][row], arr["b"][row]).to_bytes(),
         }
 
-    def decode_arm(self, mapping: Mapping[bytes | str, bytes | str]) -> tuple[np.ndarray, np.ndarray, int]:
-        """(A^{-1}, b, n) from a hash read from Redis; raises ``CorruptStateError``."""
+    def decode_arm(self, mapping: Mapping[bytes | str, bytes | str]) -> ArmState:
+        """The arm's statistics from a hash read from Redis; raises ``CorruptStateError``."""
         fields = _fields(mapping, self.kind, self.dim)
-        ainv, b = decode_state(fields["state"], [(self.dim, self.dim), (self.dim,)], symmetric=[0])
-        return ainv, b, fields["n"]
+        return ArmState.from_bytes(fields["state"], self.dim, fields["n"])
 
     def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
@@ -309,13 +329,13 @@ class LinUCB(_SlateMixin):
             return True
         row = self._arms.row(arm_id)
         try:
-            ainv, b, n = self.decode_arm(mapping)
+            state = self.decode_arm(mapping)
         except CorruptStateError as exc:
             log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
             self._arms.reset(row)
             return False
-        self._arms.set(row, ainv=ainv, b=b, theta=ainv @ b)
-        self._arms.counts[row] = n
+        self._arms.set(row, ainv=state.ainv, b=state.b, theta=state.ainv @ state.b)
+        self._arms.counts[row] = state.n
         return True
 
 
@@ -326,7 +346,8 @@ class LinTS(LinUCB):
     exact marginal of x^T theta~ for theta~ ~ N(theta_a, v^2 A_a^{-1}), independent across arms);
     the highest draws in the pool take the exploration slots. Propensity = Monte Carlo
     P(item in the slots) over ``n_draws`` draws (floored at 1/n_draws for a served item), mixed
-    with ``epsilon`` exactly as LinUCB (default 0: Thompson already randomises).
+    with ``epsilon`` exactly as LinUCB (default 0: Thompson already randomises). ``v`` is kept
+    as ``alpha``; the inherited ``score`` is the deterministic mean + v * width.
     """
 
     name = "lints"
@@ -384,8 +405,8 @@ class HybridLinUCB(_SlateMixin):
     Each context row is ``[z | x]``: the first ``shared_dim`` columns are z, the remaining
     ``dim - shared_dim`` are x. With ``shared_dim=None`` z and x are both the whole row (the
     shared part learns what generalises across arms, the per-arm part the residual).
-    Per-arm ``A_a^{-1}`` uses Sherman-Morrison; ``A0`` receives a rank-<=3 update per reward and
-    its k x k inverse is refreshed at update time, never when deciding.
+    Per-arm ``A_a^{-1}`` uses Sherman-Morrison; ``A0`` receives a rank-<=2 update per reward and
+    its k x k inverse is refreshed once per ``update_batch`` call, never when deciding.
     """
 
     name = "linucb-hybrid"

@@ -2,9 +2,11 @@
 
 Data model: one record per served (impression, position): logged action a_i (index into
 ``action_ids``), position p_i (0-based slot), reward r_i, logging propensity mu_i in (0, 1].
-A target policy gives pi(a | record) for every record; for slates this is the probability of
-the action in that record's position (the item-position model of the Open Bandit Dataset), or
-for recstack's exploration slots the probability the target puts the item in the slots.
+A target policy gives pi(a | record) for every record, of the same kind as the logged
+propensity: for the Open Bandit Dataset the probability of the action in that record's position
+(item-position model); for recstack logs the probability that the target puts the item in the
+exploration slots (1.0 for a fixed position it keeps). Records at fixed positions (propensity
+1.0) weigh like on-policy data.
 
 Estimators (w_i = pi(a_i | i) / mu_i):
   replay  mean of r_i over records where a deterministic target picks a_i (Li et al. 2011);
@@ -120,7 +122,7 @@ class TargetPolicy:
     def expectation(self, data: LoggedBandit, q_by_position: np.ndarray) -> np.ndarray:
         """sum_a pi(a | i) q(p_i, a) [n] for a reward table q [L, A]."""
         if self.per_position:
-            return (self.dist * q_by_position[: self.dist.shape[0]]).sum(axis=1)[data.positions]
+            return (self.dist[: q_by_position.shape[0]] * q_by_position).sum(axis=1)[data.positions]
         return np.einsum("na,na->n", self.dist, q_by_position[data.positions])
 
     def check(self, data: LoggedBandit) -> None:
@@ -198,7 +200,7 @@ def _interval(
     if ci == "normal":
         z = stats.norm.ppf(0.5 + level / 2)
         se = float(influence.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        return value - z * se, value + z * se
+        return float(value - z * se), float(value + z * se)
     if ci == "bootstrap":
         rng = np.random.default_rng(seed)
         out = np.empty(n_boot)
@@ -494,7 +496,8 @@ def policy_from_spec(spec: str, data: LoggedBandit) -> TargetPolicy:
     ``logged``           pi = the logging propensities (IPS then equals the on-policy mean)
     ``uniform``          uniform over the log's actions, per position
     ``best``             deterministic: per position the action with the highest
-                         ``TabularRewardModel`` estimate (replay applies)
+                         ``TabularRewardModel`` estimate (replay applies); chosen on the same
+                         log, so its estimate is optimistic (selection bias)
     ``json:PATH``        context-free distribution from a JSON object {item_id: weight}
                          (normalised; items absent from it get 0), same for every position
     ``softmax:TEMP``     pi(a|i) proportional to exp(context[i, a] / TEMP); needs per-action

@@ -222,7 +222,8 @@ def plot_regret(result: SimulationResult, path: str | Path) -> Path:
         ax.fill_between(result.rounds, c.min(axis=0), c.max(axis=0), alpha=0.2)
     cfg = result.config
     ax.set_xlabel("round")
-    ax.set_ylabel("cumulative expected regret")
+    ax.set_ylabel("cumulative expected regret (log scale)")
+    ax.set_yscale("log")
     ax.set_title(f"{cfg.n_arms} arms, d={cfg.dim}, {len(cfg.seeds)} seeds (linear-logistic)")
     ax.legend()
     fig.tight_layout()

@@ -7,7 +7,8 @@
 | user:{id}:stats           | hash | counter per event type, total (interactions only),   |
 |                           |      | last_active (unix s)                                 |
 | item:{id}:stats           | hash | counter per event type                               |
-| items:popularity          | zset | item id -> popularity score                          |
+| items:popularity          | zset | item id -> time-decayed popularity, scaled to epoch  |
+| items:popularity:epoch    | str  | unix s the popularity scores are scaled to           |
 | bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |
 | event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
 | imp:{request_id}          | hash | served item -> 0 (no reward yet) / 1 (rewarded)      |
@@ -47,6 +48,9 @@ class Keys:
 
     def popularity(self) -> str:
         return f"{self.prefix}items:popularity"
+
+    def popularity_epoch(self) -> str:
+        return f"{self.prefix}items:popularity:epoch"
 
     def bandit_arm(self, item_id: str) -> str:
         return f"{self.prefix}bandit:ts:{item_id}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,10 +50,29 @@ class FeatureStore:
         )
 
     async def get_popular(self, n: int) -> list[str]:
-        """The n most popular item ids (highest score first); empty when nothing was streamed yet."""
+        """The n most popular item ids (highest time-decayed popularity first); empty when nothing was
+        streamed yet. The gateway's popularity fallback reads this."""
         if n <= 0:
             return []
         return [_s(x) for x in await self.redis.zrevrange(self.keys.popularity(), 0, n - 1)]
+
+    async def get_popular_scores(
+        self, n: int, half_life_s: float, now: float | None = None
+    ) -> list[tuple[str, float]]:
+        """The n most popular items with their popularity decayed to ``now`` (unix s, default the
+        clock): sum of weight * 2^(-(now - t) / half_life_s) over the item's events. half_life_s must
+        be the writer's (FeatureWriter.popularity_half_life_s; 0: plain weighted counts)."""
+        if n <= 0:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(self.keys.popularity(), 0, n - 1, withscores=True)
+        pipe.get(self.keys.popularity_epoch())
+        rows, epoch = await pipe.execute()
+        factor = 1.0
+        if half_life_s > 0 and epoch is not None:
+            now = time.time() if now is None else now
+            factor = 2.0 ** (-(now - float(_s(epoch))) / half_life_s)
+        return [(_s(item), float(score) * factor) for item, score in rows]
 
     async def get_arms(self, item_ids: Sequence[str]) -> dict[str, tuple[float, float]]:
         """item -> (alpha, beta) of its Beta posterior, in one round trip; items never seen are omitted.

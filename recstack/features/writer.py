@@ -12,17 +12,33 @@ the same script, so a batch replayed after a crash is a no-op):
     multiplied by (1 - alpha), then alpha * weight is added to each genre of the item (an item
     without genres only decays). Weights (EventWeights, configurable): view 0.5, click 1,
     like 1.5, purchase 2, rating rating/5.
-  - ``item:{id}:stats`` counter of the type; ``items:popularity`` ZINCRBY weight.
+  - ``item:{id}:stats`` counter of the type; ``items:popularity`` ZINCRBY of the weight, decayed in
+    time (see "Popularity" below).
   - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
     once per (request_id, item) while the impression is pending.
 * impressions: ``item:{id}:stats`` ``impression`` += 1 for every served item; with a request_id,
   ``imp:{request_id}`` records the slate (item -> 0) and ``imp:pending`` its window end
   (event ts + reward_window_s).
-* A/B records (impressions with experiment_id and variant): ``exp:{exp}:variants``,
+* A/B records (impressions with experiment_id and variant, and one more per context entry
+  ``ab.<experiment_id> = variant``: a request in several experiment layers; impressions whose
+  context has ``qa = "1"`` (forced variants, QA traffic) write no A/B record): ``exp:{exp}:variants``,
   ``exp:{exp}:{variant}:stats`` (impressions, users = users first exposed in this variant) and the
   user's record ``exp:{exp}:user:{id}`` (variant, first_exposure, impressions). A reward event whose
   request_id has a pending impression is an outcome of that impression's variant: stats and user
   record count it by type, and ``users_{type}`` counts users with at least one such outcome.
+
+Popularity: exponential decay with half-life H (``popularity_half_life_s``, default one day; 0 keeps
+plain weighted counts). An event of weight w at time t is worth w * 2^(-(now - t) / H) at time now.
+Instead of decaying every score on every event, each increment is scaled up by exp((t - E) / tau)
+(tau = H / ln 2) relative to an epoch E kept in ``items:popularity:epoch`` (set to the first event's
+second): the stored score is then the decayed popularity at time E, and the ranking (all the gateway
+reads, via FeatureStore.get_popular) is the ranking at any later time, because every score shares
+the factor exp(-(now - E) / tau). FeatureStore.get_popular_scores(n, now) applies that factor. When
+an increment's exponent (t - E) / tau passes POPULARITY_RESCALE_AT (50, i.e. 72 half-lives: 72 days
+for H = 1 day), the script rescales every score by exp((E - t') / tau) and moves E to t' = floor(t),
+in the same atomic call, so scores stay far from the float range (e^50 ~ 5e21). Rescaling touches
+every item once per 72 half-lives. Late events (t < E) just weigh less, as they should; replays are
+no-ops like every other write (the event_id marker).
 
 :meth:`FeatureWriter.settle` closes windows that ended: every served item without a reward gets
 ``beta += 1`` (zero reward). Arms start from the Beta(1, 1) prior (both fields set to 1 first).
@@ -36,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +70,8 @@ log = logging.getLogger(__name__)
 # covers replays after a crash or rebalance (uncommitted offsets) and producer retries.
 DEFAULT_DEDUP_TTL_S = 3600
 DEFAULT_REWARD_WINDOW_S = 1800.0
+DEFAULT_POPULARITY_HALF_LIFE_S = 86400.0
+POPULARITY_RESCALE_AT = 50.0
 
 _APPLY_LUA = r"""
 local prefix = ARGV[1]
@@ -61,8 +80,37 @@ local ttl = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
 local batch = cjson.decode(ARGV[6])
+local tau = tonumber(ARGV[7])
+local rescale_at = tonumber(ARGV[8])
 local applied, dup, rewards = 0, 0, 0
 local function fmt(x) return string.format('%.12g', x) end
+local function fmt17(x) return string.format('%.17g', x) end
+local pkey = prefix .. 'items:popularity'
+local epoch = nil
+local function popularity(item, w, ts)
+  if tau <= 0 then
+    redis.call('ZINCRBY', pkey, fmt17(w), item)
+    return
+  end
+  if epoch == nil then
+    epoch = tonumber(redis.call('GET', pkey .. ':epoch'))
+    if epoch == nil then
+      epoch = math.floor(ts)
+      redis.call('SET', pkey .. ':epoch', fmt17(epoch))
+    end
+  end
+  local x = (ts - epoch) / tau
+  if x > rescale_at then
+    local new_epoch = math.floor(ts)
+    local f = math.exp((epoch - new_epoch) / tau)
+    local flat = redis.call('ZRANGE', pkey, 0, -1, 'WITHSCORES')
+    for i = 1, #flat, 2 do redis.call('ZADD', pkey, fmt17(tonumber(flat[i + 1]) * f), flat[i]) end
+    epoch = new_epoch
+    redis.call('SET', pkey .. ':epoch', fmt17(epoch))
+    x = (ts - epoch) / tau
+  end
+  redis.call('ZINCRBY', pkey, fmt17(w * math.exp(x)), item)
+end
 local function arm_prior(key)
   redis.call('HSETNX', key, 'alpha', 1)
   redis.call('HSETNX', key, 'beta', 1)
@@ -70,7 +118,7 @@ end
 local function apply_one(ev)
   local id, user, item, etype, ts = ev[1], ev[2], ev[3], ev[4], ev[5]
   local w, genres, req, reward, slate = ev[6], ev[7], ev[8], ev[9], ev[10]
-  local exp, variant, interaction = ev[11], ev[12], ev[13] == 1
+  local exps, variants, interaction = ev[11], ev[12], ev[13] == 1
   if redis.call('SET', prefix .. 'event:' .. id, '1', 'NX', 'EX', ttl) then
     local ukey = prefix .. 'user:' .. user .. ':stats'
     redis.call('HINCRBY', ukey, etype, 1)
@@ -87,7 +135,9 @@ local function apply_one(ev)
         redis.call('EXPIRE', ikey, math.floor(window) + 86400)
         redis.call('ZADD', prefix .. 'imp:pending', 'NX', fmt(ts + window), req)
       end
-      if exp ~= '' and variant ~= '' then
+      local meta = {}
+      for n, exp in ipairs(exps) do
+        local variant = variants[n]
         local ebase = prefix .. 'exp:' .. exp
         redis.call('SADD', ebase .. ':variants', variant)
         local skey = ebase .. ':' .. variant .. ':stats'
@@ -98,9 +148,10 @@ local function apply_one(ev)
           redis.call('HINCRBY', skey, 'users', 1)
         end
         redis.call('HINCRBY', xkey, 'impressions', 1)
-        if req ~= '' then
-          redis.call('SET', ikey .. ':exp', exp .. '\n' .. variant, 'EX', math.floor(window) + 86400)
-        end
+        meta[#meta + 1] = exp .. '\n' .. variant
+      end
+      if req ~= '' and #meta > 0 then
+        redis.call('SET', ikey .. ':exp', table.concat(meta, '\n'), 'EX', math.floor(window) + 86400)
       end
     elseif interaction then
       local rkey = prefix .. 'user:' .. user .. ':recent_items'
@@ -119,7 +170,7 @@ local function apply_one(ev)
       end
       if #args > 0 then redis.call('HSET', gkey, unpack(args)) end
       redis.call('HINCRBY', prefix .. 'item:' .. item .. ':stats', etype, 1)
-      redis.call('ZINCRBY', prefix .. 'items:popularity', fmt(w), item)
+      popularity(item, w, ts)
       if reward == 1 and req ~= '' then
         local ikey = prefix .. 'imp:' .. req
         local state = redis.call('HGET', ikey, item)
@@ -132,12 +183,15 @@ local function apply_one(ev)
         end
         local meta = redis.call('GET', ikey .. ':exp')
         if meta then
-          local nl = string.find(meta, '\n', 1, true)
-          local ebase = prefix .. 'exp:' .. string.sub(meta, 1, nl - 1)
-          local skey = ebase .. ':' .. string.sub(meta, nl + 1) .. ':stats'
-          redis.call('HINCRBY', skey, etype, 1)
-          if redis.call('HINCRBY', ebase .. ':user:' .. user, etype, 1) == 1 then
-            redis.call('HINCRBY', skey, 'users_' .. etype, 1)
+          local parts = {}
+          for line in string.gmatch(meta, '[^\n]+') do parts[#parts + 1] = line end
+          for n = 1, #parts - 1, 2 do
+            local ebase = prefix .. 'exp:' .. parts[n]
+            local skey = ebase .. ':' .. parts[n + 1] .. ':stats'
+            redis.call('HINCRBY', skey, etype, 1)
+            if redis.call('HINCRBY', ebase .. ':user:' .. user, etype, 1) == 1 then
+              redis.call('HINCRBY', skey, 'users_' .. etype, 1)
+            end
           end
         end
       end
@@ -185,6 +239,26 @@ for _, req in ipairs(reqs) do
 end
 return {#reqs, zeros}
 """
+
+
+def popularity_tau(half_life_s: float) -> float:
+    """Time constant tau = H / ln 2 of the popularity decay exp(-dt / tau); 0.0 (no decay) for H = 0."""
+    return half_life_s / math.log(2) if half_life_s > 0 else 0.0
+
+
+def ab_exposures(event: UserEvent) -> tuple[list[str], list[str]]:
+    """(experiment ids, variants) an impression exposes its user to: ``experiment_id`` /
+    ``variant`` plus context entries ``ab.<experiment_id> = variant``; none for QA impressions
+    (context ``qa = "1"``) and for other event types."""
+    if event.event_type != "impression" or event.context.get("qa") == "1":
+        return [], []
+    pairs: dict[str, str] = {}
+    if event.experiment_id and event.variant:
+        pairs[event.experiment_id] = event.variant
+    for key, value in event.context.items():
+        if key.startswith("ab.") and len(key) > 3 and value:
+            pairs.setdefault(key[3:], value)
+    return list(pairs), list(pairs.values())
 
 
 @dataclass(frozen=True)
@@ -243,11 +317,17 @@ class FeatureWriter:
         recent_cap: int = RECENT_ITEMS_CAP,
         dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S,
         reward_window_s: float = DEFAULT_REWARD_WINDOW_S,
+        popularity_half_life_s: float = DEFAULT_POPULARITY_HALF_LIFE_S,
+        popularity_rescale_at: float = POPULARITY_RESCALE_AT,
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be within (0, 1], got {alpha}")
         if recent_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
             raise ValueError("recent_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0")
+        if popularity_half_life_s < 0 or popularity_rescale_at <= 0:
+            raise ValueError(
+                "popularity_half_life_s must be >= 0 (0: no decay) and popularity_rescale_at > 0"
+            )
         self.redis = redis
         self.keys = keys or Keys()
         if catalog is None:
@@ -258,6 +338,8 @@ class FeatureWriter:
         self.recent_cap = recent_cap
         self.dedup_ttl_s = dedup_ttl_s
         self.reward_window_s = reward_window_s
+        self.popularity_half_life_s = popularity_half_life_s
+        self.popularity_rescale_at = popularity_rescale_at
         self._apply = redis.register_script(_APPLY_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
 
@@ -273,8 +355,7 @@ class FeatureWriter:
             event.request_id,
             1 if event.event_type in REWARD_TYPES else 0,
             list(event.items),
-            event.experiment_id,
-            event.variant,
+            *ab_exposures(event),
             1 if event.is_interaction else 0,
         ]
 
@@ -293,6 +374,8 @@ class FeatureWriter:
                 self.recent_cap,
                 self.reward_window_s,
                 payload,
+                popularity_tau(self.popularity_half_life_s),
+                self.popularity_rescale_at,
             ],
         )
         errors = tuple((int(failed[i]) - 1, str(failed[i + 1])) for i in range(0, len(failed), 2))

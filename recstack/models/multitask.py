@@ -130,6 +130,22 @@ class MultiTaskRanker(nn.Module):
         """user_idx [B], item_idx [B], history [B, L], genre_profile [B, G] -> {task: logits [B]}."""
         return self._pair_logits(self.user_repr(user_idx, history, genre_profile), item_idx)
 
+    def score_grid(
+        self,
+        user_idx: torch.Tensor,
+        history: torch.Tensor,
+        genre_profile: torch.Tensor,
+        item_idx: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Per-user candidate lists: users [B] (+ [B, L], [B, G]), item_idx [B, C] -> {task: [B, C]}.
+
+        The user side is computed once per user (cheaper than ``forward`` on repeated rows).
+        """
+        b, c = item_idx.shape
+        user = tuple(t.repeat_interleave(c, dim=0) for t in self.user_repr(user_idx, history, genre_profile))
+        out = self._pair_logits(user, item_idx.reshape(-1))
+        return {t: v.view(b, c) for t, v in out.items()}
+
     def score_matrix(
         self,
         user_idx: torch.Tensor,

@@ -68,7 +68,7 @@ class Dropout(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer encoder block: x + MHA(LN(x)), then x + FFN(LN(x)).
 
-    ``dropout`` applies to the residual branches and inside the FFN; ``attn_dropout`` to the
+    ``dropout`` applies to the residual branches (as in BERT); ``attn_dropout`` to the
     attention weights (default 0: on CPU it costs a Bernoulli draw per (B, H, L, L) entry).
 
     Inputs: x (B, L, D), allowed (B, 1, L, L) bool, True where query i may attend to key j.
@@ -84,9 +84,7 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim)
-        )
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -204,9 +204,7 @@ class RerankStage:
         self.timeout_s = timeout_s
 
     def applies(self, state: RecommendState) -> bool:
-        return (
-            state.pipeline.rerank_enabled and bool(state.candidates) and bool(state.features.recent_items)
-        )
+        return state.pipeline.rerank_enabled and bool(state.candidates) and bool(state.features.recent_items)
 
     async def __call__(self, state: RecommendState) -> None:
         result = await self.backend.rerank(

@@ -40,24 +40,6 @@ from recstack.models.sequential_common import SequentialRecommender
 logger = logging.getLogger(__name__)
 
 SCORE_BATCH = 512
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU advertises native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
-def use_bf16(precision: str) -> bool:
-    """Whether training losses run under bf16 autocast for ``precision`` ("auto", "fp32", "bf16")."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16())
 
 
 @dataclass
@@ -70,7 +52,13 @@ class _TrainingProfile:
     patience: int = 10
     eval_every: int = 1
     max_minutes: float | None = 4.0
-    precision: str = "fp32"  # "fp32", "bf16" (autocast in the loss) or "auto" (bf16 when the CPU has it)
+    # Task settings shared by the three models (not TrainerConfig fields):
+    # steps_per_epoch caps an "epoch" at that many batches (None = one pass over all windows), so
+    # that large datasets still get regular validation and early stopping within the time budget;
+    # loss_items caps the softmax: full CE over all items when n_items <= loss_items, else sampled
+    # softmax against loss_items uniformly drawn negatives shared by the batch.
+    steps_per_epoch: int | None = 400
+    loss_items: int = 8192
 
     def trainer_overrides(self) -> dict[str, Any]:
         """Keyword arguments for ``TrainerConfig(**overrides)``."""
@@ -215,25 +203,48 @@ class _SequentialTask:
     name: str
     model: SequentialRecommender
 
-    def __init__(self, split: Split, model: SequentialRecommender, batch_size: int, precision: str = "fp32"):
+    def __init__(
+        self,
+        split: Split,
+        model: SequentialRecommender,
+        batch_size: int,
+        steps_per_epoch: int | None = None,
+        loss_items: int | None = None,
+    ):
         if split.n_items < 1:
             raise ValueError("the split has no items")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {steps_per_epoch}")
+        if loss_items is not None and loss_items < 1:
+            raise ValueError(f"loss_items must be >= 1 or None, got {loss_items}")
         self.split = split
         self.model = model
         self.batch_size = batch_size
-        self.bf16 = use_bf16(precision)
+        self.steps_per_epoch = steps_per_epoch
+        self.loss_items = loss_items
+        self._queue = np.zeros(0, dtype=np.int64)
         self._histories: dict[str, np.ndarray] = {}
 
-    def _autocast(self) -> torch.autocast:
-        """bf16 autocast of the training forward pass when enabled (scoring always runs in fp32)."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
-
     def _window_batches(self, windows: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        order = rng.permutation(len(windows))
+        """Shuffled batches (B, L') of windows: one pass, or steps_per_epoch batches drawn from a
+        running permutation (consecutive epochs then continue where the previous one stopped)."""
+        if self.steps_per_epoch is None or self.steps_per_epoch * self.batch_size >= len(windows):
+            order = rng.permutation(len(windows))
+        else:
+            need = self.steps_per_epoch * self.batch_size
+            while len(self._queue) < need:
+                self._queue = np.concatenate([self._queue, rng.permutation(len(windows))])
+            order, self._queue = self._queue[:need], self._queue[need:]
         for start in range(0, len(order), self.batch_size):
             yield windows[order[start : start + self.batch_size]]
+
+    def softmax_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """CE of hidden states (B, L, D) against targets (B, L) (0 = ignore), full or sampled."""
+        if self.loss_items is None or self.model.n_items <= self.loss_items:
+            return full_softmax_loss(self.model, hidden, targets)
+        return sampled_softmax_loss(self.model, hidden, targets, self.loss_items)
 
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
         """Scores (B, n_items+1) float32 for users (B,) at stage "valid" or "test"; column 0 = PAD_SCORE."""
@@ -268,16 +279,43 @@ def full_softmax_loss(
         raise ValueError("batch has no target item (all padding)")
     emb = model.output_embeddings()[1:]  # (n_items, D): padding is never a class
     logits = torch.addmm(model.out_bias[1:], hidden[keep], emb.T)  # (N, n_items)
-    return F.cross_entropy(logits.float(), targets[keep] - 1)
+    return F.cross_entropy(logits, targets[keep] - 1)
+
+
+def sampled_softmax_loss(
+    model: SequentialRecommender, hidden: torch.Tensor, targets: torch.Tensor, n_negatives: int
+) -> torch.Tensor:
+    """Mean CE of each target against ``n_negatives`` uniformly drawn items shared by the batch.
+
+    hidden (B, L, D), targets (B, L) with 0 = ignore. A negative equal to the row's target is
+    masked out (accidental hit). Uniform sampling needs no logQ correction (a constant shift).
+    """
+    keep = targets != 0
+    if not bool(keep.any()):
+        raise ValueError("batch has no target item (all padding)")
+    h, t = hidden[keep], targets[keep]  # (N, D), (N,)
+    emb = model.output_embeddings()
+    neg = torch.randint(1, model.n_items + 1, (n_negatives,), device=t.device)  # (K,)
+    pos = (h * emb[t]).sum(-1) + model.out_bias[t]  # (N,)
+    neg_logits = torch.addmm(model.out_bias[neg], h, emb[neg].T)  # (N, K)
+    neg_logits = neg_logits.masked_fill(neg[None, :] == t[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=t.device))
 
 
 class NextItemTask(_SequentialTask):
     """SASRec / GRU4Rec: predict window[t+1] from window[..t] at every position, full-softmax CE."""
 
     def __init__(
-        self, name: str, split: Split, model: SequentialRecommender, batch_size: int, precision: str = "fp32"
+        self,
+        name: str,
+        split: Split,
+        model: SequentialRecommender,
+        batch_size: int,
+        steps_per_epoch: int | None = None,
+        loss_items: int | None = None,
     ):
-        super().__init__(split, model, batch_size, precision)
+        super().__init__(split, model, batch_size, steps_per_epoch, loss_items)
         self.name = name
         self.windows = training_windows(split.train_seqs, model.max_len + 1)
         logger.info("%s: %d training windows of %d items", name, len(self.windows), model.max_len + 1)
@@ -290,8 +328,7 @@ class NextItemTask(_SequentialTask):
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         inputs, targets = batch
-        with self._autocast():
-            return full_softmax_loss(self.model, self.model.encode(inputs), targets)
+        return self.softmax_loss(self.model.encode(inputs), targets)
 
 
 def mask_windows(
@@ -330,9 +367,10 @@ class MaskedItemTask(_SequentialTask):
         batch_size: int,
         mask_prob: float,
         last_mask_prob: float,
-        precision: str = "fp32",
+        steps_per_epoch: int | None = None,
+        loss_items: int | None = None,
     ):
-        super().__init__(split, model, batch_size, precision)
+        super().__init__(split, model, batch_size, steps_per_epoch, loss_items)
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}")
         if not 0.0 <= last_mask_prob <= 1.0:
@@ -350,8 +388,7 @@ class MaskedItemTask(_SequentialTask):
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         tokens, targets = batch
-        with self._autocast():
-            return full_softmax_loss(self.model, self.model.encode(tokens), targets)
+        return self.softmax_loss(self.model.encode(tokens), targets)
 
 
 TaskConfig = SASRecTaskConfig | GRU4RecTaskConfig | BERT4RecTaskConfig
@@ -377,5 +414,15 @@ def build_task(name: str, split: Split, catalog: object | None = None, cfg: Task
         raise TypeError(f"{name} needs a {CONFIGS[name].__name__}, got {type(cfg).__name__}")
     model = MODELS[name](cfg.model_config(split.n_items))
     if name == "bert4rec":
-        return MaskedItemTask(split, model, cfg.batch_size, cfg.mask_prob, cfg.last_mask_prob, cfg.precision)
-    return NextItemTask(name, split, model, cfg.batch_size, cfg.precision)
+        return MaskedItemTask(
+            split,
+            model,
+            cfg.batch_size,
+            cfg.mask_prob,
+            cfg.last_mask_prob,
+            steps_per_epoch=cfg.steps_per_epoch,
+            loss_items=cfg.loss_items,
+        )
+    return NextItemTask(
+        name, split, model, cfg.batch_size, steps_per_epoch=cfg.steps_per_epoch, loss_items=cfg.loss_items
+    )

@@ -117,6 +117,7 @@ class RankerTaskConfig:
     n_negatives: int = 4  # sampled negatives per positive row (all labels 0)
     neg_power: float = 0.0  # 0 = uniform negatives, 0.75 = popularity^0.75
     task_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # click, like, purchase
+    softmax_weight: float = 0.0  # weight of an extra sampled-softmax loss on the click logits of each list
 
 
 class RankerTask:
@@ -144,29 +145,32 @@ class RankerTask:
         for rows in _batches(len(ex), self.cfg.batch_size, rng):
             users = ex.user[rows]
             neg = self.sampler.sample(users, k, rng)  # [B, k]
-            rep = np.repeat(np.arange(len(rows)), 1 + k)
-            items = np.concatenate([ex.item[rows][:, None], neg], axis=1).reshape(-1)
+            items = np.concatenate([ex.item[rows][:, None], neg], axis=1)  # [B, 1 + k], positive first
             pos = np.zeros((len(rows), 1 + k), np.float32)
             pos[:, 0] = 1.0
             labels = {
-                "click": pos.reshape(-1),
-                "like": (pos * ex.like[rows][:, None]).reshape(-1),
-                "purchase": (pos * ex.purchase[rows][:, None]).reshape(-1),
+                "click": pos,
+                "like": pos * ex.like[rows][:, None],
+                "purchase": pos * ex.purchase[rows][:, None],
             }
             yield {
-                "user": _t(users[rep]),
+                "user": _t(users),
                 "item": _t(items),
-                "history": _t(ex.history(rows, self.max_len)[rep]),
-                "genre": _t(ex.genre[rows][rep]),
+                "history": _t(ex.history(rows, self.max_len)),
+                "genre": _t(ex.genre[rows]),
                 "labels": {t: _t(v) for t, v in labels.items()},
             }
 
     def loss(self, batch: dict) -> torch.Tensor:
-        out = self.model(batch["user"], batch["item"], batch["history"], batch["genre"])
-        return sum(
+        out = self.model.score_grid(batch["user"], batch["history"], batch["genre"], batch["item"])
+        loss = sum(
             w * F.binary_cross_entropy_with_logits(out[t], batch["labels"][t])
             for t, w in zip(TASKS, self.cfg.task_loss_weights, strict=True)
         )
+        if self.cfg.softmax_weight:
+            target = torch.zeros(len(out["click"]), dtype=torch.long)  # the positive is column 0
+            loss = loss + self.cfg.softmax_weight * F.cross_entropy(out["click"], target)
+        return loss
 
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
         users = np.asarray(user_indices)

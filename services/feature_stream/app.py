@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
@@ -22,7 +23,12 @@ from recstack.features.catalog import CatalogError, ItemCatalog, load_catalog_or
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 from services.feature_stream import metrics, transport
-from services.feature_stream.processor import BatchProcessor, RawMessage, dead_letter_headers
+from services.feature_stream.processor import (
+    BatchProcessor,
+    LagTracker,
+    RawMessage,
+    dead_letter_headers,
+)
 from services.feature_stream.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -50,9 +56,12 @@ def create_app(settings: StreamSettings) -> faust.App:
         # Redis would block SIGTERM forever. Unacked events are not committed; the next owner
         # replays them and the writer's event_id check makes the replay a no-op.
         stream_wait_empty=False,
-        broker_session_timeout=10,
+        # A worker killed without leaving the group holds its partitions this long.
+        broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=3,
         broker_heartbeat_interval=1,
+        # Offsets of acknowledged events (whose Redis writes landed) are committed this often.
+        broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         topic_partitions=1,
@@ -69,6 +78,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         catalog=load_catalog_or_empty(settings.artifacts),
         dedup_ttl_s=settings.dedup_ttl_s,
         reward_window_s=settings.reward_window_s,
+        popularity_half_life_s=settings.popularity_half_life_s,
     )
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
@@ -78,6 +88,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         await delivered
 
     processor = BatchProcessor(writer, send_dead_letter)
+    lag = LagTracker()
 
     @app.agent(events_topic)
     async def user_events(stream: Any) -> None:
@@ -93,8 +104,27 @@ def create_app(settings: StreamSettings) -> faust.App:
                 for e in batch
             ]
             await processor.process(messages)
+            lag.processed(messages)
             for event in batch:
                 await stream.ack(event)
+
+    @app.timer(interval=settings.lag_interval_s)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        assigned = {(tp.topic, tp.partition): tp for tp in consumer.assignment()}
+        assigned = {k: tp for k, tp in assigned.items() if k[0] == settings.events_topic}
+        highwaters: dict[tuple[str, int], int | None] = {}
+        positions: dict[tuple[str, int], int | None] = {}
+        try:
+            for key, tp in assigned.items():
+                highwaters[key] = consumer.highwater(tp)
+            for key in lag.unknown(assigned):
+                if highwaters.get(key) is not None:
+                    positions[key] = await consumer.position(assigned[key])
+        except (KafkaError, AssertionError) as exc:  # revoked while asking (aiokafka asserts assignment)
+            log.debug("consumer lag not updated: %r", exc)
+            return
+        lag.update(list(assigned), highwaters, positions)
 
     @app.timer(interval=settings.settle_interval_s)
     async def settle_rewards() -> None:

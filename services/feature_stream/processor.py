@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstack.events.schema import InvalidEvent, UserEvent, parse_event
 from recstack.features.writer import ApplyResult, FeatureWriter

@@ -49,6 +49,18 @@ class StreamSettings(BaseSettings):
         10.0, gt=0, validation_alias=_env("RECSTACK_CATALOG_CHECK_S", "catalog_check_s")
     )
     dedup_ttl_s: int = Field(3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s"))
+    session_timeout_s: float = Field(
+        10.0, gt=1, validation_alias=_env("RECSTACK_STREAM_SESSION_TIMEOUT_S", "session_timeout_s")
+    )
+    commit_interval_s: float = Field(
+        2.8, gt=0, validation_alias=_env("RECSTACK_STREAM_COMMIT_INTERVAL_S", "commit_interval_s")
+    )
+    popularity_half_life_s: float = Field(
+        86400.0, ge=0, validation_alias=_env("RECSTACK_POPULARITY_HALF_LIFE_S", "popularity_half_life_s")
+    )
+    lag_interval_s: float = Field(
+        1.0, gt=0, validation_alias=_env("RECSTACK_LAG_INTERVAL_S", "lag_interval_s")
+    )
     web_port: int = Field(0, ge=0, validation_alias=_env("RECSTACK_STREAM_WEB_PORT", "web_port"))
     log_level: str = Field("info", validation_alias=_env("RECSTACK_LOG_LEVEL", "log_level"))
 

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from recstack.events.producer import EventProducer
+from recstack.experiments.config import ConfigWatcher, ExperimentConfigError, ExperimentsConfig
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.rpc.client import insecure_channel
 from recstack.rpc.loading import start_reloader
-from recstack.rpc.server import run
+from recstack.rpc.server import StartupError, run
 from recstack.rpc.settings import load_settings
 from recstack.serving.chain import Chain
 from recstack.serving.stages import GrpcBandit, GrpcRanking, GrpcRerank, GrpcRetrieval, build_stages
 from recstack.v1 import gateway_pb2_grpc
+from services.gateway.monitoring import GatewayMonitor
 from services.gateway.servicer import (
     GatewayServicer,
     ImpressionPublisher,
@@ -28,6 +31,30 @@ from services.gateway.servicer import (
 from services.gateway.settings import GatewaySettings
 
 SERVICE_NAME = "recstack.v1.Gateway"
+log = logging.getLogger("services.gateway")
+
+
+def load_watcher(settings: GatewaySettings) -> ConfigWatcher | None:
+    """The experiments file's watcher (None without RECSTACK_EXPERIMENTS); a bad file at start is a
+    StartupError naming the file and the bad field."""
+    if not settings.experiments:
+        return None
+    try:
+        return ConfigWatcher(settings.experiments, interval_s=settings.experiments_reload_s)
+    except ExperimentConfigError as exc:
+        raise StartupError(f"RECSTACK_EXPERIMENTS: {exc}") from exc
+
+
+async def watch_experiments(watcher: ConfigWatcher, recommender: Recommender, interval_s: float) -> None:
+    """Re-read the experiments file every ``interval_s`` (off the event loop); a valid change is
+    swapped in, an invalid one is logged by the watcher (with the bad field) and ignored."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if await asyncio.to_thread(watcher.reload):
+                recommender.use_experiments(watcher.config)
+        except Exception:  # the watcher must survive anything (e.g. a file system error)
+            log.exception("experiments watcher failed; keeping the current configuration")
 
 
 def main() -> int:
@@ -37,6 +64,8 @@ def main() -> int:
     resources: dict[str, object] = {}
 
     async def load() -> None:
+        watcher = await asyncio.to_thread(load_watcher, settings)
+        experiments = watcher.config if watcher is not None else ExperimentsConfig.builtin()
         lists = await asyncio.to_thread(read_bundle_lists, Path(settings.artifacts))
         redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         resources["redis"] = redis
@@ -61,6 +90,9 @@ def main() -> int:
             ranking_timeout_s=settings.ranking_timeout_s,
             rerank_timeout_s=settings.rerank_timeout_s,
             bandit_timeout_s=settings.bandit_timeout_s,
+            similarity=lists.similarity,
+            diversity_window=settings.diversity_window,
+            diversity_timeout_s=settings.diversity_timeout_s,
         )
         producer = (
             EventProducer(settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000)
@@ -69,13 +101,28 @@ def main() -> int:
         )
         impressions = ImpressionPublisher(producer)
         resources["impressions"] = impressions
-        recommender = Recommender(Chain(stages, lists.popularity), lists.user_ids, impressions=impressions)
+        monitor = GatewayMonitor(
+            lists.catalog_size, lists.similarity, lists.created_at, settings.coverage_window_s
+        )
+        recommender = Recommender(
+            Chain(stages, lists.popularity),
+            lists.user_ids,
+            experiments=experiments,
+            impressions=impressions,
+            monitor=monitor,
+        )
         servicer.recommender = recommender
+        if watcher is not None and settings.experiments_reload_s > 0:
+            task = asyncio.create_task(watch_experiments(watcher, recommender, settings.experiments_reload_s))
+            resources["experiments_task"] = task
         start_reloader(
             settings.artifacts, settings.reload_s, bundle_lists, lambda new, _v: recommender.use_bundle(new)
         )
 
     async def on_stop() -> None:
+        task = resources.get("experiments_task")
+        if isinstance(task, asyncio.Task):
+            task.cancel()
         impressions = resources.get("impressions")
         if isinstance(impressions, ImpressionPublisher):
             await impressions.close()

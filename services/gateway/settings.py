@@ -28,6 +28,15 @@ class GatewaySettings(ModelServiceSettings):
     ranking_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RANKING_TIMEOUT_S"))
     rerank_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RERANK_TIMEOUT_S"))
     bandit_timeout_s: float = Field(0.1, gt=0, validation_alias=env("RECSTACK_BANDIT_TIMEOUT_S"))
+    diversity_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_DIVERSITY_TIMEOUT_S"))
+    # Candidates (from the top of the ranked list) the diversity stage chooses the k items from.
+    diversity_window: int = Field(50, ge=2, le=2000, validation_alias=env("RECSTACK_DIVERSITY_WINDOW"))
+    # Experiments file (YAML or JSON, recstack/experiments/config.py); empty: DEFAULT_EXPERIMENT.
+    experiments: str = Field("", validation_alias=env("RECSTACK_EXPERIMENTS"))
+    # How often the experiments file is checked for changes (seconds; 0 = never reloaded).
+    experiments_reload_s: float = Field(2.0, ge=0, validation_alias=env("RECSTACK_EXPERIMENTS_RELOAD_S"))
+    # Sliding window of the catalogue-coverage gauge (seconds).
+    coverage_window_s: float = Field(3600.0, gt=0, validation_alias=env("RECSTACK_COVERAGE_WINDOW_S"))
 
     @field_validator("retrieval_addr", "ranking_addr", "rerank_addr", "bandit_addr")
     @classmethod

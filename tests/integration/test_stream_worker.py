@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,80 +15,25 @@ import redis
 
 from recstack.devstack.embedded import EmbeddedRedis, free_port
 from recstack.events import event_to_json, new_event
-from recstack.events.producer import EventProducer
+from tests.integration.stream_support import (
+    metric,
+    produce,
+    read_topic,
+    sample,
+    scrape,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_env,
+    write_catalog,
+)
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-DEADLINE_S = 30.0
-
-
-def wait_for(predicate: Callable[[], object], what: str, proc: subprocess.Popen, log: Path) -> object:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            tail = log.read_text()[-3000:]
-            pytest.fail(f"worker exited with {proc.returncode} while waiting for {what}:\n{tail}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {DEADLINE_S:.0f}s waiting for {what}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
-    root = tmp_path / "artifacts"
-    (root / "v1").mkdir(parents=True)
-    catalog = {"item_ids": ["i1", "i2"], "genres": {"i1": ["Action"], "i2": ["Drama", "Comedy"]}}
-    (root / "v1" / "catalog.json").write_text(json.dumps(catalog))
-    (root / "CURRENT").write_text("v1\n")
-    return root
-
-
-def worker_env(
-    kafka_broker: str, events_topic: str, dlq_topic: str, redis_url: str, artifacts: Path, metrics_port: int
-) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker,
-        "REDIS_URL": redis_url,
-        "RECSTACK_EVENTS_TOPIC": events_topic,
-        "RECSTACK_DEAD_LETTER_TOPIC": dlq_topic,
-        "RECSTACK_ARTIFACTS": str(artifacts),
-        "RECSTACK_METRICS_PORT": str(metrics_port),
-        "RECSTACK_REDIS_PREFIX": f"t{uuid.uuid4().hex[:6]}:",
-        "RECSTACK_STREAM_GROUP": f"fs-{uuid.uuid4().hex[:8]}",
-        "RECSTACK_REWARD_WINDOW_S": "1",
-        "RECSTACK_SETTLE_INTERVAL_S": "0.5",
-        "RECSTACK_CATALOG_CHECK_S": "0.5",
-        "RECSTACK_LOG_LEVEL": "INFO",
-    }
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.feature_stream"], cwd=REPO, env=env, stdout=out, stderr=out
-        )
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-
-
-def metric(port: int, line_prefix: str) -> float:
-    """Value of the first sample whose line starts with line_prefix (0.0 when absent or unreachable)."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return write_catalog(tmp_path / "artifacts", {"i1": ["Action"], "i2": ["Drama", "Comedy"]})
 
 
 @pytest.fixture
@@ -122,31 +63,6 @@ def worker(
         info["redis"].close()
 
 
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    async with EventProducer(bootstrap, topic) as producer:
-        for key, value in values:
-            await producer.send_raw(value, key=key)
-
-
-async def read_dead_letters(bootstrap: str, topic: str, n: int) -> list:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        records = []
-        deadline = time.monotonic() + DEADLINE_S
-        while len(records) < n and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                records.extend(part)
-        return records
-    finally:
-        await consumer.stop()
-
-
 def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     r: redis.Redis = worker["redis"]
     p = worker["prefix"]
@@ -170,7 +86,7 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     wait_for(lambda: r.hget(f"{p}bandit:ts:i2", "beta") == "2", "zero reward for i2", proc, log)
     assert r.hgetall(f"{p}bandit:ts:i1") == {"alpha": "2", "beta": "1"}
 
-    dead = asyncio.run(read_dead_letters(worker["bootstrap"], worker["dlq_topic"], 1))
+    dead = asyncio.run(read_topic(worker["bootstrap"], worker["dlq_topic"], 1))
     assert len(dead) == 1
     headers = dict(dead[0].headers)
     assert dead[0].value == bad and headers["recstack-reason"] == b"unknown_event_type"
@@ -228,6 +144,15 @@ def test_offsets_commit_only_after_redis_writes(
         retries = "recstack_stream_redis_retries_total "
         # five failed attempts take > 3 s of backoff: longer than Faust's 2.8 s commit interval
         wait_for(lambda: metric(metrics_port, retries) >= 5, "redis write retries", first, log)
+
+        # the two unwritten events show as consumer lag of the partition
+        def lag() -> float | None:
+            text = scrape(metrics_port)
+            return sample(
+                text, "recstack_stream_consumer_lag", topic=env["RECSTACK_EVENTS_TOPIC"], partition="0"
+            )
+
+        wait_for(lambda: lag() == 2, "consumer lag 2 while redis is down", first, log)
         # SIGTERM while a batch is stuck: a clean, quick stop that commits only what was written
         first.send_signal(signal.SIGTERM)
         assert first.wait(20) == 0, log.read_text()[-3000:]
@@ -239,6 +164,7 @@ def test_offsets_commit_only_after_redis_writes(
             lambda: r.exists(f"{p}user:u1:stats", f"{p}user:u2:stats") == 2, "replayed events", second, log
         )
         assert r.lrange(f"{p}user:u2:recent_items", 0, -1) == ["i1"]
+        wait_for(lambda: lag() == 0, "consumer lag back to 0", second, log)
         r.close()
     finally:
         for proc in (first, second):

@@ -88,7 +88,10 @@ def test_write_report_files(tmp_path: Path) -> None:
 def test_report_errors(tmp_path: Path) -> None:
     with pytest.raises(UnknownExperimentError, match="unknown experiment 'nope'; configured: \\['div-v1'\\]"):
         build_report(records(), "nope", config=CONFIG)
-    with pytest.raises(ExperimentStatsError, match="pass config="):
+    with pytest.raises(
+        ExperimentStatsError,
+        match="unknown experiment .div-v1.: without an experiments file only the built-in",
+    ):
         build_report(records(), "div-v1")
     with pytest.raises(ExperimentStatsError, match="not found"):
         load_records(tmp_path / "none.csv")

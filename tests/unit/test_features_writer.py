@@ -194,3 +194,54 @@ async def test_event_failing_in_redis_is_reported_and_others_applied(client: aio
     assert result.applied == 2 and result.duplicates == 0
     assert len(result.failed) == 1 and result.failed[0][0] == 1 and "WRONGTYPE" in result.failed[0][1]
     assert await client.lrange("user:ok:recent_items", 0, -1) == ["i2", "i1"]
+
+
+async def test_qa_impressions_write_no_ab_record_but_still_count(client: aioredis.Redis) -> None:
+    """Forced-variant (QA) requests are flagged qa=1 by the gateway: no exposure, no outcome."""
+    writer = FeatureWriter(client, reward_window_s=10)
+    store = FeatureStore(client)
+    qa = {"qa": "1", "ab.e1": "B"}
+    await writer.apply(
+        [
+            ev("q", "impression", items=["i1"], request_id="rq", experiment_id="e1", variant="B", context=qa),
+            ev("q", "click", "i1", T0 + 1, request_id="rq"),
+        ]
+    )
+    assert await store.get_experiment("e1") == {}
+    assert await store.get_experiment_user("e1", "q") == {}
+    assert await client.hget("item:i1:stats", "impression") == "1"  # the impression itself counts
+    assert await client.hget("bandit:ts:i1", "alpha") == "2"  # and so does the bandit reward
+
+
+async def test_impression_in_two_layers_writes_both_experiments(client: aioredis.Redis) -> None:
+    """Context ab.<experiment>=variant adds exposures; outcomes are attributed to every one."""
+    writer = FeatureWriter(client, reward_window_s=10)
+    store = FeatureStore(client)
+    context = {"ab.e1": "A", "ab.e2": "T", "page": "home"}
+    await writer.apply(
+        [
+            ev(
+                "u",
+                "impression",
+                items=["i1"],
+                request_id="r",
+                experiment_id="e1",
+                variant="A",
+                context=context,
+            ),
+            ev("u", "like", "i1", T0 + 1, request_id="r"),
+        ]
+    )
+    assert (await store.get_experiment("e1"))["A"] == {
+        "impressions": 1,
+        "users": 1,
+        "like": 1,
+        "users_like": 1,
+    }
+    assert (await store.get_experiment("e2"))["T"] == {
+        "impressions": 1,
+        "users": 1,
+        "like": 1,
+        "users_like": 1,
+    }
+    assert (await store.get_experiment_user("e2", "u"))["variant"] == "T"

@@ -15,6 +15,7 @@ from recstack.exploration.base import (
     SlateSizeError,
 )
 from recstack.exploration.linucb import (
+    ArmState,
     HybridLinUCB,
     LinTS,
     LinUCB,
@@ -244,7 +245,13 @@ def test_hybrid_corrupted_shared_state_resets() -> None:
     assert policy.load_shared({}) is True
 
 
-def test_decode_state_raises_specific_error() -> None:
+def test_arm_state_bytes_round_trip_and_specific_error() -> None:
+    state = ArmState(np.eye(3) * 0.5, np.arange(3.0), n=4)
+    back = ArmState.from_bytes(state.to_bytes(), dim=3, n=4)
+    np.testing.assert_allclose(back.ainv, state.ainv)
+    np.testing.assert_allclose(back.b, state.b)
+    with pytest.raises(CorruptStateError, match="has 48 bytes, expected 80"):
+        ArmState.from_bytes(state.to_bytes(), dim=4)
     data = encode_state(np.eye(2), np.zeros(2))
     blocks = decode_state(data, [(2, 2), (2,)], symmetric=[0])
     np.testing.assert_allclose(blocks[0], np.eye(2))

@@ -59,9 +59,11 @@ def test_multitask_outputs_and_matrix_agree(inputs, mmoe: bool) -> None:
         hist.repeat_interleave(3, 0),
         genre.repeat_interleave(3, 0),
     )
+    grid = m.score_grid(user, hist, genre, cands.repeat(B, 1))
     for t in out:
-        assert mat[t].shape == (B, 3)
+        assert mat[t].shape == (B, 3) and grid[t].shape == (B, 3)
         assert torch.allclose(mat[t].reshape(-1), pair[t], atol=1e-5)
+        assert torch.allclose(grid[t], mat[t], atol=1e-5)
 
 
 def test_combine_default_and_errors() -> None:

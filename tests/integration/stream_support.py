@@ -1,0 +1,187 @@
+"""Helpers of the feature-stream integration tests: the worker as a real subprocess, its metrics,
+producing raw records and reading the dead-letter topic (real Tansu and redis-server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recstack.events.producer import EventProducer
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 30.0
+
+
+def write_catalog(root: Path, genres: dict[str, list[str]]) -> Path:
+    """A minimal bundle (CURRENT -> v1/catalog.json) with the given item genres."""
+    (root / "v1").mkdir(parents=True)
+    catalog = {"item_ids": sorted(genres), "genres": genres}
+    (root / "v1" / "catalog.json").write_text(json.dumps(catalog))
+    (root / "CURRENT").write_text("v1\n")
+    return root
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    what: str,
+    procs: subprocess.Popen | Sequence[subprocess.Popen],
+    log: Path,
+    timeout: float = DEADLINE_S,
+    interval: float = 0.1,
+) -> Any:
+    """Poll until predicate() is truthy; fail with the worker log when a worker exits or time is up."""
+    procs = [procs] if isinstance(procs, subprocess.Popen) else list(procs)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        for proc in procs:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"worker exited with {proc.returncode} while waiting for {what}:\n{tail}")
+        time.sleep(interval)
+    pytest.fail(
+        f"timed out after {timeout:.0f}s waiting for {what}:\n{log.read_text(errors='replace')[-3000:]}"
+    )
+
+
+def worker_env(
+    kafka_broker: str,
+    events_topic: str,
+    dlq_topic: str,
+    redis_url: str,
+    artifacts: Path,
+    metrics_port: int,
+    **extra: str,
+) -> dict[str, str]:
+    """Environment of one worker: its own Redis prefix and consumer group (override with extra)."""
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker,
+        "REDIS_URL": redis_url,
+        "RECSTACK_EVENTS_TOPIC": events_topic,
+        "RECSTACK_DEAD_LETTER_TOPIC": dlq_topic,
+        "RECSTACK_ARTIFACTS": str(artifacts),
+        "RECSTACK_METRICS_PORT": str(metrics_port),
+        "RECSTACK_REDIS_PREFIX": f"t{uuid.uuid4().hex[:6]}:",
+        "RECSTACK_STREAM_GROUP": f"fs-{uuid.uuid4().hex[:8]}",
+        "RECSTACK_REWARD_WINDOW_S": "1",
+        "RECSTACK_SETTLE_INTERVAL_S": "0.5",
+        "RECSTACK_CATALOG_CHECK_S": "0.5",
+        "RECSTACK_LAG_INTERVAL_S": "0.2",
+        "RECSTACK_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.feature_stream"], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def scrape(port: int) -> str:
+    """The worker's /metrics text ('' when it does not answer)."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return ""
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of one metric name in a /metrics text."""
+    out: list[tuple[dict[str, str], float]] = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, value = line.rsplit(" ", 1)
+            body = head[len(name) :].strip("{}")
+            labels = dict(pair.split("=", 1) for pair in body.split(",") if pair)
+            out.append(({k: v.strip('"') for k, v in labels.items()}, float(value)))
+    return out
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample of ``name`` with exactly these labels; None when absent."""
+    for have, value in samples(text, name):
+        if have == labels:
+            return value
+    return None
+
+
+def metric(port: int, line_prefix: str) -> float:
+    """Value of the first sample whose line starts with line_prefix (0.0 when absent or unreachable)."""
+    for line in scrape(port).splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def produce(bootstrap: str, topic: str, values: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+    """Send raw (key, value) records in order, one acknowledged send at a time."""
+    async with EventProducer(bootstrap, topic) as producer:
+        for key, value in values:
+            await producer.send_raw(value, key=key)  # type: ignore[arg-type]
+
+
+async def produce_batched(bootstrap: str, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
+    """Send raw records without waiting for each acknowledgement (order per partition is kept)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key) for key, value in values]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, n: int, timeout: float = DEADLINE_S) -> list:
+    """Up to n records of a topic from the beginning (stops at n or after timeout)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        records: list = []
+        deadline = time.monotonic() + timeout
+        while len(records) < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset of each partition (0 where none), read without joining it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return [await consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)]
+    finally:
+        await consumer.stop()
