@@ -94,25 +94,30 @@ class TrainConfig:
             "two_tower": ModelPlan(
                 {"dim": 64, "hidden": 128},
                 TwoTowerTaskConfig(batch_size=512),
-                TrainerConfig(epochs=40, lr=1e-3, patience=3, max_minutes=2.0),
+                TrainerConfig(epochs=40, lr=1e-3, patience=3, max_minutes=1.5),
             ),
             "multitask": ModelPlan(
                 {"dim": 32, "bottom": (128, 64), "tower": 32},
-                RankerTaskConfig(batch_size=1024, n_negatives=4),
-                TrainerConfig(epochs=20, lr=1e-3, patience=2, max_minutes=2.0),
-            ),
-            "ncf": ModelPlan(
-                {"mf_dim": 64, "mlp_dims": (128, 64, 32)},
-                PairTaskConfig(batch_size=1024, n_negatives=4),
-                TrainerConfig(epochs=40, lr=1e-3, patience=3, max_minutes=2.0),
+                RankerTaskConfig(batch_size=1024, n_negatives=8, softmax_weight=1.0),
+                TrainerConfig(epochs=30, lr=3e-3, patience=3, eval_every=2, max_minutes=3.0),
             ),
             "bpr_mf": ModelPlan(
                 {"dim": 64},
                 PairTaskConfig(batch_size=2048, n_negatives=1),
-                TrainerConfig(epochs=80, lr=5e-3, patience=5, eval_every=2, max_minutes=1.5),
+                TrainerConfig(epochs=80, lr=5e-3, patience=5, eval_every=2, max_minutes=1.0),
+            ),
+            "ncf": ModelPlan(  # GMF branch pre-trained from bpr_mf (He et al. 2017, sec. 3.4.1)
+                {"mf_dim": 64, "mlp_dims": (128, 64)},
+                PairTaskConfig(batch_size=2048, n_negatives=1, loss="bpr"),
+                TrainerConfig(epochs=30, lr=1e-3, patience=3, max_minutes=2.0),
+                init_from="bpr_mf",
             ),
         }
         plans.update(_sequential_plans(list(SEQUENTIAL_MODELS), "full"))
+        # keep the whole profile under ~17 min of wall clock on 2 cores (the caps are per model)
+        for name, minutes in (("sasrec", 4.0), ("gru4rec", 2.5), ("bert4rec", 2.5)):
+            if name in plans and hasattr(plans[name].task, "max_minutes"):
+                plans[name].task.max_minutes = minutes
         return cls(models=plans)
 
 

@@ -1,8 +1,27 @@
-"""Feature-stream benchmark: FeatureWriter throughput and the worker's end-to-end throughput/latency.
+"""Feature-stream benchmark: the raw ceiling against the Faust app, on the same broker and Redis.
 
-Uses real processes: an embedded redis-server and Tansu broker (unless REDIS_URL /
-KAFKA_BOOTSTRAP_SERVERS are given) and the worker as `python -m services.feature_stream`.
-Events are the synthetic dataset's interactions, stamped with the current time.
+Both consumers are child processes of the benchmark (one process tree) and run one after the other,
+never together, so they do not compete for the CPUs:
+
+* raw: ``python -m services.feature_stream.raw``, a plain aiokafka consumer loop around the same
+  BatchProcessor and FeatureWriter Lua batch (validation, one script call per batch, commits after
+  the writes);
+* faust: ``python -m services.feature_stream``, the production worker.
+
+Per consumer, on fresh 4-partition topics:
+
+1. throughput: ``events`` events are produced first (a backlog), then the consumer starts; events/s
+   is measured from its first written event to the last (startup and group join excluded);
+2. latency: a fresh consumer is started and warmed up, then events are offered at a fixed ``rate``
+   (default 2,000 events/s) for ``duration_s`` seconds, each stamped with the wall clock right before
+   it is sent; event-to-feature latency (event timestamp -> Redis write, measured by the consumer) is
+   read from its ``recstack_stream_event_to_feature_seconds`` histogram (quantiles interpolated within
+   buckets, as Prometheus' histogram_quantile does).
+
+Top-level JSON: ``raw_events_per_s``, ``faust_events_per_s``, ``ratio`` (faust / raw),
+``p50_event_to_feature_ms`` and ``p99_event_to_feature_ms`` (Faust, at the offered rate), the load
+average before and after, and the details of every phase under ``raw``, ``faust`` and ``writer``.
+Uses an embedded redis-server and Tansu unless REDIS_URL / KAFKA_BOOTSTRAP_SERVERS are given.
 """
 
 from __future__ import annotations
@@ -17,18 +36,18 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import redis.asyncio as aioredis
 
 from recstack.data import load_dataset
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, ensure_topics, free_port
-from recstack.events.producer import EventProducer, events_from_interactions
-from recstack.events.schema import UserEvent, new_event
+from recstack.events.producer import events_from_interactions
+from recstack.events.schema import UserEvent, event_to_json, new_event
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 
@@ -36,7 +55,10 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 E2F = "recstack_stream_event_to_feature_seconds"
-PACED_RATE = 500.0
+MODULES = {"raw": "services.feature_stream.raw", "faust": "services.feature_stream"}
+DEFAULT_RATE = 2000.0
+DEFAULT_DURATION_S = 10.0
+PARTITIONS = 4
 
 
 class BenchError(RuntimeError):
@@ -53,6 +75,11 @@ def bench_events(n: int, data_spec: str = "synthetic") -> list[UserEvent]:
         if len(out) == before:
             raise BenchError(f"dataset {data_spec!r} yields no valid events")
     return out[:n]
+
+
+def fresh(events: list[UserEvent]) -> list[UserEvent]:
+    """The same events with new event ids (each phase writes every event, none is a duplicate)."""
+    return [replace(e, event_id=uuid.uuid4().hex) for e in events]
 
 
 async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> dict[str, float]:
@@ -79,7 +106,10 @@ async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> d
     }
 
 
-def _metrics(port: int) -> str:
+# --- Prometheus text ------------------------------------------------------------------------------
+
+
+def _scrape(port: int) -> str:
     try:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
@@ -111,125 +141,188 @@ def _buckets(text: str, name: str) -> list[tuple[float, float]]:
 
 
 def histogram_quantile(text: str, name: str, q: float, before: str = "") -> float:
-    """Upper bound of the bucket that holds quantile q of a Prometheus histogram (nan when empty).
-
-    before: an earlier scrape; its counts are subtracted (the quantile of what happened since).
-    """
+    """Quantile q of a Prometheus histogram, linearly interpolated inside its bucket (nan when empty;
+    the last finite bound when it falls in +Inf). before: an earlier scrape to subtract."""
     buckets = _buckets(text, name)
     if before:
         earlier = dict(_buckets(before, name))
         buckets = [(le, count - earlier.get(le, 0.0)) for le, count in buckets]
-    if not buckets or buckets[-1][1] == 0:
+    if not buckets or buckets[-1][1] <= 0:
         return float("nan")
-    total = buckets[-1][1]
-    return next(le for le, count in buckets if count >= q * total)
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = le, count
+    return lower
 
 
-def _wait(predicate: Any, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise BenchError(f"worker exited with {proc.returncode} while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
+# --- processes ------------------------------------------------------------------------------------
 
 
-async def _produce(bootstrap: str, topic: str, events: list[UserEvent]) -> None:
-    """Send in chunks of 1000, each event stamped with the time its chunk is sent."""
-    async with EventProducer(bootstrap, topic) as producer:
-        for start in range(0, len(events), 1000):
-            now = time.time()
-            await producer.send_many(replace(e, timestamp=now) for e in events[start : start + 1000])
+class Consumer:
+    """One consumer child process (raw or faust) with its own metrics port, group and key prefix."""
 
-
-async def _produce_paced(bootstrap: str, topic: str, events: list[UserEvent], rate: float) -> None:
-    """Send at a steady rate, each event stamped just before it is sent (latency, not backlog)."""
-    async with EventProducer(bootstrap, topic) as producer:
-        started = time.monotonic()
-        for n, event in enumerate(events):
-            delay = started + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await producer.send(replace(event, event_id=uuid.uuid4().hex, timestamp=time.time()))
-
-
-def bench_end_to_end(
-    redis_url: str,
-    bootstrap: str,
-    events: list[UserEvent],
-    batch: int,
-    partitions: int = 4,
-    timeout: float = 300.0,
-) -> dict[str, float]:
-    """Start the worker, produce the events as fast as possible and wait until all are in Redis
-    (throughput, backlog latency); then 1000 events at PACED_RATE/s (steady-state latency)."""
-    topic = f"bench-events-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: partitions, f"{topic}.dlq": 1})
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": redis_url,
-        "RECSTACK_EVENTS_TOPIC": topic,
-        "RECSTACK_DEAD_LETTER_TOPIC": f"{topic}.dlq",
-        "RECSTACK_METRICS_PORT": str(port),
-        "RECSTACK_REDIS_PREFIX": f"bench-e-{uuid.uuid4().hex[:6]}:",
-        "RECSTACK_STREAM_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-        "RECSTACK_STREAM_BATCH": str(batch),
-        "RECSTACK_LOG_LEVEL": "warning",
-    }
-    with tempfile.TemporaryFile() as out:
-        t_start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.feature_stream"], cwd=REPO, env=env, stdout=out, stderr=out
+    def __init__(self, mode: str, redis_url: str, bootstrap: str, topic: str, batch: int, out: IO) -> None:
+        self.mode = mode
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "REDIS_URL": redis_url,
+            "RECSTACK_EVENTS_TOPIC": topic,
+            "RECSTACK_DEAD_LETTER_TOPIC": f"{topic}.dlq",
+            "RECSTACK_METRICS_PORT": str(self.port),
+            "RECSTACK_REDIS_PREFIX": f"bench-{mode}-{uuid.uuid4().hex[:6]}:",
+            "RECSTACK_STREAM_GROUP": f"bench-{mode}-{uuid.uuid4().hex[:8]}",
+            "RECSTACK_STREAM_BATCH": str(batch),
+            "RECSTACK_STREAM_SESSION_TIMEOUT_S": "4",  # Tansu holds a join for half of it
+            "RECSTACK_LOG_LEVEL": "warning",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", MODULES[mode]], cwd=REPO, env=env, stdout=out, stderr=out
         )
+        self.out = out
+
+    def metrics(self) -> str:
+        return _scrape(self.port)
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.mode} consumer exited with {self.proc.returncode} ({what})")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.mode} consumer: timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+    def done(self) -> float:
+        return _events_done(self.metrics())
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            asyncio.run(_produce(bootstrap, topic, [new_event("bench-warmup", "view", "i0")]))
-            _wait(lambda: _events_done(_metrics(port)) >= 1, 60, "the worker to start", proc)
-            startup_s = time.monotonic() - t_start
-            t0 = time.monotonic()
-            asyncio.run(_produce(bootstrap, topic, events))
-            produced_s = time.monotonic() - t0
-            _wait(lambda: _events_done(_metrics(port)) >= len(events) + 1, timeout, "all events", proc)
-            drained_s = time.monotonic() - t0
-            text = _metrics(port)
-            paced = events[: min(len(events), 1000)]
-            asyncio.run(_produce_paced(bootstrap, topic, paced, PACED_RATE))
-            _wait(
-                lambda: _events_done(_metrics(port)) >= len(events) + len(paced) + 1, 60, "paced events", proc
-            )
-            paced_text = _metrics(port)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _topic(bootstrap: str, mode: str, phase: str) -> str:
+    topic = f"bench-{mode}-{phase}-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
+    return topic
+
+
+async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        now = time.time()
+        futures = [
+            await producer.send(topic, event_to_json(replace(e, timestamp=now)), key=e.user_id.encode())
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _produce_paced(bootstrap: str, topic: str, events: list[UserEvent], rate: float) -> float:
+    """Offer events at ``rate``/s in 5 ms ticks, each stamped just before it is handed to the client
+    (so the latency includes producer batching); returns the achieved rate."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    try:
+        futures = []
+        started = time.monotonic()
+        sent = 0
+        while sent < len(events):
+            due = min(len(events), int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                e = events[sent]
+                value = event_to_json(replace(e, timestamp=time.time()))
+                futures.append(await producer.send(topic, value, key=e.user_id.encode()))
+                sent += 1
+            await asyncio.sleep(0.005)
+        elapsed = time.monotonic() - started
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(events) / elapsed
+
+
+def bench_throughput(mode: str, redis_url: str, bootstrap: str, events: list[UserEvent], batch: int, out: IO):
+    """Backlog of events, then the consumer: events/s from its first written event to the last."""
+    topic = _topic(bootstrap, mode, "tput")
+    asyncio.run(_produce_backlog(bootstrap, topic, events))
+    consumer = Consumer(mode, redis_url, bootstrap, topic, batch, out)
+    try:
+        t_start = time.monotonic()
+        consumer.wait(lambda: consumer.done() >= 1, 90, "the first event", interval=0.005)
+        t0, first = time.monotonic(), consumer.done()
+        consumer.wait(lambda: consumer.done() >= len(events), 300, "the backlog", interval=0.02)
+        t1 = time.monotonic()
+        text = consumer.metrics()
+    finally:
+        consumer.stop()
     return {
         "events": len(events),
-        "batch_size": batch,
-        "partitions": partitions,
-        "worker_startup_s": round(startup_s, 2),
-        "produce_s": round(produced_s, 3),
-        "drain_s": round(drained_s, 3),
-        "events_per_s": round(len(events) / drained_s, 1),
-        "event_to_feature_p50_s_le": histogram_quantile(
-            text, "recstack_stream_event_to_feature_seconds", 0.5
-        ),
-        "event_to_feature_p99_s_le": histogram_quantile(
-            text, "recstack_stream_event_to_feature_seconds", 0.99
-        ),
-        "batch_p50_s_le": histogram_quantile(text, "recstack_stream_batch_seconds", 0.5),
-        "paced_rate_per_s": PACED_RATE,
-        "paced_event_to_feature_p50_s_le": histogram_quantile(paced_text, E2F, 0.5, before=text),
-        "paced_event_to_feature_p99_s_le": histogram_quantile(paced_text, E2F, 0.99, before=text),
+        "startup_s": round(t0 - t_start, 2),
+        "drain_s": round(t1 - t0, 3),
+        "events_per_s": round((len(events) - first) / (t1 - t0), 1),
         "mean_batch_size": round(
             _sample(text, "recstack_stream_batch_size_sum")
             / max(1.0, _sample(text, "recstack_stream_batch_size_count")),
             1,
         ),
+    }
+
+
+def bench_latency(
+    mode: str,
+    redis_url: str,
+    bootstrap: str,
+    events: list[UserEvent],
+    batch: int,
+    rate: float,
+    out: IO,
+) -> dict[str, float]:
+    """Warm consumer, events offered at a fixed rate: event-to-feature p50/p99 (ms)."""
+    topic = _topic(bootstrap, mode, "lat")
+    consumer = Consumer(mode, redis_url, bootstrap, topic, batch, out)
+    try:
+        warm = [new_event(f"bench-warm-{n}", "view", "i0") for n in range(4 * PARTITIONS)]
+        asyncio.run(_produce_backlog(bootstrap, topic, warm))
+        consumer.wait(lambda: consumer.done() >= len(warm), 90, "warm-up events", interval=0.05)
+        before = consumer.metrics()
+        achieved = asyncio.run(_produce_paced(bootstrap, topic, events, rate))
+        total = len(warm) + len(events)
+        consumer.wait(lambda: consumer.done() >= total, 120, "the paced events", interval=0.05)
+        text = consumer.metrics()
+    finally:
+        consumer.stop()
+    batches = _sample(text, "recstack_stream_batch_size_count") - _sample(
+        before, "recstack_stream_batch_size_count"
+    )
+    sizes = _sample(text, "recstack_stream_batch_size_sum") - _sample(
+        before, "recstack_stream_batch_size_sum"
+    )
+    return {
+        "offered_rate_per_s": rate,
+        "achieved_rate_per_s": round(achieved, 1),
+        "events": len(events),
+        "p50_event_to_feature_ms": round(1000 * histogram_quantile(text, E2F, 0.5, before), 1),
+        "p99_event_to_feature_ms": round(1000 * histogram_quantile(text, E2F, 0.99, before), 1),
+        "mean_batch_size": round(sizes / max(1.0, batches), 1),
     }
 
 
@@ -243,6 +336,10 @@ def _services(redis_url: str | None, bootstrap: str | None) -> Iterator[tuple[st
         yield redis_url, bootstrap
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run_stream_bench(
     events: int = 20_000,
     batch: int = 500,
@@ -250,19 +347,46 @@ def run_stream_bench(
     redis_url: str | None = None,
     bootstrap: str | None = None,
     end_to_end: bool = True,
+    rate: float = DEFAULT_RATE,
+    duration_s: float = DEFAULT_DURATION_S,
+    modes: tuple[str, ...] = ("raw", "faust"),
 ) -> dict[str, Any]:
-    """Both benchmarks; returns a JSON-ready dict. redis_url/bootstrap None: embedded servers."""
-    if events < 1 or batch < 1:
-        raise ValueError(f"events and batch must be >= 1, got events={events} batch={batch}")
-    sample = bench_events(events, data_spec)
-    with _services(redis_url, bootstrap) as (r_url, k_boot):
-        result: dict[str, Any] = {
-            "benchmark": "stream",
-            "data": data_spec,
-            "cpus": os.cpu_count(),
-            "writer": asyncio.run(bench_writer(r_url, sample, batch)),
+    """The FeatureWriter micro-benchmark and, with end_to_end, raw vs Faust (module docstring).
+    redis_url/bootstrap None: embedded servers. Returns a JSON-ready dict."""
+    if events < 1 or batch < 1 or rate <= 0 or duration_s <= 0:
+        raise ValueError(
+            f"events, batch, rate and duration must be > 0, got {events=} {batch=} {rate=} {duration_s=}"
+        )
+    unknown = set(modes) - set(MODULES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; use {sorted(MODULES)}")
+    sample = bench_events(max(events, int(rate * duration_s)), data_spec)
+    result: dict[str, Any] = {"benchmark": "stream", "data": data_spec, "cpus": os.cpu_count()}
+    result["load_avg_before"] = _load()
+    with _services(redis_url, bootstrap) as (r_url, k_boot), tempfile.TemporaryFile() as out:
+        result["writer"] = asyncio.run(bench_writer(r_url, fresh(sample[:events]), batch))
+        try:
+            for mode in modes if end_to_end else ():
+                paced = fresh(sample[: int(rate * duration_s)])
+                result[mode] = {
+                    "throughput": bench_throughput(mode, r_url, k_boot, fresh(sample[:events]), batch, out),
+                    "latency": bench_latency(mode, r_url, k_boot, paced, batch, rate, out),
+                }
+        except BenchError as exc:
+            out.seek(0)
+            tail = out.read().decode("utf-8", "replace")[-3000:]
+            raise BenchError(f"{exc}\nconsumer output:\n{tail}") from exc
+    result["load_avg_after"] = _load()
+    if "raw" in result and "faust" in result:
+        raw_rate = result["raw"]["throughput"]["events_per_s"]
+        faust_rate = result["faust"]["throughput"]["events_per_s"]
+        result = {
+            "raw_events_per_s": raw_rate,
+            "faust_events_per_s": faust_rate,
+            "ratio": round(faust_rate / raw_rate, 3),
+            "p50_event_to_feature_ms": result["faust"]["latency"]["p50_event_to_feature_ms"],
+            "p99_event_to_feature_ms": result["faust"]["latency"]["p99_event_to_feature_ms"],
+            "offered_rate_per_s": rate,
+            **result,
         }
-        if end_to_end:
-            fresh = bench_events(events, data_spec)  # new event ids and timestamps
-            result["end_to_end"] = bench_end_to_end(r_url, k_boot, fresh, batch)
     return result

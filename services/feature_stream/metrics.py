@@ -18,7 +18,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS = Counter("recstack_stream_events_total", "Valid events consumed, by event type", ["type"])
+EVENTS = Counter(
+    "recstack_stream_events_total",
+    "Valid events written to Redis (duplicates included), by event type",
+    ["type"],
+)
 DEAD_LETTERS = Counter(
     "recstack_stream_dead_letters_total", "Events sent to the dead-letter topic", ["reason"]
 )

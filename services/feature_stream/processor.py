@@ -110,9 +110,11 @@ class BatchProcessor:
         for index, error in result.failed:
             await self._dead_letter(sources[index], WRITE_FAILED, error)
         written_at = self.clock()
-        for event in valid:
-            metrics.EVENTS.labels(type=event.event_type).inc()
-            metrics.EVENT_TO_FEATURE.observe(max(0.0, written_at - event.timestamp))
+        failed = {index for index, _ in result.failed}
+        for index, event in enumerate(valid):
+            if index not in failed:  # the failed ones are counted as dead letters (write_failed)
+                metrics.EVENTS.labels(type=event.event_type).inc()
+                metrics.EVENT_TO_FEATURE.observe(max(0.0, written_at - event.timestamp))
         metrics.DUPLICATES.inc(result.duplicates)
         metrics.REWARDS.labels(value="1").inc(result.rewards)
         metrics.BATCH_SIZE.observe(len(messages))

@@ -129,3 +129,23 @@ def test_new_event_validates() -> None:
     with pytest.raises(InvalidEvent) as info:
         new_event("u1", "click")
     assert info.value.reason_code == "missing_field"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (None, "malformed_json"),  # a tombstone record
+        (b"[" * 50_000, "malformed_json"),  # deeper than Python's recursion limit, under 64 KiB
+        (b'{"schema_version": ' + b"9" * 5000 + b"}", "malformed_json"),  # int-conversion limit
+        (raw(base(timestamp=10**400)), "invalid_value"),  # overflows a float
+        (raw(base(user_id="\ud800")), "invalid_value"),  # lone surrogate: no UTF-8 for Redis
+        (raw(base(context={"k": "\udfff"})), "invalid_value"),
+    ],
+)
+def test_hostile_input_is_an_invalid_event_not_a_crash(data: bytes | None, code: str) -> None:
+    assert reason(data) == code  # type: ignore[arg-type]
+
+
+def test_non_ascii_text_is_accepted() -> None:
+    event = parse_event(raw(base(user_id="ユーザー", item_id="é\u00e8\U0001f600")), now=NOW)
+    assert event.user_id == "ユーザー" and event.item_id.endswith("\U0001f600")

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from recstack.events import UserEvent, event_to_json, new_event
 from recstack.features.writer import ApplyResult
-from services.feature_stream.processor import BatchProcessor, RawMessage, dead_letter_headers
+from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_headers
 from services.feature_stream.settings import StreamSettings
 
 
@@ -98,3 +99,52 @@ async def test_events_failing_in_redis_are_dead_lettered() -> None:
     # batch index 1 of the valid events is offset 12 (offset 10 was invalid JSON)
     assert dead == [(10, "malformed_json"), (12, "write_failed")]
     assert outcome.invalid == 2 and outcome.applied == 2
+
+
+class PoisonWriter:
+    """Rejects any batch holding a 'poison' event as a whole, like a script error would."""
+
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+        if any(e.user_id == "poison" for e in events):
+            raise ResponseError("Error running script: bad payload")
+        self.applied.extend(e.event_id for e in events)
+        return ApplyResult(len(events), 0, 0)
+
+
+async def test_a_batch_rejected_as_a_whole_is_bisected_to_the_failing_events() -> None:
+    dead: list[tuple[int, str, str]] = []
+
+    async def sink(message: RawMessage, reason: str, detail: str) -> None:
+        dead.append((message.offset, reason, detail))
+
+    events = [new_event("poison" if n in (2, 5) else "u", "view", f"i{n}") for n in range(8)]
+    writer = PoisonWriter()
+    processor = BatchProcessor(writer, sink)  # type: ignore[arg-type]
+    outcome = await processor.process([msg(event_to_json(e), 100 + n) for n, e in enumerate(events)])
+    # every other event applied, in order; the two poison events dead-lettered with their offsets
+    assert writer.applied == [e.event_id for n, e in enumerate(events) if n not in (2, 5)]
+    assert [(o, r) for o, r, _ in dead] == [(102, "write_failed"), (105, "write_failed")]
+    assert "ResponseError" in dead[0][2]
+    assert (outcome.applied, outcome.invalid) == (6, 2)
+
+
+def test_lag_tracker_reports_assigned_partitions_and_drops_revoked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    def lag(partition: int) -> float | None:
+        labels = {"topic": "ev", "partition": str(partition)}
+        return REGISTRY.get_sample_value("recstack_stream_consumer_lag", labels)
+
+    tracker = LagTracker()
+    tracker.processed([RawMessage(b"", None, "ev", 0, 9), RawMessage(b"", None, "ev", 0, 4)])
+    assert tracker.unknown([("ev", 0), ("ev", 1)]) == [("ev", 1)]
+    lags = tracker.update([("ev", 0), ("ev", 1)], {("ev", 0): 15, ("ev", 1): 7}, {("ev", 1): 7})
+    assert lags == {("ev", 0): 5, ("ev", 1): 0}  # next offset to process on p0 is 10
+    assert (lag(0), lag(1)) == (5.0, 0.0)
+    assert REGISTRY.get_sample_value("recstack_stream_assigned_partitions") == 2.0
+    tracker.update([("ev", 1)], {("ev", 1): 9}, {("ev", 1): 7})  # p0 revoked
+    assert (lag(0), lag(1)) == (None, 2.0)
+    assert tracker.unknown([("ev", 0)]) == [("ev", 0)]

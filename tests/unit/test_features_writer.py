@@ -245,3 +245,42 @@ async def test_impression_in_two_layers_writes_both_experiments(client: aioredis
         "users_like": 1,
     }
     assert (await store.get_experiment_user("e2", "u"))["variant"] == "T"
+
+
+async def test_popularity_decays_with_its_half_life(client: aioredis.Redis) -> None:
+    hour = 3600.0
+    writer = FeatureWriter(client, popularity_half_life_s=hour)
+    # i1: two clicks an hour ago (each worth 1/2 now); i2: one click now -> a tie at 1.0;
+    # i3: one view now (0.5); a replay changes nothing
+    events = [ev("a", "click", "i1", T0), ev("b", "click", "i1", T0), ev("c", "click", "i2", T0 + hour)]
+    events.append(ev("c", "view", "i3", T0 + hour))
+    await writer.apply(events)
+    await writer.apply(events)
+    store = FeatureStore(client)
+    scores = dict(await store.get_popular_scores(10, hour, now=T0 + hour))
+    assert scores == pytest.approx({"i1": 1.0, "i2": 1.0, "i3": 0.5})
+    await writer.apply([ev("d", "view", "i2", T0 + 2 * hour)])  # i2 pulls ahead, i1 keeps decaying
+    assert (await store.get_popular(3))[:1] == ["i2"]
+    scores = dict(await store.get_popular_scores(10, hour, now=T0 + 2 * hour))
+    assert scores == pytest.approx({"i1": 0.5, "i2": 0.5 + 0.5, "i3": 0.25})
+
+
+async def test_popularity_rescales_its_epoch_and_keeps_the_ratios(client: aioredis.Redis) -> None:
+    hour = 3600.0
+    # rescale as soon as an increment's exponent passes 2 (about 2.9 half-lives)
+    writer = FeatureWriter(client, popularity_half_life_s=hour, popularity_rescale_at=2.0)
+    await writer.apply([ev("a", "click", "i1", T0), ev("a", "like", "i2", T0 + hour)])
+    assert float(await client.get("items:popularity:epoch")) == T0
+    await writer.apply([ev("b", "view", "i3", T0 + 10 * hour)])
+    assert float(await client.get("items:popularity:epoch")) == T0 + 10 * hour
+    raw_scores = dict(await client.zrange("items:popularity", 0, -1, withscores=True))
+    assert raw_scores["i3"] == pytest.approx(0.5)  # stored at the new epoch: no scaling
+    decayed = dict(await FeatureStore(client).get_popular_scores(10, hour, now=T0 + 10 * hour))
+    assert decayed == pytest.approx({"i1": 2.0**-10, "i2": 1.5 * 2.0**-9, "i3": 0.5})
+
+
+async def test_zero_half_life_keeps_plain_weighted_counts(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, popularity_half_life_s=0)
+    await writer.apply([ev("a", "click", "i1", T0), ev("a", "click", "i1", T0 + 1e6)])
+    assert await client.zscore("items:popularity", "i1") == 2.0
+    assert await client.exists("items:popularity:epoch") == 0

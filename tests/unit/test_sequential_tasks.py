@@ -90,8 +90,7 @@ def test_steps_per_epoch_continues_a_running_permutation() -> None:
     n = len(task.windows)
     rng = np.random.default_rng(0)
     seen = []
-    epochs = n  # 12 * n windows drawn = exactly 12 full permutations... drawn 4*3 per epoch
-    for epoch in range(epochs):
+    for epoch in range(n):  # 12 windows per epoch, n epochs: exactly 12 passes over the n windows
         batches = list(task.batches(epoch, rng))
         assert [len(b[0]) for b in batches] == [4, 4, 4]
         seen.extend(tuple(x) for b in batches for x in b[0].tolist())
@@ -100,6 +99,7 @@ def test_steps_per_epoch_continues_a_running_permutation() -> None:
     assert all(c == 12 * rows.count(r) for r, c in counts.items())  # each window once per pass
 
 
+@torch.no_grad()
 def test_sampled_softmax() -> None:
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=1, max_len=4, dim=8, n_layers=1, n_heads=1))
@@ -169,9 +169,7 @@ def train(task, epochs: int, lr: float) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize(
-    ("name", "loss_items"), [(n, 8192) for n in PROFILES] + [("sasrec", 5), ("bert4rec", 5)]
-)
+@pytest.mark.parametrize(("name", "loss_items"), [(n, 8192) for n in PROFILES] + [("sasrec", 5)])
 def test_learns_planted_successor(name: str, loss_items: int) -> None:
     """Known right answer: after item i comes item i+1; the trained model ranks it first among ALL
     items (no masking of the history), for the valid and the test histories. loss_items=5 < 20
