@@ -61,6 +61,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from recstack.events.schema import REWARD_TYPES, UserEvent
+from recstack.exploration.rewards import LinearRewardWriter
 from recstack.features.catalog import ItemCatalog
 from recstack.features.keys import GENRE_EMA_ALPHA, RECENT_ITEMS_CAP, Keys
 
@@ -342,6 +343,9 @@ class FeatureWriter:
         self.popularity_rescale_at = popularity_rescale_at
         self._apply = redis.register_script(_APPLY_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
+        # --- contextual bandit rewards (owned by recstack/exploration, a separate Lua script):
+        # impressions/clicks with a request_id update the LinUCB statistics in Redis.
+        self.linear_rewards = LinearRewardWriter(redis, self.keys.prefix, reward_window_s)
 
     def _encode(self, event: UserEvent) -> list[Any]:
         return [
@@ -381,6 +385,7 @@ class FeatureWriter:
         errors = tuple((int(failed[i]) - 1, str(failed[i + 1])) for i in range(0, len(failed), 2))
         for index, error in errors:
             log.error("event %s not applied: %s", events[index].event_id, error)
+        await self.linear_rewards.apply(events)  # contextual bandit (LinUCB) rewards
         return ApplyResult(int(applied), int(dup), int(rewards), errors)
 
     async def settle(self, now: float | None = None, limit: int = 1000) -> SettleResult:
@@ -388,4 +393,5 @@ class FeatureWriter:
         served item that was not clicked/liked/purchased. Returns the counts."""
         now = time.time() if now is None else now
         requests, zeros = await self._settle(keys=[], args=[self.keys.prefix, repr(float(now)), limit])
+        await self.linear_rewards.settle(now, limit)  # contextual bandit zero rewards
         return SettleResult(int(requests), int(zeros))

@@ -90,7 +90,8 @@ class Reranker:
     bundle: a loaded bundle (``model(name)``, ``item_map``, ``configs``, ``version``, plus what
     the features adapter reads: ``user_map``, ``genre_vocab``).
     default_model: model used when ``rerank(model=None)``; None reads
-    ``bundle.configs["rerank"]["model"]`` (chosen on validation by training) when set, else "sasrec".
+    ``bundle.configs["rerank"]["model"]`` (chosen on validation by training) when set, else "sasrec";
+    when that setting is present but null, ``rerank(model=None)`` keeps the upstream order.
     max_len: history length fed to the model; None = the model's configured ``max_len``.
     blend: sequence-score weight, a float for every model or {model: weight}; None reads
     ``bundle.configs["rerank"]["blend"]`` when present, else 1.0 (sequence model only).
@@ -108,6 +109,9 @@ class Reranker:
         self.bundle = bundle
         settings = self._rerank_settings()
         self.default_model = default_model or settings.get("model") or "sasrec"
+        # Training found that no sequence model improves the ranking on validation ("model": None):
+        # requests without an explicit model then keep the upstream order (weight 0).
+        self.passthrough_default = default_model is None and "model" in settings and not settings["model"]
         self.max_len = max_len
         self._blend = settings.get("blend", 1.0) if blend is None else blend
         for w in self._blend.values() if isinstance(self._blend, Mapping) else [self._blend]:
@@ -176,6 +180,39 @@ class Reranker:
             scores = module.score_candidates(torch.from_numpy(hist), torch.from_numpy(idx[None, :]))
         return scores[0].double().numpy()
 
+    def score_batch(
+        self,
+        users: Sequence[UserFeatures],
+        candidates: Sequence[Sequence[str]],
+        model: str | None = None,
+    ) -> list[np.ndarray | None]:
+        """``score`` for many requests in one forward pass: per request, scores (C_n,) or None.
+
+        Candidate lists may differ in length (padded with index 0 internally).
+        """
+        if len(users) != len(candidates):
+            raise ValueError(f"{len(users)} users but {len(candidates)} candidate lists")
+        if not users:
+            return []
+        name = model or self.default_model
+        module = self.model(name)
+        idx = [self.candidate_indices(c) for c in candidates]
+        length = self.max_len if self.max_len is not None else int(module.max_len)
+        _, hist, _ = user_features_to_arrays(list(users), self.bundle, length)
+        width = max(1, max(len(i) for i in idx))
+        cand = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            cand[row, : len(i)] = i
+        warm = hist.any(axis=1)
+        out: list[np.ndarray | None] = [None] * len(users)
+        if warm.any():
+            with torch.inference_mode():
+                scores = module.score_candidates(torch.from_numpy(hist[warm]), torch.from_numpy(cand[warm]))
+            scores = scores.double().numpy()
+            for row, k in enumerate(np.flatnonzero(warm)):
+                out[k] = scores[row, : len(idx[k])].copy()
+        return out
+
     def rerank(
         self,
         user: UserFeatures,
@@ -204,6 +241,7 @@ class Reranker:
         if seq is None:
             logger.debug("user %s has no known recent item: upstream order kept", user.user_id)
             return list(candidates), upstream
-        final = blend_scores(seq, upstream, self.blend_weight(name))
+        weight = 0.0 if model is None and self.passthrough_default else self.blend_weight(name)
+        final = blend_scores(seq, upstream, weight)
         order = np.argsort(-final, kind="stable")
         return [candidates[i] for i in order], final[order]

@@ -51,7 +51,9 @@ class TrainConfig:
     models: dict[str, ModelPlan] = field(default_factory=dict)
     max_len: int = 50  # history length of the feature-based models (Redis keeps 50 recent items)
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = (
+        1  # 1 is fastest for these small models on a shared 2-core CPU; None = torch's default
+    )
     progress: bool = True
     pipeline: bool = True  # evaluate the whole serving pipeline (needs two_tower + multitask)
     retrieve_n: int = 200
@@ -108,7 +110,7 @@ class TrainConfig:
             ),
             "ncf": ModelPlan(  # GMF branch pre-trained from bpr_mf (He et al. 2017, sec. 3.4.1)
                 {"mf_dim": 64, "mlp_dims": (128, 64)},
-                PairTaskConfig(batch_size=2048, n_negatives=1, loss="bpr"),
+                PairTaskConfig(batch_size=2048, n_negatives=4, loss="bce"),
                 TrainerConfig(epochs=30, lr=1e-3, patience=3, max_minutes=2.0),
                 init_from="bpr_mf",
             ),

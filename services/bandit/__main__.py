@@ -8,7 +8,10 @@ import sys
 import redis.asyncio as aioredis
 
 from recstack.exploration.arms import ArmCache
+from recstack.exploration.online import ContextBuilder, ContextualExplorer, LinearStateCache, make_policies
+from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
+from recstack.features.catalog import CatalogError
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.rpc.server import run
@@ -29,9 +32,32 @@ def main() -> int:
     policy = ThompsonSlatePolicy(
         settings.explore_slots, settings.prior_alpha, settings.prior_beta, settings.seed, settings.n_draws
     )
-    servicer = BanditServicer(policy, arms)
+    builder = ContextBuilder([], {}, settings.context_dim)  # the catalogue's genres come in load()
+    policies = make_policies(
+        settings.context_dim,
+        settings.linucb_alpha,
+        settings.linucb_epsilon,
+        settings.linucb_ridge,
+        settings.lints_v,
+        settings.seed,
+        settings.n_draws,
+    )
+    state = LinearStateCache(
+        redis, policies["linucb"], settings.redis_prefix, settings.arms_ttl_s, settings.arms_timeout_s
+    )
+    recorder = (
+        ContextRecorder(redis, settings.redis_prefix, settings.reward_window_s)
+        if settings.record_contexts
+        else None
+    )
+    contextual = ContextualExplorer(policies, builder, state, recorder, settings.explore_slots)
+    servicer = BanditServicer(policy, arms, contextual)
 
     async def load() -> None:
+        try:
+            contextual.builder = ContextBuilder.from_artifacts(settings.artifacts, settings.context_dim)
+        except CatalogError as exc:
+            log.warning("no bundle catalogue, contextual policies see no genre features: %s", exc)
         try:
             await redis.ping()
         except Exception as exc:  # the bandit serves prior state without Redis

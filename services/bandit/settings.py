@@ -8,7 +8,15 @@ from recstack.rpc.settings import ServiceSettings, env
 
 
 class BanditSettings(ServiceSettings):
-    """Ports 50055 / 9105; Redis (REDIS_URL) holds the arms; cache TTL and Redis deadline in seconds."""
+    """Ports 50055 / 9105; Redis (REDIS_URL) holds the arms; cache TTL and Redis deadline in seconds.
+
+    Contextual policies (linucb, lints): features of dimension RECSTACK_CONTEXT_DIM from the
+    bundle catalogue (RECSTACK_ARTIFACTS; without a bundle the genre features are zero);
+    LinUCB bonus RECSTACK_LINUCB_ALPHA, epsilon mix RECSTACK_LINUCB_EPSILON, ridge
+    RECSTACK_LINUCB_RIDGE, LinTS scale RECSTACK_LINTS_V; explored contexts are recorded for
+    the stream's reward join with a TTL of RECSTACK_REWARD_WINDOW_S + 1 h
+    (RECSTACK_RECORD_CONTEXTS=0 turns recording off).
+    """
 
     port: int = Field(50055, ge=0, le=65535, validation_alias=env("RECSTACK_PORT"))
     metrics_port: int = Field(9105, ge=0, le=65535, validation_alias=env("RECSTACK_METRICS_PORT"))
@@ -21,3 +29,11 @@ class BanditSettings(ServiceSettings):
     arms_ttl_s: float = Field(5.0, ge=0, validation_alias=env("RECSTACK_ARMS_TTL_S"))
     arms_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_ARMS_TIMEOUT_S"))
     seed: int | None = Field(None, validation_alias=env("RECSTACK_BANDIT_SEED"))
+    artifacts: str = Field("artifacts", validation_alias=env("RECSTACK_ARTIFACTS"))
+    context_dim: int = Field(32, ge=5, le=1024, validation_alias=env("RECSTACK_CONTEXT_DIM"))
+    linucb_alpha: float = Field(1.0, ge=0, validation_alias=env("RECSTACK_LINUCB_ALPHA"))
+    linucb_epsilon: float = Field(0.05, ge=0, le=1, validation_alias=env("RECSTACK_LINUCB_EPSILON"))
+    linucb_ridge: float = Field(1.0, gt=0, validation_alias=env("RECSTACK_LINUCB_RIDGE"))
+    lints_v: float = Field(1.0, ge=0, validation_alias=env("RECSTACK_LINTS_V"))
+    reward_window_s: float = Field(1800.0, ge=0, validation_alias=env("RECSTACK_REWARD_WINDOW_S"))
+    record_contexts: bool = Field(True, validation_alias=env("RECSTACK_RECORD_CONTEXTS"))

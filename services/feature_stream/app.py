@@ -1,12 +1,14 @@
 """The Faust app: user-events -> BatchProcessor -> Redis; invalid events -> dead-letter topic.
 
 Offsets: the agent reads with ``noack_take`` and acknowledges a batch only after its Redis writes
-(and dead letters) succeeded, so Faust commits nothing that is not in Redis. A crash between the
+(and dead letters) succeeded, so Faust commits nothing that is not in Redis. Collecting the next
+batch overlaps with writing the previous one (one batch in flight, written in order). A crash between the
 write and the commit replays the batch; the writer's event_id check makes that a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from pathlib import Path
@@ -37,6 +39,20 @@ log = logging.getLogger(__name__)
 def _current_version(artifacts: str) -> str:
     current = Path(artifacts) / "CURRENT"
     return current.read_text().strip() if current.is_file() else ""
+
+
+async def _put_or_raise(queue: asyncio.Queue, item: Any, consumer: asyncio.Task) -> None:
+    """queue.put(item), unless the task that consumes the queue has died: then raise its error."""
+    if queue.full():
+        put = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait({put, consumer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+    else:
+        queue.put_nowait(item)
+    if consumer.done():
+        consumer.result()  # raises the writer's exception (the agent crashes rather than stalls)
+        raise RuntimeError("the batch writer stopped")
 
 
 def create_app(settings: StreamSettings) -> faust.App:
@@ -92,21 +108,35 @@ def create_app(settings: StreamSettings) -> faust.App:
 
     @app.agent(events_topic)
     async def user_events(stream: Any) -> None:
-        async for batch in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
-            messages = [
-                RawMessage(
-                    value=e.message.value,
-                    key=e.message.key,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                )
-                for e in batch
-            ]
-            await processor.process(messages)
-            lag.processed(messages)
-            for event in batch:
-                await stream.ack(event)
+        # Two stages: this loop collects the next batch while `write_batches` applies the previous one
+        # (Redis works on the Lua script while Faust buffers). One writer task, batches in order, so
+        # a partition's events are applied in offset order; each batch is acked after its writes.
+        pending: asyncio.Queue[tuple[list[Any], list[RawMessage]]] = asyncio.Queue(maxsize=1)
+
+        async def write_batches() -> None:
+            while True:
+                events, messages = await pending.get()
+                await processor.process(messages)
+                lag.processed(messages)
+                for event in events:
+                    await stream.ack(event)
+
+        writer_task = asyncio.create_task(write_batches())
+        try:
+            async for batch in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
+                messages = [
+                    RawMessage(
+                        value=e.message.value,
+                        key=e.message.key,
+                        topic=e.message.topic,
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                    )
+                    for e in batch
+                ]
+                await _put_or_raise(pending, (batch, messages), writer_task)
+        finally:
+            writer_task.cancel()
 
     @app.timer(interval=settings.lag_interval_s)
     async def report_lag() -> None:

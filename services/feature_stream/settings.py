@@ -37,7 +37,7 @@ class StreamSettings(BaseSettings):
     )
     batch_size: int = Field(500, ge=1, validation_alias=_env("RECSTACK_STREAM_BATCH", "batch_size"))
     batch_within_s: float = Field(
-        0.05, gt=0, validation_alias=_env("RECSTACK_STREAM_BATCH_WITHIN_S", "batch_within_s")
+        0.01, gt=0, validation_alias=_env("RECSTACK_STREAM_BATCH_WITHIN_S", "batch_within_s")
     )
     reward_window_s: float = Field(
         1800.0, ge=0, validation_alias=_env("RECSTACK_REWARD_WINDOW_S", "reward_window_s")

@@ -90,6 +90,7 @@ def main() -> int:
             ranking_timeout_s=settings.ranking_timeout_s,
             rerank_timeout_s=settings.rerank_timeout_s,
             bandit_timeout_s=settings.bandit_timeout_s,
+            popularity_timeout_s=settings.popularity_timeout_s,
             similarity=lists.similarity,
             diversity_window=settings.diversity_window,
             diversity_timeout_s=settings.diversity_timeout_s,

@@ -29,6 +29,7 @@ class GatewaySettings(ModelServiceSettings):
     rerank_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RERANK_TIMEOUT_S"))
     bandit_timeout_s: float = Field(0.1, gt=0, validation_alias=env("RECSTACK_BANDIT_TIMEOUT_S"))
     diversity_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_DIVERSITY_TIMEOUT_S"))
+    popularity_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_POPULARITY_TIMEOUT_S"))
     # Candidates (from the top of the ranked list) the diversity stage chooses the k items from.
     diversity_window: int = Field(50, ge=2, le=2000, validation_alias=env("RECSTACK_DIVERSITY_WINDOW"))
     # Experiments file (YAML or JSON, recstack/experiments/config.py); empty: DEFAULT_EXPERIMENT.

@@ -80,6 +80,8 @@ def worker_env(
         "RECSTACK_SETTLE_INTERVAL_S": "0.5",
         "RECSTACK_CATALOG_CHECK_S": "0.5",
         "RECSTACK_LAG_INTERVAL_S": "0.2",
+        # Tansu holds a JoinGroup for half the session timeout; a killed member is evicted after it
+        "RECSTACK_STREAM_SESSION_TIMEOUT_S": "4",
         "RECSTACK_LOG_LEVEL": "INFO",
         **extra,
     }

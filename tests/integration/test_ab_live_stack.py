@@ -101,7 +101,7 @@ def live(
     gw = services["gateway"].env
     for name in DOWNSTREAM:
         gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
-    for stage in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK", "BANDIT", "DIVERSITY"):
+    for stage in ("FEATURES", "RETRIEVAL", "POPULARITY", "RANKING", "RERANK", "BANDIT", "DIVERSITY"):
         gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "3"
     gw.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_broker, RECSTACK_EVENTS_TOPIC=topic, RECSTACK_EXPERIMENTS=str(config)

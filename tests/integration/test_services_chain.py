@@ -123,7 +123,7 @@ def stack(
     for name in DOWNSTREAM:
         gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
     # Generous deadlines: the CI machine is small and shared; failures are tested by killing.
-    for stage in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK", "BANDIT"):
+    for stage in ("FEATURES", "RETRIEVAL", "POPULARITY", "RANKING", "RERANK", "BANDIT"):
         gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "3"
     gw["KAFKA_BOOTSTRAP_SERVERS"] = kafka_broker
     gw["RECSTACK_EVENTS_TOPIC"] = f"impressions-{uuid.uuid4().hex[:8]}"

@@ -108,8 +108,6 @@ def test_sigkill_mid_backlog_applies_every_event_exactly_once(
         RECSTACK_STREAM_BATCH="25",
         RECSTACK_STREAM_COMMIT_INTERVAL_S="0.2",
         RECSTACK_REWARD_WINDOW_S="1800",
-        # Tansu holds a JoinGroup for half the session timeout; a killed member is evicted after it
-        RECSTACK_STREAM_SESSION_TIMEOUT_S="4",
     )
     prefix, port, log = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"]), tmp_path / "w.log"
     group, topic = env["RECSTACK_STREAM_GROUP"], env["RECSTACK_EVENTS_TOPIC"]

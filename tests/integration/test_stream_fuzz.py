@@ -119,7 +119,6 @@ def test_fuzzed_bad_records_are_dead_lettered_and_good_ones_applied(
         redis_url,
         write_catalog(tmp_path / "artifacts", {"i1": ["Action"]}),
         free_port(),
-        RECSTACK_STREAM_SESSION_TIMEOUT_S="4",
         RECSTACK_LOG_LEVEL="WARNING",
     )
     prefix, port, log = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"]), tmp_path / "w.log"

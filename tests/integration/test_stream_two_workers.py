@@ -38,7 +38,6 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
         redis_url,
         write_catalog(tmp_path / "artifacts", {"i1": ["Action"]}),
         0,
-        RECSTACK_STREAM_SESSION_TIMEOUT_S="4",
         RECSTACK_STREAM_BATCH="20",
     )
     ports = [free_port(), free_port()]

@@ -84,6 +84,9 @@ def test_blend_weight_mixes_standardised_scores() -> None:
     assert from_bundle.default_model == "gru4rec"
     assert from_bundle.blend_weight("gru4rec") == 0.3
     assert from_bundle.blend_weight("sasrec") == 1.0
+    none_helps = Reranker(FakeBundle({"sasrec": SuccessorModel()}, configs={"rerank": {"model": None}}))
+    assert none_helps.rerank(user("m3"), cands, up)[0] == ["m9", "m4"]  # upstream order
+    assert none_helps.rerank(user("m3"), cands, up, model="sasrec")[0] == ["m4", "m9"]
     ids, scores = from_bundle.rerank(user("m3"), cands, up)
     # z(seq) = [1, -1], z(up) = [-1, 1]: final = 0.3*[1,-1] + 0.7*[-1,1] = [-0.4, 0.4]
     assert ids == ["m9", "m4"]
@@ -118,6 +121,22 @@ def test_scores_match_the_offline_scoring_path() -> None:
     np.testing.assert_allclose(seq, full[[1, 2, 3, 6, 10]], rtol=1e-5)
     ids, _ = rr.rerank(user("m5", "m8", "m2"), cands, np.zeros(len(cands)))
     assert ids == [cands[i] for i in np.argsort(-seq, kind="stable")]
+
+
+def test_score_batch_matches_single_requests() -> None:
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=6, dim=16, n_layers=1, n_heads=2)).eval()
+    rr = Reranker(FakeBundle({"sasrec": model}))
+    users = [user("m5", "m8"), user(), user("m1", "m2", "m3")]
+    cands = [["m1", "m2", "m3"], ["m4"], ["m9", "m10"]]
+    got = rr.score_batch(users, cands)
+    assert got[1] is None  # cold user
+    for k in (0, 2):
+        np.testing.assert_allclose(got[k], rr.score(users[k], cands[k]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UnknownItemError):
+        rr.score_batch([user("m1")], [["nope"]])
+    with pytest.raises(ValueError, match="candidate lists"):
+        rr.score_batch([user("m1")], [])
 
 
 def test_standardize_and_select_blend_weight() -> None:

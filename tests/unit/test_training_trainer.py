@@ -122,3 +122,12 @@ def test_two_tower_learns_planted_groups(planted_split: Split) -> None:
     # in-group targets: ~10 of ~21 remaining in-group items -> HR@10 ~ 0.45; random ~ 10/51
     assert res.test["HR@10"] > 0.35
     assert res.test["HR@10"] > random["HR@10"] + 0.1
+
+
+def test_time_budget_and_checkpoint(planted_split: Split, tmp_path) -> None:
+    task = ScriptedTask(planted_split, [0.3, 0.6, 0.9])
+    cfg = TrainerConfig(epochs=3, lr=1e-9, max_minutes=1e-9, checkpoint_dir=tmp_path, progress=False)
+    res = fit(task, planted_split, cfg)
+    assert len(res.history) == 1 and res.best_epoch == 1
+    state = torch.load(tmp_path / "scripted.best.pt", weights_only=True)
+    assert state["weight"].item() == pytest.approx(0.0)

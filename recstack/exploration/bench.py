@@ -1,0 +1,238 @@
+"""Decision latency of the bandit policies: 200 candidates, d = 32, one slate per decision.
+
+    recstack bench bandit [--json] [--decisions 2000] [--seed-decisions 100]
+    python bench/bandit.py ...            (the same, a thin wrapper)
+
+Every policy is warmed with the same observations, then serves ``decisions`` slates (k = 10,
+2 exploration slots) over 256 random candidate sets drawn from a 10,000-item catalogue, cycled;
+latency is per ``select`` call. Before timing every policy serves each candidate set once
+(steady state: Thompson's per-item Monte Carlo draws are cached while an item's (alpha, beta)
+is unchanged, see ``recstack.exploration.thompson``); ``thompson_cold`` (not a policy entry,
+not in ``p99_ms``) reports Thompson decisions whose whole pool has to be redrawn.
+Policies: Thompson (``recstack.exploration.thompson``, Beta arms), LinUCB
+disjoint, hybrid LinUCB, LinTS, and a seed-style LinUCB that inverts A with np.linalg.inv for
+every candidate in a Python loop (the straightforward implementation), measured in the same
+run on the same state. Before timing, the bench checks that LinUCB and the seed-style version
+give the same scores (``agreement_max_abs_diff``): the speedup compares equal work.
+
+JSON: ``p99_ms`` = the worst wall-clock p99 of the four policies (the seed-style one excluded);
+``speedup_vs_seed`` = seed-style / LinUCB mean process CPU time per decision (the work ratio,
+robust to other processes on the machine), ``speedup_vs_seed_wall_mean`` / ``_wall_p50`` the
+same on wall-clock latency; ``cpu_p99_ms`` the worst p99 of CPU time per decision; ``policies``
+per policy decisions_per_s (wall clock), mean/p50/p99 ms, cpu_mean_ms, cpu_p99_ms; ``goals`` =
+p99 < 1 ms and speedup >= 100. Wall-clock latency on a shared machine includes time spent
+waiting for a CPU: ``load_avg`` (1, 5, 15 min) and ``cpu_count`` are reported next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json as jsonlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from recstack.exploration.linucb import HybridLinUCB, LinTS, LinUCB
+from recstack.exploration.thompson import ThompsonSlatePolicy
+
+D = 32
+CANDIDATES = 200
+K = 10
+SLOTS = 2
+CATALOGUE = 10_000
+GOAL_P99_MS = 1.0
+GOAL_SPEEDUP = 100.0
+
+
+class SeedLinUCB:
+    """The straightforward disjoint LinUCB: A and b per arm in dicts, A inverted per candidate
+    per decision, candidates scored in a Python loop. Baseline only."""
+
+    def __init__(self, dim: int, alpha: float = 1.0, ridge: float = 1.0):
+        self.dim, self.alpha, self.ridge = dim, alpha, ridge
+        self.a: dict[str, np.ndarray] = {}
+        self.b: dict[str, np.ndarray] = {}
+
+    def update(self, arm: str, x: np.ndarray, reward: float) -> None:
+        if arm not in self.a:
+            self.a[arm] = np.eye(self.dim) * self.ridge
+            self.b[arm] = np.zeros(self.dim)
+        self.a[arm] += np.outer(x, x)
+        self.b[arm] += reward * x
+
+    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
+        out = np.empty(len(arm_ids))
+        prior_a, prior_b = np.eye(self.dim) * self.ridge, np.zeros(self.dim)
+        for i, arm in enumerate(arm_ids):
+            a_inv = np.linalg.inv(self.a.get(arm, prior_a))
+            theta = a_inv @ self.b.get(arm, prior_b)
+            x = contexts[i]
+            out[i] = theta @ x + self.alpha * np.sqrt(x @ a_inv @ x)
+        return out
+
+    def select(self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int) -> list[str]:
+        fixed = k - explore_slots
+        score = self.score(contexts, arm_ids)
+        pool = np.argsort(-score[fixed:], kind="stable")[:explore_slots] + fixed
+        return [arm_ids[i] for i in range(fixed)] + [arm_ids[i] for i in pool]
+
+
+def _latencies(decide: Callable[[int], object], n: int, warmup: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(wall-clock ms [n], process CPU ms [n]) per decision."""
+    for i in range(warmup):
+        decide(i)
+    wall = np.empty(n)
+    cpu = np.empty(n)
+    for i in range(n):
+        c0 = time.process_time_ns()
+        t0 = time.perf_counter_ns()
+        decide(i)
+        wall[i] = time.perf_counter_ns() - t0
+        cpu[i] = time.process_time_ns() - c0
+    return wall / 1e6, cpu / 1e6
+
+
+def _summary(lat: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    wall, cpu = lat
+    return {
+        "decisions": int(wall.size),
+        "decisions_per_s": float(1000.0 / wall.mean()),
+        "mean_ms": float(wall.mean()),
+        "p50_ms": float(np.percentile(wall, 50)),
+        "p99_ms": float(np.percentile(wall, 99)),
+        "cpu_mean_ms": float(cpu.mean()),
+        "cpu_p99_ms": float(np.percentile(cpu, 99)),
+    }
+
+
+def measure(
+    decisions: int = 2000,
+    seed_decisions: int = 100,
+    warm_updates: int = 20_000,
+    seed: int = 0,
+    cold_decisions: int = 50,
+) -> dict:
+    """Run the benchmark; returns the result dict (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    catalogue = [f"i{j}" for j in range(CATALOGUE)]
+    upd_arms = [catalogue[j] for j in rng.integers(0, CATALOGUE, size=warm_updates)]
+    upd_x = rng.normal(size=(warm_updates, D)) / np.sqrt(D)
+    upd_r = (rng.random(warm_updates) < 0.1).astype(float)
+
+    linucb = LinUCB(D, alpha=1.0, epsilon=0.05, seed=seed)
+    hybrid = HybridLinUCB(D, alpha=1.0, epsilon=0.05, seed=seed)
+    lints = LinTS(D, v=1.0, seed=seed)
+    seed_style = SeedLinUCB(D, alpha=1.0)
+    t0 = time.perf_counter()
+    linucb.update_batch(upd_arms, upd_x, upd_r)
+    update_s = time.perf_counter() - t0
+    hybrid.update_batch(upd_arms, upd_x, upd_r)
+    lints.update_batch(upd_arms, upd_x, upd_r)
+    for arm, x, r in zip(upd_arms, upd_x, upd_r, strict=True):
+        seed_style.update(arm, x, r)
+    thompson = ThompsonSlatePolicy(explore_slots=SLOTS, seed=seed)
+    arms_beta: dict[str, tuple[float, float]] = {}
+    for arm, r in zip(upd_arms, upd_r, strict=True):
+        a, b = arms_beta.get(arm, (1.0, 1.0))
+        arms_beta[arm] = (a + r, b + 1 - r)
+
+    n_sets = 256
+    cand = [[catalogue[j] for j in rng.choice(CATALOGUE, CANDIDATES, replace=False)] for _ in range(n_sets)]
+    ctx = rng.normal(size=(n_sets, CANDIDATES, D)) / np.sqrt(D)
+    upstream = np.sort(rng.random((n_sets, CANDIDATES)), axis=1)[:, ::-1].copy()
+
+    diffs = [
+        float(np.abs(linucb.score(ctx[i], cand[i]) - seed_style.score(ctx[i], cand[i])).max())
+        for i in range(4)
+    ]
+
+    def contextual(policy) -> Callable[[int], object]:
+        return lambda i: policy.select(ctx[i % n_sets], cand[i % n_sets], K, SLOTS)
+
+    policies = {
+        "thompson": lambda i: thompson.select(cand[i % n_sets], upstream[i % n_sets], K, arms_beta),
+        "linucb": contextual(linucb),
+        "linucb_hybrid": contextual(hybrid),
+        "lints": contextual(lints),
+    }
+    results = {name: _summary(_latencies(fn, decisions, warmup=n_sets)) for name, fn in policies.items()}
+    seed_res = _summary(_latencies(contextual(seed_style), seed_decisions, warmup=2))
+    cold_policies = [ThompsonSlatePolicy(SLOTS, seed=seed + 1 + j) for j in range(cold_decisions)]
+    cold = _summary(
+        _latencies(
+            lambda i: cold_policies[i].select(cand[i % n_sets], upstream[i % n_sets], K, arms_beta),
+            cold_decisions,
+            warmup=0,
+        )
+    )
+    speedup = seed_res["cpu_mean_ms"] / results["linucb"]["cpu_mean_ms"]
+    worst = max(r["p99_ms"] for r in results.values())
+    return {
+        "p99_ms": worst,
+        "speedup_vs_seed": speedup,
+        "speedup_vs_seed_wall_mean": seed_res["mean_ms"] / results["linucb"]["mean_ms"],
+        "speedup_vs_seed_wall_p50": seed_res["p50_ms"] / results["linucb"]["p50_ms"],
+        "cpu_p99_ms": max(r["cpu_p99_ms"] for r in results.values()),
+        "policies": results,
+        "seed_style_linucb": seed_res,
+        "thompson_cold": cold,
+        "agreement_max_abs_diff": max(diffs),
+        "linucb_updates_per_s": warm_updates / update_s,
+        "goals": {
+            "p99_ms_below": GOAL_P99_MS,
+            "speedup_at_least": GOAL_SPEEDUP,
+            "p99_met": worst < GOAL_P99_MS,
+            "speedup_met": speedup >= GOAL_SPEEDUP,
+        },
+        "config": {
+            "candidates": CANDIDATES,
+            "d": D,
+            "k": K,
+            "explore_slots": SLOTS,
+            "catalogue": CATALOGUE,
+            "warm_updates": warm_updates,
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "load_avg": list(os.getloadavg()),
+        },
+    }
+
+
+def run(json: bool = False, **kwargs) -> dict:
+    """Measure (keyword arguments go to ``measure``) and write the result to stdout: JSON when
+    ``json`` is true, else a short table. Returns the result dict."""
+    result = measure(**kwargs)
+    if json:
+        sys.stdout.write(jsonlib.dumps(result, indent=2) + "\n")
+    else:
+        rows = {**result["policies"], "seed-style linucb": result["seed_style_linucb"]}
+        lines = [f"{'policy':<20}{'decisions/s':>14}{'p50 ms':>10}{'p99 ms':>10}"]
+        for name, r in rows.items():
+            lines.append(f"{name:<20}{r['decisions_per_s']:>14.0f}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}")
+        lines.append(
+            f"worst p99 {result['p99_ms']:.3f} ms (goal < {GOAL_P99_MS}), LinUCB speedup vs seed-style "
+            f"{result['speedup_vs_seed']:.0f}x (goal >= {GOAL_SPEEDUP:.0f}), "
+            f"load avg {result['config']['load_avg_1m']:.1f} on {result['config']['cpu_count']} CPUs"
+        )
+        sys.stdout.write("\n".join(lines) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/bandit.py`` entry point (the CLI is ``recstack bench bandit``)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    ap.add_argument("--decisions", type=int, default=2000)
+    ap.add_argument("--seed-decisions", type=int, default=100)
+    ap.add_argument("--warm-updates", type=int, default=20_000)
+    args = ap.parse_args(argv)
+    run(
+        json=args.json,
+        decisions=args.decisions,
+        seed_decisions=args.seed_decisions,
+        warm_updates=args.warm_updates,
+    )
+    return 0

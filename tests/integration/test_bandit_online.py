@@ -1,0 +1,183 @@
+"""Online learning end to end: rewards produced into Kafka move the LinUCB bandit's choice.
+
+Real processes: redis-server, the Tansu broker, the feature-stream worker
+(``python -m services.feature_stream``) and the bandit service (``python -m services.bandit``).
+The bandit records the context of every explored item under the request id it got in the
+``x-request-id`` metadata (what the gateway sends); the stream joins impressions and clicks of
+that request id and updates ``bandit:linucb:{item}`` in Redis; the bandit re-reads it after its
+cache TTL. No component is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recstack.devstack.embedded import free_port
+from recstack.events import event_to_json, new_event
+from recstack.exploration.linucb import redis_key
+from recstack.exploration.rewards import context_key
+from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2
+from tests.integration.stream_support import (
+    REPO,
+    produce,
+    start_worker,
+    stop_worker,
+    wait_for,
+    worker_env,
+    write_catalog,
+)
+
+pytestmark = pytest.mark.integration
+
+GENRES = {f"m{j}": [["Action", "Drama", "Comedy", "Horror"][j % 4]] for j in range(12)}
+CANDIDATES = list(GENRES)
+USER = common_pb2.UserFeatures(user_id="u-online", genre_scores={"Action": 0.3, "Drama": 0.6})
+DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def online(
+    kafka_broker: str, kafka_topic: Callable[..., str], redis_url: str, tmp_path: Path
+) -> Iterator[dict]:
+    artifacts = write_catalog(tmp_path / "artifacts", GENRES)
+    env = worker_env(
+        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), redis_url, artifacts, free_port()
+    )
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(env, worker_log)
+    port = free_port()
+    bandit_env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
+    bandit_env.update(
+        PYTHONPATH=str(REPO),
+        REDIS_URL=redis_url,
+        RECSTACK_HOST="127.0.0.1",
+        RECSTACK_PORT=str(port),
+        RECSTACK_METRICS_PORT="0",
+        RECSTACK_ARTIFACTS=str(artifacts),
+        RECSTACK_REDIS_PREFIX=env["RECSTACK_REDIS_PREFIX"],
+        RECSTACK_ARMS_TTL_S="0.2",
+        RECSTACK_LINUCB_ALPHA="0.1",
+        RECSTACK_LINUCB_EPSILON="0",
+        RECSTACK_REWARD_WINDOW_S=env["RECSTACK_REWARD_WINDOW_S"],
+        RECSTACK_GRACE_S="1",
+    )
+    bandit_log = tmp_path / "bandit.log"
+    with bandit_log.open("ab") as out:
+        bandit = subprocess.Popen(
+            [sys.executable, "-m", "services.bandit"], cwd=REPO, env=bandit_env, stdout=out, stderr=out
+        )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service="recstack.v1.Bandit"), timeout=1)
+            except grpc.RpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_for(serving, "the bandit service to be SERVING", bandit, bandit_log, timeout=60)
+        yield {
+            "stub": bandit_pb2_grpc.BanditStub(channel),
+            "bootstrap": kafka_broker,
+            "topic": env["RECSTACK_EVENTS_TOPIC"],
+            "prefix": env["RECSTACK_REDIS_PREFIX"],
+            "redis": redis.Redis.from_url(redis_url),
+            "procs": [worker, bandit],
+            "log": worker_log,
+            "bandit_log": bandit_log,
+        }
+    finally:
+        channel.close()
+        bandit.kill()
+        bandit.wait(10)
+        stop_worker(worker)
+
+
+def explore(stub: bandit_pb2_grpc.BanditStub, request_id: str, k: int, slots: int) -> list[str]:
+    candidates = [
+        common_pb2.ScoredItem(item_id=item, score=1.0 - j / len(CANDIDATES))
+        for j, item in enumerate(CANDIDATES)
+    ]
+    reply = stub.Explore(
+        bandit_pb2.ExploreRequest(
+            user=USER, candidates=candidates, k=k, policy="linucb", explore_slots=slots
+        ),
+        metadata=(("x-request-id", request_id),),
+        timeout=5,
+    )
+    assert not reply.stale_state
+    return [x.item_id for x in reply.items]
+
+
+def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> None:
+    stub, r, prefix = online["stub"], online["redis"], online["prefix"]
+    before = explore(stub, "probe-0", k=1, slots=1)[0]
+    target = next(item for item in reversed(CANDIDATES) if item != before)
+
+    # Five requests that explore the whole candidate list (every context recorded), each served
+    # and clicked on `target` only: impressions, then clicks, with the request ids.
+    events = []
+    for _ in range(5):
+        rid = f"req-{uuid.uuid4().hex[:8]}"
+        served = explore(stub, rid, k=len(CANDIDATES), slots=len(CANDIDATES))
+        assert sorted(served) == sorted(CANDIDATES)
+        wait_for(
+            lambda rid=rid: r.exists(context_key(rid, prefix)),
+            "recorded contexts",
+            online["procs"],
+            online["bandit_log"],
+        )
+        events.append(
+            new_event(
+                USER.user_id, "impression", request_id=rid, items=served, positions=list(range(len(served)))
+            )
+        )
+        events.append(new_event(USER.user_id, "click", target, request_id=rid))
+    start = time.monotonic()
+    asyncio.run(
+        produce(
+            online["bootstrap"], online["topic"], [(USER.user_id.encode(), event_to_json(e)) for e in events]
+        )
+    )
+
+    def updated() -> bool:
+        n = r.hget(redis_key(target, "linucb", prefix), "n")
+        return n is not None and int(n) >= 5
+
+    wait_for(
+        updated, "5 LinUCB updates of the clicked item", online["procs"], online["log"], timeout=DEADLINE_S
+    )
+    probes = iter(range(1, 10_000))
+    chosen = wait_for(
+        lambda: explore(stub, f"probe-{next(probes)}", k=1, slots=1)[0] == target,
+        f"the bandit to choose {target} (was {before})",
+        online["procs"],
+        online["bandit_log"],
+        timeout=DEADLINE_S,
+    )
+    assert chosen
+    elapsed = time.monotonic() - start
+    assert elapsed < DEADLINE_S
+    # the window closes: the unclicked items get zero rewards from the stream's settle timer
+    wait_for(
+        lambda: r.hget(redis_key(before, "linucb", prefix), "n") is not None,
+        f"zero rewards for {before}",
+        online["procs"],
+        online["log"],
+        timeout=DEADLINE_S,
+    )
+    assert explore(stub, "probe-final", k=1, slots=1)[0] == target
