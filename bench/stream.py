@@ -1,7 +1,8 @@
 """Benchmark the feature stream, raw aiokafka ceiling vs the Faust app, and print JSON
 (see services/feature_stream/bench.py; the same as `recstack bench stream --json`).
 
-    python bench/stream.py [--events 20000] [--batch 500] [--rate 2000] [--duration 10] [--no-e2e]
+    python bench/stream.py [--events 20000] [--batch 500] [--rate 2000] [--duration 10]
+                           [--repeats 2] [--no-e2e]
 
 Uses REDIS_URL / KAFKA_BOOTSTRAP_SERVERS when set, else embedded redis-server and Tansu.
 """
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--rate", type=float, default=DEFAULT_RATE, help="offered events/s, latency phase")
     ap.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="latency phase, seconds")
+    ap.add_argument("--repeats", type=int, default=2, help="throughput runs per consumer, best reported")
     ap.add_argument("--data", default="synthetic")
     ap.add_argument("--no-e2e", action="store_true", help="only the FeatureWriter benchmark")
     args = ap.parse_args(argv)
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         end_to_end=not args.no_e2e,
         rate=args.rate,
         duration_s=args.duration,
+        repeats=args.repeats,
     )
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

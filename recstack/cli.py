@@ -238,6 +238,7 @@ def bench_stream_cmd(
     e2e: bool = typer.Option(True, help="Also run raw aiokafka and Faust end to end (Kafka -> Redis)."),
     rate: float = typer.Option(2000.0, help="Offered events/s of the latency phase."),
     duration: float = typer.Option(10.0, help="Seconds of the latency phase."),
+    repeats: int = typer.Option(2, help="Throughput runs per consumer (alternating; best reported)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Benchmark FeatureWriter, the raw aiokafka ceiling and the Faust worker: events/s of both and
@@ -257,6 +258,7 @@ def bench_stream_cmd(
             end_to_end=e2e,
             rate=rate,
             duration_s=duration,
+            repeats=repeats,
         )
     except (BenchError, ValueError) as exc:
         _fail(str(exc))

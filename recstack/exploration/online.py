@@ -78,9 +78,13 @@ class ContextBuilder:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CatalogError(f"{path} could not be read: {exc}") from exc
-        genres = data.get("genres") or {}
+        genres = data.get("genres") if isinstance(data, dict) else None
+        if not isinstance(genres, dict) or not all(isinstance(g, list) for g in genres.values()):
+            raise CatalogError(f"{path} has no 'genres' object (item_id -> [genre, ...])")
         vocab = data.get("genre_vocab") or sorted({g for gs in genres.values() for g in gs})
-        return cls(vocab, genres, d)
+        if not isinstance(vocab, list):
+            raise CatalogError(f"{path}: 'genre_vocab' must be a list of genres")
+        return cls([str(g) for g in vocab], {str(k): [str(g) for g in v] for k, v in genres.items()}, d)
 
     def build(
         self, user_genre_scores: Mapping[str, float], items: Sequence[str], scores: np.ndarray

@@ -87,7 +87,7 @@ class _DrawCache:
                 row = self._index.pop(old)
                 self._params[row] = np.nan
                 return row
-        raise PolicyError(f"a pool of more than cache_items={self.max_items} candidates")
+        raise AssertionError("unreachable: pools larger than the cache are not cached")
 
 
 class ThompsonSlatePolicy:
@@ -156,6 +156,8 @@ class ThompsonSlatePolicy:
         p = len(pool)
         if slots >= p:
             return np.ones(p)
+        if p > self._draws.max_items:  # a pool larger than the cache: fresh draws
+            return self.inclusion_probabilities(alpha, beta, slots)
         rows = self._draws.rows(pool, alpha, beta)
         sims = self._draws.samples[rows]  # [P, n_draws]
         counts = np.zeros(p, dtype=np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -11,7 +12,7 @@ from recstack.exploration.arms import ArmCache
 from recstack.exploration.online import ContextBuilder, ContextualExplorer, LinearStateCache, make_policies
 from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
-from recstack.features.catalog import CatalogError
+from recstack.features.catalog import CatalogError, resolve_version_dir
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.rpc.server import run
@@ -53,11 +54,36 @@ def main() -> int:
     contextual = ContextualExplorer(policies, builder, state, recorder, settings.explore_slots)
     servicer = BanditServicer(policy, arms, contextual)
 
+    loaded: list[str] = []  # the catalogue version the contextual features use now
+    watch: set[asyncio.Task] = set()
+
+    async def refresh_catalog() -> None:
+        version = (await asyncio.to_thread(resolve_version_dir, settings.artifacts)).name
+        if loaded and loaded[-1] == version:
+            return
+        contextual.builder = await asyncio.to_thread(
+            ContextBuilder.from_artifacts, settings.artifacts, settings.context_dim
+        )
+        loaded.append(version)
+        log.info("contextual features use the catalogue of bundle %s", version)
+
+    async def watch_catalog() -> None:
+        while True:
+            await asyncio.sleep(settings.reload_s)
+            try:
+                await refresh_catalog()
+            except CatalogError as exc:  # a broken new bundle: keep the current features
+                log.error("catalogue not reloaded, keeping the current one: %s", exc)
+
     async def load() -> None:
         try:
-            contextual.builder = ContextBuilder.from_artifacts(settings.artifacts, settings.context_dim)
+            await refresh_catalog()
         except CatalogError as exc:
             log.warning("no bundle catalogue, contextual policies see no genre features: %s", exc)
+        if settings.reload_s > 0:
+            task = asyncio.create_task(watch_catalog())
+            watch.add(task)
+            task.add_done_callback(watch.discard)
         try:
             await redis.ping()
         except Exception as exc:  # the bandit serves prior state without Redis

@@ -15,7 +15,8 @@ class BanditSettings(ServiceSettings):
     LinUCB bonus RECSTACK_LINUCB_ALPHA, epsilon mix RECSTACK_LINUCB_EPSILON, ridge
     RECSTACK_LINUCB_RIDGE, LinTS scale RECSTACK_LINTS_V; explored contexts are recorded for
     the stream's reward join with a TTL of RECSTACK_REWARD_WINDOW_S + 1 h
-    (RECSTACK_RECORD_CONTEXTS=0 turns recording off).
+    (RECSTACK_RECORD_CONTEXTS=0 turns recording off). The catalogue is re-read when
+    RECSTACK_ARTIFACTS/CURRENT changes (checked every RECSTACK_RELOAD_S, 0 = never).
     """
 
     port: int = Field(50055, ge=0, le=65535, validation_alias=env("RECSTACK_PORT"))
@@ -37,3 +38,4 @@ class BanditSettings(ServiceSettings):
     lints_v: float = Field(1.0, ge=0, validation_alias=env("RECSTACK_LINTS_V"))
     reward_window_s: float = Field(1800.0, ge=0, validation_alias=env("RECSTACK_REWARD_WINDOW_S"))
     record_contexts: bool = Field(True, validation_alias=env("RECSTACK_RECORD_CONTEXTS"))
+    reload_s: float = Field(30.0, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))

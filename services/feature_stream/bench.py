@@ -11,7 +11,9 @@ never together, so they do not compete for the CPUs:
 Per consumer, on fresh 4-partition topics:
 
 1. throughput: ``events`` events are produced first (a backlog), then the consumer starts; events/s
-   is measured from its first written event to the last (startup and group join excluded);
+   is measured from its first written event to the last (startup and group join excluded; the end
+   is seen in Redis, the last event of every partition, not by scraping the consumer). ``repeats``
+   runs alternate raw, faust, raw, faust...; each mode reports its best run (all are listed);
 2. latency: a fresh consumer is started and warmed up, then events are offered at a fixed ``rate``
    (default 2,000 events/s) for ``duration_s`` seconds, each stamped with the wall clock right before
    it is sent; event-to-feature latency (event timestamp -> Redis write, measured by the consumer) is
@@ -369,12 +371,14 @@ def run_stream_bench(
     rate: float = DEFAULT_RATE,
     duration_s: float = DEFAULT_DURATION_S,
     modes: tuple[str, ...] = ("raw", "faust"),
+    repeats: int = 2,
 ) -> dict[str, Any]:
     """The FeatureWriter micro-benchmark and, with end_to_end, raw vs Faust (module docstring).
     redis_url/bootstrap None: embedded servers. Returns a JSON-ready dict."""
-    if events < 1 or batch < 1 or rate <= 0 or duration_s <= 0:
+    if events < 1 or batch < 1 or rate <= 0 or duration_s <= 0 or repeats < 1:
         raise ValueError(
-            f"events, batch, rate and duration must be > 0, got {events=} {batch=} {rate=} {duration_s=}"
+            "events, batch, rate, duration and repeats must be > 0, got "
+            f"{events=} {batch=} {rate=} {duration_s=} {repeats=}"
         )
     unknown = set(modes) - set(MODULES)
     if unknown:
@@ -385,10 +389,18 @@ def run_stream_bench(
     with _services(redis_url, bootstrap) as (r_url, k_boot), tempfile.TemporaryFile() as out:
         result["writer"] = asyncio.run(bench_writer(r_url, fresh(sample[:events]), batch))
         try:
+            # throughput runs alternate between the modes (raw, faust, raw, faust, ...): on a machine
+            # shared with other jobs, each mode's best run is its capacity, and load spikes hit both
+            runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+            for _ in range(repeats if end_to_end else 0):
+                for mode in modes:
+                    tput = bench_throughput(mode, r_url, k_boot, fresh(sample[:events]), batch, out)
+                    runs[mode].append(tput)
             for mode in modes if end_to_end else ():
                 paced = fresh(sample[: int(rate * duration_s)])
+                best = max(runs[mode], key=lambda run: run["events_per_s"])
                 result[mode] = {
-                    "throughput": bench_throughput(mode, r_url, k_boot, fresh(sample[:events]), batch, out),
+                    "throughput": {**best, "runs_events_per_s": [r["events_per_s"] for r in runs[mode]]},
                     "latency": bench_latency(mode, r_url, k_boot, paced, batch, rate, out),
                 }
         except BenchError as exc:

@@ -5,12 +5,15 @@ Real processes: redis-server, the Tansu broker, the feature-stream worker
 The bandit records the context of every explored item under the request id it got in the
 ``x-request-id`` metadata (what the gateway sends); the stream joins impressions and clicks of
 that request id and updates ``bandit:linucb:{item}`` in Redis; the bandit re-reads it after its
-cache TTL. No component is faked.
+cache TTL. The second test runs the gateway chain (retrieval, ranking, rerank, bandit, gateway
+processes on the small bundle) with LinUCB as the default pipeline: the gateway's own impression
+and a click on the explored item update that item's LinUCB statistics. No component is faked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +31,7 @@ from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.exploration.linucb import redis_key
 from recstack.exploration.rewards import context_key
-from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2
+from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.stream_support import (
     REPO,
     produce,
@@ -181,3 +184,77 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> 
         timeout=DEADLINE_S,
     )
     assert explore(stub, "probe-final", k=1, slots=1)[0] == target
+
+
+def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
+    small_bundle: Path, kafka_broker: str, kafka_topic: Callable[..., str], redis_url: str, tmp_path: Path
+) -> None:
+    """The whole online path with the real gateway: Recommend (default pipeline: LinUCB, one slot)
+    -> the bandit records the explored context under the gateway's request id -> the gateway's
+    impression and a click with that request id go through Kafka and the stream -> the LinUCB
+    statistics of the explored item change in Redis."""
+    from tests.integration.test_services_chain import SERVICES, Service, service_env, wait_serving
+
+    experiments = tmp_path / "experiments.json"
+    experiments.write_text(json.dumps({"default_pipeline": {"bandit": {"policy": "linucb", "slots": 1}}}))
+    env = worker_env(
+        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), redis_url, small_bundle, free_port()
+    )
+    prefix, topic = env["RECSTACK_REDIS_PREFIX"], env["RECSTACK_EVENTS_TOPIC"]
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(env, worker_log)
+    services: dict[str, Service] = {}
+    for name in SERVICES:
+        port, mport = free_port(), free_port()
+        senv = service_env(name, port, mport, small_bundle, redis_url)
+        senv.update(RECSTACK_REDIS_PREFIX=prefix, RECSTACK_RELOAD_S="0")
+        services[name] = Service(name, port, mport, senv, tmp_path / f"{name}.log")
+    gw = services["gateway"].env
+    for name in ("retrieval", "ranking", "rerank", "bandit"):
+        gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
+    for stage in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK", "BANDIT"):
+        gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "5"
+    gw.update(
+        KAFKA_BOOTSTRAP_SERVERS=kafka_broker,
+        RECSTACK_EVENTS_TOPIC=topic,
+        RECSTACK_EXPERIMENTS=str(experiments),
+    )
+    services["bandit"].env.update(RECSTACK_LINUCB_EPSILON="0", RECSTACK_REWARD_WINDOW_S="600")
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for service in services.values():
+            service.start()
+        for service in services.values():
+            wait_serving(service)
+        version = (small_bundle / "CURRENT").read_text().strip()
+        user = str(json.loads((small_bundle / version / "users.json").read_text())["user_ids"][0])
+        with grpc.insecure_channel(f"127.0.0.1:{services['gateway'].port}") as channel:
+            reply = gateway_pb2_grpc.GatewayStub(channel).Recommend(
+                gateway_pb2.RecommendRequest(user_id=user, k=5), timeout=30
+            )
+        assert "bandit" in reply.stages and "bandit" not in reply.skipped, dict(reply.skipped)
+        explored = reply.items[-1].item_id
+        assert 0 < reply.items[-1].propensity <= 1
+        # the gateway's impression (published to Kafka) reaches the stream and opens the window
+        wait_for(
+            lambda: r.zscore(f"{prefix}bandit:ctx:pending", reply.request_id) is not None,
+            "the gateway's impression to open the LinUCB reward window",
+            worker,
+            worker_log,
+            timeout=DEADLINE_S,
+        )
+        assert r.hexists(context_key(reply.request_id, prefix), f"x:{explored}")
+        click = new_event(user, "click", explored, request_id=reply.request_id)
+        asyncio.run(produce(kafka_broker, topic, [(user.encode(), event_to_json(click))]))
+        wait_for(
+            lambda: r.hget(redis_key(explored, "linucb", prefix), "n") == b"1",
+            f"the click to update the LinUCB arm of {explored}",
+            worker,
+            worker_log,
+            timeout=DEADLINE_S,
+        )
+    finally:
+        r.close()
+        for service in services.values():
+            service.stop()
+        stop_worker(worker)

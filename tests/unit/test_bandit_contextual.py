@@ -61,7 +61,7 @@ def _explorer(client: aioredis.Redis, builder: ContextBuilder, ttl_s: float = 60
 
 
 @pytest.mark.integration
-async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_down(tmp_path) -> None:
+async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_down(tmp_path, caplog) -> None:
     builder = ContextBuilder(VOCAB, GENRES, D)
     with EmbeddedRedis(log_dir=tmp_path) as server:
         sync = redis.Redis.from_url(server.url)
@@ -84,9 +84,13 @@ async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_dow
             atol=1e-6,
         )
         sync.close()
-    # Redis is gone: the last loaded state is served, marked stale
-    decision, stale = await explorer.explore("linucb", USER, ITEMS, scores, 4)
+    # Redis is gone: the last loaded state is served, marked stale; the context write fails quietly
+    with caplog.at_level(logging.WARNING):
+        decision, stale = await explorer.explore("linucb", USER, ITEMS, scores, 4, request_id="r-down")
+        for task in list(explorer._tasks):
+            await task
     assert stale and decision.items[3] == "i9"
+    assert "contexts of request r-down not recorded" in caplog.text
     await client.aclose()
 
 
@@ -172,3 +176,22 @@ async def test_unknown_policy_names_the_choices(stub) -> None:
         await stub.Explore(bandit_pb2.ExploreRequest(candidates=_cands(1.0), k=1, policy="greedy"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "thompson, linucb, lints" in info.value.details()
+
+
+def test_context_builder_from_artifacts_reads_the_catalogue_and_rejects_a_broken_one(tmp_path) -> None:
+    import json
+
+    from recstack.features.catalog import CatalogError
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "catalog.json").write_text(json.dumps({"genres": GENRES, "genre_vocab": VOCAB}))
+    (tmp_path / "CURRENT").write_text("v1\n")
+    builder = ContextBuilder.from_artifacts(tmp_path, D)
+    np.testing.assert_allclose(
+        builder.build(USER, ["i3"], [0.5])[0], build_context(USER, GENRES["i3"], VOCAB, 0.5, D)
+    )
+    (tmp_path / "v1" / "catalog.json").write_text(json.dumps({"genres": ["not", "a", "map"]}))
+    with pytest.raises(CatalogError, match="has no 'genres' object"):
+        ContextBuilder.from_artifacts(tmp_path, D)
+    with pytest.raises(CatalogError, match="CURRENT not found"):
+        ContextBuilder.from_artifacts(tmp_path / "nothing", D)

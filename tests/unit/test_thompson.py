@@ -66,3 +66,35 @@ def test_bad_input_raises_policy_error() -> None:
         ThompsonSlatePolicy(explore_slots=-1)
     with pytest.raises(PolicyError, match="prior"):
         ThompsonSlatePolicy(prior_alpha=0)
+
+
+def test_cached_propensities_match_serving_frequencies_and_follow_arm_changes() -> None:
+    policy = ThompsonSlatePolicy(explore_slots=1, seed=3, n_draws=4000)
+    pool_arms = [(2, 8), (5, 5), (8, 2), (1, 1), (3, 3), (6, 4)]
+    arms = {f"i{2 + j}": ab for j, ab in enumerate(pool_arms)}
+    cands, scores = ITEMS[:8], SCORES[:8]
+    served: dict[str, int] = {}
+    props: dict[str, float] = {}
+    n = 3000
+    for _ in range(n):
+        items, _, p = policy.select(cands, scores, k=3, arms=arms)
+        served[items[-1]] = served.get(items[-1], 0) + 1
+        props[items[-1]] = float(p[-1])  # the Monte Carlo samples are reused: same value every time
+    for item, count in served.items():
+        assert count / n == pytest.approx(props[item], abs=0.03), item
+    # a changed posterior invalidates the item's cached samples at once
+    arms["i2"] = (80.0, 1.0)
+    items, _, p = policy.select(cands, scores, k=3, arms=arms)
+    assert items[-1] == "i2" and p[-1] > 0.9
+
+
+def test_draw_cache_is_bounded_and_never_evicts_the_current_pool() -> None:
+    policy = ThompsonSlatePolicy(explore_slots=2, seed=0, cache_items=12)
+    for start in range(0, 40, 3):
+        pool = [f"c{start + j}" for j in range(10)]
+        items, _, p = policy.select(pool, np.linspace(1, 0, 10), k=4, arms={})
+        assert len(items) == 4 and np.all((p > 0) & (p <= 1))
+        assert len(policy._draws) <= 12
+    # a pool larger than the cache is estimated with fresh draws
+    items, _, p = policy.select([f"x{j}" for j in range(20)], np.zeros(20), k=3, arms={})
+    assert len(items) == 3 and np.all((p > 0) & (p <= 1)) and len(policy._draws) <= 12
