@@ -62,10 +62,6 @@ class CatalogSimilarity:
             index = {str(item): i + 1 for i, item in enumerate(bundle.catalog["item_ids"])}
         return cls(genres, emb, index)
 
-    @property
-    def has_embeddings(self) -> bool:
-        return self.embeddings is not None
-
     def matrix(self, items: Sequence[str], kind: str = "jaccard") -> np.ndarray:
         """Similarity [N, N] of ``items`` with ``kind`` "jaccard" or "cosine"."""
         if kind == "jaccard":

@@ -192,11 +192,81 @@ def _check_params(alpha: float, epsilon: float, ridge: float, dim: int) -> None:
 _Picker = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
-class _SlateMixin:
-    """Slate assembly with the epsilon mix shared by the UCB policies."""
+class _LinearSlatePolicy:
+    """What the linear policies share: parameters, the UCB score, slate assembly with the epsilon
+    mix, single updates and the Redis hash of an arm.
 
-    epsilon: float
-    _rng: np.random.Generator
+    Subclasses build ``self._arms`` (an ``_ArmRows``) and define ``mean_and_width``,
+    ``update_batch`` and the arm's serialised blocks: ``_arm_shapes()`` (the first block is
+    A^{-1}, checked for symmetry on load), ``_arm_blocks(row)`` and ``_set_arm(row, *blocks)``.
+    """
+
+    name: str
+    kind: str
+    _arms: _ArmRows
+
+    def __init__(self, dim: int, alpha: float, epsilon: float, ridge: float, seed: int | None):
+        _check_params(alpha, epsilon, ridge, dim)
+        self.dim = dim
+        self.alpha = float(alpha)
+        self.epsilon = float(epsilon)
+        self.ridge = float(ridge)
+        self._rng = np.random.default_rng(seed)
+
+    def mean_and_width(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _arm_shapes(self) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _arm_blocks(self, row: int) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def _set_arm(self, row: int, *blocks: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
+        """Upper confidence bound of every candidate [C]."""
+        mean, width = self.mean_and_width(contexts, arm_ids)
+        return mean + self.alpha * width
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        """Slate of ``k`` items from candidates ``arm_ids`` [C] (upstream order) with features
+        ``contexts`` [C, dim]. Raises ``PolicyInputError`` subclasses on bad input (k > C included)."""
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
+        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
+
+    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
+        """Add one observation (features x [dim], reward) to ``arm_id``."""
+        self.update_batch([arm_id], check_vector(x, self.dim)[None, :], np.array([reward], dtype=float))
+
+    def arm_hash(self, arm_id: str) -> dict[str, bytes]:
+        """Redis hash of one arm: ``format``, ``dim``, ``n`` and ``state`` = the arm's blocks
+        (float32; LinUCB: A^{-1} then b)."""
+        row = self._arms.rows([arm_id])[0]
+        return _state_hash(self.kind, self.dim, int(self._arms.counts[row]), *self._arm_blocks(row))
+
+    def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
+        """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
+        warning) and returns False. An empty mapping (no key in Redis) changes nothing: True."""
+        if not mapping:
+            return True
+        row = self._arms.row(arm_id)
+        try:
+            fields = _fields(mapping, self.kind, self.dim)
+            blocks = decode_state(fields["state"], self._arm_shapes(), symmetric=[0])
+        except CorruptStateError as exc:
+            log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
+            self._arms.reset(row)
+            return False
+        self._set_arm(row, *blocks)
+        self._arms.counts[row] = fields["n"]
+        return True
 
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
@@ -228,7 +298,7 @@ class _SlateMixin:
         return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, explored)
 
 
-class LinUCB(_SlateMixin):
+class LinUCB(_LinearSlatePolicy):
     """Disjoint LinUCB over a slate.
 
     dim: feature dimension d; alpha: width of the confidence bonus (0 = greedy on the mean);
@@ -247,12 +317,7 @@ class LinUCB(_SlateMixin):
         ridge: float = 1.0,
         seed: int | None = None,
     ):
-        _check_params(alpha, epsilon, ridge, dim)
-        self.dim = dim
-        self.alpha = float(alpha)
-        self.epsilon = float(epsilon)
-        self.ridge = float(ridge)
-        self._rng = np.random.default_rng(seed)
+        super().__init__(dim, alpha, epsilon, ridge, seed)
         # m32[row] = [A^{-1}; theta^T] as float32 [d + 1, d]: one gather and one batched
         # mat-vec give A^{-1} x and theta.x for every candidate.
         m32 = np.vstack([np.eye(dim) / ridge, np.zeros((1, dim))]).astype(np.float32)
@@ -288,23 +353,6 @@ class LinUCB(_SlateMixin):
         m32[self.dim] = ainv @ b
         self._arms.set(row, ainv=ainv, b=b)
 
-    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
-        """Upper confidence bound of every candidate [C]."""
-        mean, width = self.mean_and_width(contexts, arm_ids)
-        return mean + self.alpha * width
-
-    def select(
-        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
-    ) -> SlateDecision:
-        """Slate of ``k`` items from candidates ``arm_ids`` [C] (upstream order) with features
-        ``contexts`` [C, d]. Raises ``PolicyInputError`` subclasses on bad input (k > C included)."""
-        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
-        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
-
-    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
-        """Add one observation (features x [d], reward) to ``arm_id``."""
-        self.update_batch([arm_id], check_vector(x, self.dim)[None, :], np.array([reward], dtype=float))
-
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, d], rewards [N]."""
         x, r = check_update_args(arm_ids, xs, rewards, self.dim)
@@ -320,37 +368,11 @@ class LinUCB(_SlateMixin):
         """A_a^{-1} [d, d] of an arm (the prior's for an unknown arm)."""
         return self._arms.arrays["ainv"][self._arms.rows([arm_id])[0]].copy()
 
-    def arm_hash(self, arm_id: str) -> dict[str, bytes]:
-        """Redis hash of one arm: ``format``, ``dim``, ``n`` and ``state`` = A^{-1} then b (float32)."""
-        row = self._arms.rows([arm_id])[0]
-        arr = self._arms.arrays
-        return {
-            "format": f"{self.kind}-v1".encode(),
-            "dim": str(self.dim).encode(),
-            "n": str(int(self._arms.counts[row])).encode(),
-            "state": ArmState(arr["ainv"][row], arr["b"][row]).to_bytes(),
-        }
+    def _arm_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.dim, self.dim), (self.dim,)]
 
-    def decode_arm(self, mapping: Mapping[bytes | str, bytes | str]) -> ArmState:
-        """The arm's statistics from a hash read from Redis; raises ``CorruptStateError``."""
-        fields = _fields(mapping, self.kind, self.dim)
-        return ArmState.from_bytes(fields["state"], self.dim, fields["n"])
-
-    def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
-        """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
-        warning) and returns False. An empty mapping (no key in Redis) changes nothing: True."""
-        if not mapping:
-            return True
-        row = self._arms.row(arm_id)
-        try:
-            state = self.decode_arm(mapping)
-        except CorruptStateError as exc:
-            log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
-            self._arms.reset(row)
-            return False
-        self._set_arm(row, state.ainv, state.b)
-        self._arms.counts[row] = state.n
-        return True
+    def _arm_blocks(self, row: int) -> tuple[np.ndarray, ...]:
+        return self._arms.arrays["ainv"][row], self._arms.arrays["b"][row]
 
 
 class LinTS(LinUCB):
@@ -454,7 +476,7 @@ class LinTS(LinUCB):
         return chosen, (1.0 - self.epsilon) * p_ts + self.epsilon * slots / m
 
 
-class HybridLinUCB(_SlateMixin):
+class HybridLinUCB(_LinearSlatePolicy):
     """Hybrid LinUCB (Li et al. 2010, Algorithm 2): shared coefficients beta over features z
     plus per-arm theta_a over features x.
 
@@ -477,17 +499,12 @@ class HybridLinUCB(_SlateMixin):
         ridge: float = 1.0,
         seed: int | None = None,
     ):
-        _check_params(alpha, epsilon, ridge, dim)
+        super().__init__(dim, alpha, epsilon, ridge, seed)
         if shared_dim is not None and not 1 <= shared_dim < dim:
             raise PolicyInputError(f"shared_dim must be in [1, dim-1] or None, got {shared_dim} (dim={dim})")
-        self.dim = dim
         self.shared_dim = shared_dim
         self.k_dim = dim if shared_dim is None else shared_dim
         self.d_dim = dim if shared_dim is None else dim - shared_dim
-        self.alpha = float(alpha)
-        self.epsilon = float(epsilon)
-        self.ridge = float(ridge)
-        self._rng = np.random.default_rng(seed)
         kd, dd = self.k_dim, self.d_dim
         self.a0 = np.eye(kd) * ridge
         self.a0inv = np.eye(kd) / ridge
@@ -525,20 +542,6 @@ class HybridLinUCB(_SlateMixin):
         mean = (z @ beta + np.einsum("cd,cd->c", x, theta)).astype(np.float64)
         return mean, np.sqrt(np.maximum(s, 0.0))
 
-    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
-        mean, width = self.mean_and_width(contexts, arm_ids)
-        return mean + self.alpha * width
-
-    def select(
-        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
-    ) -> SlateDecision:
-        """As ``LinUCB.select``; contexts rows are ``[z | x]`` of width ``dim``."""
-        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
-        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
-
-    def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
-        self.update_batch([arm_id], check_vector(x, self.dim)[None, :], np.array([reward], dtype=float))
-
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, dim] (rows [z | x]), rewards [N]."""
         feats, r = check_update_args(arm_ids, xs, rewards, self.dim)
@@ -554,7 +557,7 @@ class HybridLinUCB(_SlateMixin):
             b = b + ri * x
             self.a0 += np.outer(z, z) - bmat.T @ ainv @ bmat
             self.b0 += ri * z - bmat.T @ ainv @ b
-            self._arms.set(row, ainv=ainv, B=bmat, b=b)
+            self._set_arm(row, ainv, bmat, b)
             self._arms.counts[row] += 1
         self.a0 = 0.5 * (self.a0 + self.a0.T)
         self._refresh_shared()
@@ -566,12 +569,7 @@ class HybridLinUCB(_SlateMixin):
 
     def shared_hash(self) -> dict[str, bytes]:
         """Redis hash of the shared statistics: ``state`` = A0 then b0 (float32)."""
-        return {
-            "format": f"{self.kind}-shared-v1".encode(),
-            "dim": str(self.k_dim).encode(),
-            "n": b"0",
-            "state": encode_state(self.a0, self.b0),
-        }
+        return _state_hash(f"{self.kind}-shared", self.k_dim, 0, self.a0, self.b0)
 
     def load_shared(self, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install A0, b0; corrupted (or not positive definite) -> reset shared stats, False."""
@@ -593,33 +591,28 @@ class HybridLinUCB(_SlateMixin):
         self._refresh_shared()
         return ok
 
-    def arm_hash(self, arm_id: str) -> dict[str, bytes]:
-        """Redis hash of one arm: ``state`` = A_a^{-1}, B_a, b_a (float32)."""
-        row = self._arms.rows([arm_id])[0]
-        arr = self._arms.arrays
-        return {
-            "format": f"{self.kind}-v1".encode(),
-            "dim": str(self.dim).encode(),
-            "n": str(int(self._arms.counts[row])).encode(),
-            "state": encode_state(arr["ainv"][row], arr["B"][row], arr["b"][row]),
-        }
-
-    def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
-        """As ``LinUCB.load_arm``."""
-        if not mapping:
-            return True
-        row = self._arms.row(arm_id)
+    def _arm_shapes(self) -> list[tuple[int, ...]]:
+        """A_a^{-1}, B_a, b_a."""
         dd, kd = self.d_dim, self.k_dim
-        try:
-            fields = _fields(mapping, self.kind, self.dim)
-            ainv, bmat, b = decode_state(fields["state"], [(dd, dd), (dd, kd), (dd,)], symmetric=[0])
-        except CorruptStateError as exc:
-            log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
-            self._arms.reset(row)
-            return False
+        return [(dd, dd), (dd, kd), (dd,)]
+
+    def _arm_blocks(self, row: int) -> tuple[np.ndarray, ...]:
+        arr = self._arms.arrays
+        return arr["ainv"][row], arr["B"][row], arr["b"][row]
+
+    def _set_arm(self, row: int, ainv: np.ndarray, bmat: np.ndarray, b: np.ndarray) -> None:
         self._arms.set(row, ainv=ainv, B=bmat, b=b)
-        self._arms.counts[row] = fields["n"]
-        return True
+
+
+def _state_hash(kind: str, dim: int, n: int, *blocks: np.ndarray) -> dict[str, bytes]:
+    """A Redis hash of serialised statistics: ``format`` ``{kind}-v1``, ``dim``, update count ``n``
+    and ``state`` (the blocks as float32); ``_fields`` reads it back."""
+    return {
+        "format": f"{kind}-v1".encode(),
+        "dim": str(dim).encode(),
+        "n": str(n).encode(),
+        "state": encode_state(*blocks),
+    }
 
 
 def _fields(mapping: Mapping[bytes | str, bytes | str], kind: str, dim: int) -> dict:

@@ -14,7 +14,8 @@ Estimators (w_i = pi(a_i | i) / mu_i):
   ips     mean(w_i r_i)
   snips   sum(w_i r_i) / sum(w_i)
   dr      mean(sum_a pi(a|i) q(i, a) + w_i (r_i - q(i, a_i))) with a reward model q
-          (``TabularRewardModel``: per (action, position) mean, fitted on the same log)
+          (``TabularRewardModel``: per (position, action) mean reward shrunk toward the global
+          mean, fitted on the same log)
 Confidence intervals: ``normal`` (CLT on the per-record terms; delta method / influence
 function for the ratio estimators replay and snips) or ``bootstrap`` (percentile interval of
 the estimator recomputed on records resampled with replacement, seeded).
@@ -255,10 +256,7 @@ def ips(
     w = target_probs / propensities
     if clip is not None:
         w = np.minimum(w, clip)
-    t = w * rewards
-    value = float(t.mean())
-    lo, hi = _interval(_mean_rows, [t], value, t, ci, level, n_boot, seed)
-    return Estimate("ips", value, lo, hi, ci, level, t.shape[0], _ess(w))
+    return _mean_estimate("ips", w * rewards, w, ci, level, n_boot, seed)
 
 
 def snips(
@@ -276,10 +274,7 @@ def snips(
     w = target_probs / propensities
     if w.sum() <= 0:
         raise OPEError("snips: the target policy gives probability 0 to every logged action")
-    value = float((w * rewards).sum() / w.sum())
-    influence = w * (rewards - value) / w.mean()
-    lo, hi = _interval(_ratio_rows, [w * rewards, w], value, influence, ci, level, n_boot, seed)
-    return Estimate("snips", value, lo, hi, ci, level, rewards.shape[0], _ess(w))
+    return _ratio_estimate("snips", rewards, w, ci, level, n_boot, seed, _ess(w))
 
 
 def doubly_robust(
@@ -300,10 +295,7 @@ def doubly_robust(
     if q_logged.shape != rewards.shape or q_target.shape != rewards.shape:
         raise OPEError("q_logged and q_target must have one value per record")
     w = target_probs / propensities
-    t = q_target + w * (rewards - q_logged)
-    value = float(t.mean())
-    lo, hi = _interval(_mean_rows, [t], value, t, ci, level, n_boot, seed)
-    return Estimate("dr", value, lo, hi, ci, level, rewards.shape[0], _ess(w))
+    return _mean_estimate("dr", q_target + w * (rewards - q_logged), w, ci, level, n_boot, seed)
 
 
 def replay(
@@ -325,10 +317,33 @@ def replay(
     if matched == 0:
         nan = float("nan")
         return Estimate("replay", nan, nan, nan, ci, level, rewards.shape[0], 0.0)
-    value = float((m * rewards).sum() / matched)
-    influence = m * (rewards - value) / m.mean()
-    lo, hi = _interval(_ratio_rows, [m * rewards, m], value, influence, ci, level, n_boot, seed)
-    return Estimate("replay", value, lo, hi, ci, level, rewards.shape[0], float(matched))
+    return _ratio_estimate("replay", rewards, m, ci, level, n_boot, seed, float(matched))
+
+
+def _mean_estimate(
+    name: str, terms: np.ndarray, w: np.ndarray, ci: str, level: float, n_boot: int, seed: int
+) -> Estimate:
+    """An estimator that is the mean of per-record ``terms`` [n] (ips, dr); w: the weights [n]."""
+    value = float(terms.mean())
+    lo, hi = _interval(_mean_rows, [terms], value, terms, ci, level, n_boot, seed)
+    return Estimate(name, value, lo, hi, ci, level, terms.shape[0], _ess(w))
+
+
+def _ratio_estimate(
+    name: str,
+    rewards: np.ndarray,
+    w: np.ndarray,
+    ci: str,
+    level: float,
+    n_boot: int,
+    seed: int,
+    n_effective: float,
+) -> Estimate:
+    """The weighted mean sum(w r) / sum(w) (snips, replay) with its delta-method influence terms."""
+    value = float((w * rewards).sum() / w.sum())
+    influence = w * (rewards - value) / w.mean()
+    lo, hi = _interval(_ratio_rows, [w * rewards, w], value, influence, ci, level, n_boot, seed)
+    return Estimate(name, value, lo, hi, ci, level, rewards.shape[0], n_effective)
 
 
 def _ess(w: np.ndarray) -> float:

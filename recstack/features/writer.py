@@ -201,12 +201,28 @@ local function apply_one(ev)
   end
   return 'dup'
 end
+local transient = {'OOM', 'READONLY', 'LOADING', 'BUSY', 'MASTERDOWN', 'TRYAGAIN', 'CLUSTERDOWN',
+  'NOREPLICAS'}
+local function transient_code(msg)
+  for _, code in ipairs(transient) do
+    if string.sub(msg, 1, #code + 1) == code .. ' ' or string.find(msg, '-' .. code .. ' ', 1, true) then
+      return code
+    end
+  end
+end
 local failed = {}
 for i, ev in ipairs(batch) do
   local ok, res = pcall(apply_one, ev)
   if not ok then
+    local msg = type(res) == 'table' and tostring(res.err) or tostring(res)
+    local code = transient_code(msg)
+    if code then
+      -- Redis cannot write now (e.g. maxmemory): fail the whole call so the batch is retried; the
+      -- events before this one are applied and their markers make the retry skip them
+      return redis.error_reply(code .. ' ' .. msg)
+    end
     failed[#failed + 1] = tostring(i)
-    failed[#failed + 1] = type(res) == 'table' and tostring(res.err) or tostring(res)
+    failed[#failed + 1] = msg
   elseif res == 'ok' then
     applied = applied + 1
   else
@@ -284,7 +300,9 @@ class ApplyResult:
     """applied: events written; duplicates: event_ids already applied; rewards: alpha increments;
     failed: (index in the batch, Redis error) of events whose writes raised (e.g. WRONGTYPE on a key
     another tool wrote). A failed event keeps its idempotency marker and whatever it wrote before
-    the error (Redis does not roll back scripts); the other events of the batch are applied."""
+    the error (Redis does not roll back scripts); the other events of the batch are applied. An
+    error that says Redis cannot write now (OOM, READONLY, LOADING, BUSY, ...) fails the whole call
+    instead (redis-py raises e.g. OutOfMemoryError) and the caller retries it."""
 
     applied: int
     duplicates: int

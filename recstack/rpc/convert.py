@@ -47,8 +47,3 @@ def scored_items(
             msg.propensity = float(propensities[i])
         out.append(msg)
     return out
-
-
-def unpack_scored(items: Sequence[common_pb2.ScoredItem]) -> tuple[list[str], np.ndarray]:
-    """(item ids, scores float32 [N]) of a list of ScoredItem."""
-    return [x.item_id for x in items], np.asarray([x.score for x in items], dtype=np.float32)

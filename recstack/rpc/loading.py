@@ -1,4 +1,4 @@
-"""Loading a serving core from the model bundle at service start."""
+"""Loading a serving core from the model bundle: at service start and on hot reload."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
-from recstack.rpc.server import StartupError
+from recstack.rpc.server import StartupError, limit_threads, run
+from recstack.rpc.servicer import ModelServicer
+from recstack.rpc.settings import ModelServiceSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -30,24 +32,6 @@ def load_core(artifacts: str | Path, factory: Callable[[Any], T]) -> tuple[T, st
         return factory(bundle), str(bundle.version)
     except (BundleError, UnknownModelError) as exc:
         raise StartupError(str(exc)) from exc
-
-
-async def abort_not_loaded(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNAVAILABLE, f"{what} is still loading its model bundle; retry shortly"
-    )
-
-
-async def abort_invalid(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
-    """INVALID_ARGUMENT with a message that names the field."""
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def is_client_error(exc: BaseException) -> bool:
-    """Errors caused by the request (unknown items or model, bad values): INVALID_ARGUMENT."""
-    from recstack.serving.errors import UnknownItemError, UnknownModelError
-
-    return isinstance(exc, UnknownItemError | UnknownModelError | ValueError)
 
 
 def current_version_dir(artifacts: str | Path) -> Path | None:
@@ -120,12 +104,23 @@ def start_reloader(
     task.add_done_callback(_reload_tasks.discard)
 
 
-def watch_bundle(
-    artifacts: str | Path, interval_s: float, factory: Callable[[Any], Any], target: Any
-) -> None:
-    """Hot reload for a model servicer: swaps ``target.core`` / ``target.version`` on a new bundle."""
+def run_model_service(
+    service_name: str,
+    settings: ModelServiceSettings,
+    servicer: ModelServicer,
+    add_servicer: Callable[[Any, grpc.aio.Server], None],
+    build_core: Callable[[Any], Any],
+) -> int:
+    """``run()`` for a model service (retrieval, ranking, rerank): one thread for torch and FAISS,
+    the core ``build_core(bundle)`` built off the event loop (health SERVING once it is set on
+    ``servicer``), then swapped on every new bundle (``settings.reload_s``)."""
+    limit_threads()
 
-    def apply(core: Any, version: str) -> None:
-        target.core, target.version = core, version
+    def swap(core: Any, version: str) -> None:
+        servicer.core, servicer.version = core, version
 
-    start_reloader(artifacts, interval_s, factory, apply)
+    async def load() -> None:
+        swap(*await asyncio.to_thread(load_core, settings.artifacts, build_core))
+        start_reloader(settings.artifacts, settings.reload_s, build_core, swap)
+
+    return run(lambda server: add_servicer(servicer, server), service_name, settings, load)

@@ -6,16 +6,17 @@ when the variant enables it) -> diversity (when the variant sets a method) -> ba
 variant has exploration slots). Each stage talks to a backend:
 
 - gRPC backends (``Grpc*``): production, one stub call with the stage's deadline;
-- local backends (``Local*``): the serving cores called in-process (tests, benchmarks).
+- in process: ``LocalBandit`` (the Thompson policy over an ``ArmCache``) or any object with the
+  backend's method (the backend protocols below; tests use small fakes).
 
-Both return a ``StageResult``, so the same chain runs either way.
+Every backend returns a ``StageResult``, so the same chain runs either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -333,10 +334,18 @@ def _result(items: Sequence[Any], version: str) -> StageResult:
     )
 
 
-class GrpcRetrieval:
+class _GrpcBackend:
+    """One stub of ``stub_class`` over ``channel``; every call has the stage's deadline ``timeout_s``."""
+
+    stub_class: Callable[[Any], Any]
+
     def __init__(self, channel: Any, timeout_s: float):
-        self.stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        self.stub = self.stub_class(channel)
         self.timeout_s = timeout_s
+
+
+class GrpcRetrieval(_GrpcBackend):
+    stub_class = retrieval_pb2_grpc.RetrievalStub
 
     async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
         request = retrieval_pb2.RetrieveRequest(user=user_to_proto(user), n=n, exclude_items=list(exclude))
@@ -344,10 +353,8 @@ class GrpcRetrieval:
         return _result(reply.items, reply.model_version)
 
 
-class GrpcRanking:
-    def __init__(self, channel: Any, timeout_s: float):
-        self.stub = ranking_pb2_grpc.RankingStub(channel)
-        self.timeout_s = timeout_s
+class GrpcRanking(_GrpcBackend):
+    stub_class = ranking_pb2_grpc.RankingStub
 
     async def rank(
         self,
@@ -367,10 +374,8 @@ class GrpcRanking:
         return _result(reply.items, reply.model_version)
 
 
-class GrpcRerank:
-    def __init__(self, channel: Any, timeout_s: float):
-        self.stub = rerank_pb2_grpc.RerankStub(channel)
-        self.timeout_s = timeout_s
+class GrpcRerank(_GrpcBackend):
+    stub_class = rerank_pb2_grpc.RerankStub
 
     async def rerank(
         self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
@@ -382,10 +387,8 @@ class GrpcRerank:
         return _result(reply.items, reply.model_version)
 
 
-class GrpcBandit:
-    def __init__(self, channel: Any, timeout_s: float):
-        self.stub = bandit_pb2_grpc.BanditStub(channel)
-        self.timeout_s = timeout_s
+class GrpcBandit(_GrpcBackend):
+    stub_class = bandit_pb2_grpc.BanditStub
 
     async def explore(
         self,
@@ -410,63 +413,7 @@ class GrpcBandit:
         return result
 
 
-# --- in-process backends (the serving cores, no gRPC) -----------------------------------------
-
-
-class LocalRetrieval:
-    """Calls ``Retriever.retrieve`` in a worker thread (so the stage deadline applies)."""
-
-    def __init__(self, retriever: Any, version: str):
-        self.retriever = retriever
-        self.version = version
-
-    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
-        ids, scores = await asyncio.to_thread(self.retriever.retrieve, user, n, exclude)
-        return StageResult(list(ids), np.asarray(scores, dtype=np.float64), self.version)
-
-
-def task_components(items: Sequence[str], per_task: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """{item: {"p_click": ..., ...}} from the Ranker's per-task probability arrays [N]."""
-    names = {task: task if task.startswith("p_") else f"p_{task}" for task in per_task}
-    return {
-        item: {names[task]: float(values[i]) for task, values in per_task.items()}
-        for i, item in enumerate(items)
-    }
-
-
-class LocalRanking:
-    def __init__(self, ranker: Any, version: str):
-        self.ranker = ranker
-        self.version = version
-
-    async def rank(
-        self,
-        user: UserFeatures,
-        items: Sequence[str],
-        scores: np.ndarray,
-        model: str,
-        weights: Mapping[str, float] | None = None,
-    ) -> StageResult:
-        ids, out, per_task = await asyncio.to_thread(
-            self.ranker.rank, user, list(items), model or "multitask", weights
-        )
-        return StageResult(
-            list(ids), np.asarray(out, dtype=np.float64), self.version, task_components(ids, per_task or {})
-        )
-
-
-class LocalRerank:
-    def __init__(self, reranker: Any, version: str):
-        self.reranker = reranker
-        self.version = version
-
-    async def rerank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
-    ) -> StageResult:
-        ids, out = await asyncio.to_thread(
-            self.reranker.rerank, user, list(items), np.asarray(scores, dtype=np.float32), model or None
-        )
-        return StageResult(list(ids), np.asarray(out, dtype=np.float64), self.version)
+# --- in-process backend (no gRPC) -------------------------------------------------------------
 
 
 class LocalBandit:

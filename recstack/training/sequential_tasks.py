@@ -169,8 +169,8 @@ class BERT4RecTaskConfig(_TrainingProfile):
 
     @classmethod
     def small(cls) -> BERT4RecTaskConfig:
-        return cls(max_len=20, dim=32, n_layers=1, n_heads=1, ffn_mult=2, batch_size=64, epochs=40, lr=3e-3,
-                   patience=8, max_minutes=0.3)  # fmt: skip
+        return cls(max_len=20, dim=32, n_layers=1, n_heads=1, ffn_mult=2, dropout=0.2, mask_prob=0.3,
+                   batch_size=64, epochs=150, lr=3e-3, patience=20, max_minutes=0.3)  # fmt: skip
 
     @classmethod
     def full(cls) -> BERT4RecTaskConfig:

@@ -23,7 +23,7 @@ from recstack.exploration.online import CONTEXTUAL_POLICIES, ContextualExplorer
 from recstack.exploration.thompson import PolicyError, ThompsonSlatePolicy
 from recstack.logging import current_request_id
 from recstack.rpc.convert import scored_items
-from recstack.rpc.loading import abort_invalid
+from recstack.rpc.servicer import abort_invalid
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc
 
 

@@ -3,8 +3,9 @@
 Invalid messages go to the dead-letter sink with their original bytes, the reason code and the
 source topic/partition/offset; valid ones are applied with one FeatureWriter call, and events whose
 Redis writes raised (e.g. WRONGTYPE) are dead-lettered too, reason ``write_failed``. An unreachable
-Redis is retried with exponential backoff (0.1 s doubling to max_backoff_s) until it succeeds or the
-task is cancelled, so the caller acknowledges (commits) the batch only after the writes landed.
+Redis (no connection, a timeout, or an error reply that says it cannot write now: OOM, READONLY,
+LOADING, ...) is retried with exponential backoff (0.1 s doubling to max_backoff_s) until it succeeds
+or the task is cancelled, so the caller acknowledges (commits) the batch only after the writes landed.
 
 Any other error of a whole batch call (a Redis ResponseError of the script itself, an encoding
 error in the client) is blamed on its content, not on Redis: the batch is split in halves and each
@@ -21,8 +22,16 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstack.events.schema import InvalidEvent, UserEvent, parse_event
@@ -167,13 +176,37 @@ class BatchProcessor:
         while True:
             try:
                 return await self.writer.apply(events)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisError, OSError) as exc:
+                if not is_transient(exc):
+                    raise
                 metrics.REDIS_RETRIES.inc()
                 log.warning(
                     "redis write of %d events failed (%s); retrying in %.1f s", len(events), exc, backoff
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+
+# Error replies of a Redis that cannot take writes right now (out of memory, a replica after a
+# failover, a busy script, a cluster moving slots; LOADING is a ConnectionError): retried like a lost
+# connection, never blamed on the events (that would dead-letter every event until it recovers).
+TRANSIENT_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    MasterDownError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that say Redis is unavailable, not that the batch is bad."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY")
 
 
 class LagTracker:

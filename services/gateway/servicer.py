@@ -187,8 +187,8 @@ class ImpressionPublisher:
 class Recommender:
     """The gateway's logic without gRPC: validate, assign, run the chain, build the reply.
 
-    ``experiments`` is read once per request; replace it (one assignment, e.g. from
-    ``ConfigWatcher``'s on_change) to switch configurations without a restart.
+    ``experiments`` is read once per request; ``use_experiments`` replaces it (one assignment:
+    the gateway's experiments watcher switches configurations without a restart).
     """
 
     def __init__(

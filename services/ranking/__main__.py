@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
+from typing import Any
 
-from recstack.rpc.loading import load_core, watch_bundle
-from recstack.rpc.server import limit_threads, run
+from recstack.rpc.loading import run_model_service
 from recstack.rpc.settings import load_settings
 from recstack.v1 import ranking_pb2_grpc
 from services.ranking.servicer import RankingServicer
@@ -15,22 +14,19 @@ from services.ranking.settings import RankingSettings
 SERVICE_NAME = "recstack.v1.Ranking"
 
 
+def build_core(bundle: Any) -> Any:
+    from recstack.serving.ranker import Ranker
+
+    return Ranker(bundle)
+
+
 def main() -> int:
-    settings = load_settings(RankingSettings)
-    limit_threads()
-    servicer = RankingServicer()
-
-    async def load() -> None:
-        from recstack.serving.ranker import Ranker
-
-        servicer.core, servicer.version = await asyncio.to_thread(load_core, settings.artifacts, Ranker)
-        watch_bundle(settings.artifacts, settings.reload_s, Ranker, servicer)
-
-    return run(
-        lambda server: ranking_pb2_grpc.add_RankingServicer_to_server(servicer, server),
+    return run_model_service(
         SERVICE_NAME,
-        settings,
-        load,
+        load_settings(RankingSettings),
+        RankingServicer(),
+        ranking_pb2_grpc.add_RankingServicer_to_server,
+        build_core,
     )
 
 

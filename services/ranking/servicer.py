@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import grpc
 
 from recstack.rpc.convert import scored_items, user_from_proto
-from recstack.rpc.loading import abort_invalid, abort_not_loaded, is_client_error
+from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.v1 import ranking_pb2, ranking_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 RANKING_MODELS = ("multitask", "ncf")
 
@@ -21,18 +16,15 @@ def task_score_name(task: str) -> str:
     return task if task.startswith("p_") else f"p_{task}"
 
 
-class RankingServicer(ranking_pb2_grpc.RankingServicer):
+class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
     """core: a ``Ranker`` (``rank(user, candidates, model, weights) -> (ids, scores, per_task)``)."""
 
-    def __init__(self, core: Any = None, version: str = ""):
-        self.core = core
-        self.version = version
+    what = "ranking"
 
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
-        if self.core is None:
-            await abort_not_loaded(context, "ranking")
+        core = await self.loaded_core(context)
         model = request.model or "multitask"
         if model not in RANKING_MODELS:
             await abort_invalid(
@@ -45,13 +37,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
             await abort_invalid(context, "candidates[].item_id must not be empty")
         weights = dict(request.task_weights) or None
         user = user_from_proto(request.user)
-        try:
-            ids, scores, per_task = self.core.rank(user, candidates, model, weights)
-        except Exception as exc:
-            if is_client_error(exc):
-                await abort_invalid(context, str(exc))
-            log.exception("Rank failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"ranking failed: {type(exc).__name__}")
+        ids, scores, per_task = await self.call_core(context, core.rank, user, candidates, model, weights)
         components = {task_score_name(t): v for t, v in (per_task or {}).items()}
         return ranking_pb2.RankResponse(
             items=scored_items(ids, scores, components), model_version=self.version

@@ -39,15 +39,8 @@ from recstack.events.producer import EventProducer
 from recstack.experiments.config import parse_experiments
 from recstack.features.keys import Keys
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.procs import REPO, service_stack, start_all, stop_all
 from tests.integration.stream_support import start_worker, stop_worker, wait_for, worker_env
-from tests.integration.test_services_chain import (
-    DOWNSTREAM,
-    REPO,
-    SERVICES,
-    Service,
-    service_env,
-    wait_serving,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -92,17 +85,15 @@ def live(
     topic = f"ab-events-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_broker, {topic: 2, f"{topic}.dlq": 1})
     prefix = f"ab{uuid.uuid4().hex[:6]}:"
-    services: dict[str, Service] = {}
-    for name in SERVICES:
-        port, mport = free_port(), free_port()
-        env = service_env(name, port, mport, small_bundle, redis_server)
-        env.update(RECSTACK_RELOAD_S="0", RECSTACK_REDIS_PREFIX=prefix)
-        services[name] = Service(name, port, mport, env, work / f"{name}.log")
+    services = service_stack(
+        small_bundle,
+        redis_server,
+        work,
+        stage_timeout_s=3,
+        RECSTACK_RELOAD_S="0",
+        RECSTACK_REDIS_PREFIX=prefix,
+    )
     gw = services["gateway"].env
-    for name in DOWNSTREAM:
-        gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
-    for stage in ("FEATURES", "RETRIEVAL", "POPULARITY", "RANKING", "RERANK", "BANDIT", "DIVERSITY"):
-        gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "3"
     gw.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_broker, RECSTACK_EVENTS_TOPIC=topic, RECSTACK_EXPERIMENTS=str(config)
     )
@@ -119,11 +110,8 @@ def live(
     )
     stream = None
     try:
-        for service in services.values():
-            service.start()
         stream = start_worker(stream_env, stream_log)
-        for service in services.values():
-            wait_serving(service)
+        start_all(services.values())
         yield {
             "services": services,
             "stream": stream,
@@ -138,8 +126,7 @@ def live(
     finally:
         if stream is not None:
             stop_worker(stream)
-        for service in services.values():
-            service.stop()
+        stop_all(services.values())
 
 
 async def call_all(

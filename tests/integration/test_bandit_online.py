@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,15 +22,14 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.exploration.linucb import redis_key
 from recstack.exploration.rewards import context_key
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.integration.procs import Service, service_env, service_stack, start_all, stop_all, wait_serving
 from tests.integration.stream_support import (
-    REPO,
     produce,
     start_worker,
     stop_worker,
@@ -61,14 +57,10 @@ def online(
     worker_log = tmp_path / "worker.log"
     worker = start_worker(env, worker_log)
     port = free_port()
-    bandit_env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
-    bandit_env.update(
-        PYTHONPATH=str(REPO),
-        REDIS_URL=redis_url,
-        RECSTACK_HOST="127.0.0.1",
-        RECSTACK_PORT=str(port),
-        RECSTACK_METRICS_PORT="0",
-        RECSTACK_ARTIFACTS=str(artifacts),
+    bandit = Service(
+        "bandit", port, 0, service_env("bandit", port, 0, artifacts, redis_url), tmp_path / "bandit.log"
+    )
+    bandit.env.update(
         RECSTACK_REDIS_PREFIX=env["RECSTACK_REDIS_PREFIX"],
         RECSTACK_ARMS_TTL_S="0.2",
         RECSTACK_LINUCB_ALPHA="0.1",
@@ -76,37 +68,23 @@ def online(
         RECSTACK_REWARD_WINDOW_S=env["RECSTACK_REWARD_WINDOW_S"],
         RECSTACK_GRACE_S="1",
     )
-    bandit_log = tmp_path / "bandit.log"
-    with bandit_log.open("ab") as out:
-        bandit = subprocess.Popen(
-            [sys.executable, "-m", "services.bandit"], cwd=REPO, env=bandit_env, stdout=out, stderr=out
-        )
+    bandit.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        health = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service="recstack.v1.Bandit"), timeout=1)
-            except grpc.RpcError:
-                return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        wait_for(serving, "the bandit service to be SERVING", bandit, bandit_log, timeout=60)
+        wait_serving(bandit, timeout_s=60)
         yield {
             "stub": bandit_pb2_grpc.BanditStub(channel),
             "bootstrap": kafka_broker,
             "topic": env["RECSTACK_EVENTS_TOPIC"],
             "prefix": env["RECSTACK_REDIS_PREFIX"],
             "redis": redis.Redis.from_url(redis_url),
-            "procs": [worker, bandit],
+            "procs": [worker, bandit.proc],
             "log": worker_log,
-            "bandit_log": bandit_log,
+            "bandit_log": bandit.log_path,
         }
     finally:
         channel.close()
-        bandit.kill()
-        bandit.wait(10)
+        bandit.stop()
         stop_worker(worker)
 
 
@@ -193,8 +171,6 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
     -> the bandit records the explored context under the gateway's request id -> the gateway's
     impression and a click with that request id go through Kafka and the stream -> the LinUCB
     statistics of the explored item change in Redis."""
-    from tests.integration.test_services_chain import SERVICES, Service, service_env, wait_serving
-
     experiments = tmp_path / "experiments.json"
     experiments.write_text(json.dumps({"default_pipeline": {"bandit": {"policy": "linucb", "slots": 1}}}))
     env = worker_env(
@@ -203,18 +179,15 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
     prefix, topic = env["RECSTACK_REDIS_PREFIX"], env["RECSTACK_EVENTS_TOPIC"]
     worker_log = tmp_path / "worker.log"
     worker = start_worker(env, worker_log)
-    services: dict[str, Service] = {}
-    for name in SERVICES:
-        port, mport = free_port(), free_port()
-        senv = service_env(name, port, mport, small_bundle, redis_url)
-        senv.update(RECSTACK_REDIS_PREFIX=prefix, RECSTACK_RELOAD_S="0")
-        services[name] = Service(name, port, mport, senv, tmp_path / f"{name}.log")
-    gw = services["gateway"].env
-    for name in ("retrieval", "ranking", "rerank", "bandit"):
-        gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
-    for stage in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK", "BANDIT"):
-        gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "5"
-    gw.update(
+    services = service_stack(
+        small_bundle,
+        redis_url,
+        tmp_path,
+        stage_timeout_s=5,
+        RECSTACK_REDIS_PREFIX=prefix,
+        RECSTACK_RELOAD_S="0",
+    )
+    services["gateway"].env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_broker,
         RECSTACK_EVENTS_TOPIC=topic,
         RECSTACK_EXPERIMENTS=str(experiments),
@@ -222,10 +195,7 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
     services["bandit"].env.update(RECSTACK_LINUCB_EPSILON="0", RECSTACK_REWARD_WINDOW_S="600")
     r = redis.Redis.from_url(redis_url)
     try:
-        for service in services.values():
-            service.start()
-        for service in services.values():
-            wait_serving(service)
+        start_all(services.values())
         version = (small_bundle / "CURRENT").read_text().strip()
         user = str(json.loads((small_bundle / version / "users.json").read_text())["user_ids"][0])
         with grpc.insecure_channel(f"127.0.0.1:{services['gateway'].port}") as channel:
@@ -255,6 +225,5 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         )
     finally:
         r.close()
-        for service in services.values():
-            service.stop()
+        stop_all(services.values())
         stop_worker(worker)

@@ -8,7 +8,6 @@ recovery after restart, and graceful shutdown.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,79 +28,18 @@ from recstack.devstack.embedded import ensure_topics, free_port
 from recstack.events.schema import parse_event
 from recstack.features.keys import Keys
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.procs import (
+    REPO,
+    SERVICES,
+    Service,
+    service_env,
+    service_stack,
+    start_all,
+    stop_all,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-DOWNSTREAM = {
-    "retrieval": "recstack.v1.Retrieval",
-    "ranking": "recstack.v1.Ranking",
-    "rerank": "recstack.v1.Rerank",
-    "bandit": "recstack.v1.Bandit",
-}
-SERVICES = {**DOWNSTREAM, "gateway": "recstack.v1.Gateway"}
-
-
-@dataclass
-class Service:
-    name: str
-    port: int
-    metrics_port: int
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def service_env(name: str, port: int, metrics_port: int, artifacts: Path, redis_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
-    env.update(
-        RECSTACK_HOST="127.0.0.1",
-        RECSTACK_PORT=str(port),
-        RECSTACK_METRICS_PORT=str(metrics_port),
-        RECSTACK_ARTIFACTS=str(artifacts),
-        RECSTACK_GRACE_S="3",
-        REDIS_URL=redis_url,
-        PYTHONPATH=str(REPO),
-    )
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    return env
-
-
-def wait_serving(service: Service, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert service.proc is not None
-            if service.proc.poll() is not None:
-                pytest.fail(f"{service.name} exited with {service.proc.returncode}:\n{service.log_tail()}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICES[service.name]), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    pytest.fail(f"{service.name} not SERVING after {timeout_s} s:\n{service.log_tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -113,30 +50,16 @@ def stack(
     # A private copy: the hot-reload test moves its CURRENT.
     artifacts = tmp_path_factory.mktemp("artifacts") / "bundle"
     shutil.copytree(small_bundle, artifacts)
-    services: dict[str, Service] = {}
-    for name in SERVICES:
-        port, mport = free_port(), free_port()
-        env = service_env(name, port, mport, artifacts, redis_server)
-        env["RECSTACK_RELOAD_S"] = "0.5"
-        services[name] = Service(name, port, mport, env, logs / f"{name}.log")
+    services = service_stack(artifacts, redis_server, logs, stage_timeout_s=3, RECSTACK_RELOAD_S="0.5")
     gw = services["gateway"].env
-    for name in DOWNSTREAM:
-        gw[f"{name.upper()}_ADDR"] = f"127.0.0.1:{services[name].port}"
-    # Generous deadlines: the CI machine is small and shared; failures are tested by killing.
-    for stage in ("FEATURES", "RETRIEVAL", "POPULARITY", "RANKING", "RERANK", "BANDIT"):
-        gw[f"RECSTACK_{stage}_TIMEOUT_S"] = "3"
     gw["KAFKA_BOOTSTRAP_SERVERS"] = kafka_broker
     gw["RECSTACK_EVENTS_TOPIC"] = f"impressions-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_broker, {gw["RECSTACK_EVENTS_TOPIC"]: 1})
     try:
-        for service in services.values():
-            service.start()
-        for service in services.values():
-            wait_serving(service)
+        start_all(services.values())
         yield services
     finally:
-        for service in services.values():
-            service.stop()
+        stop_all(services.values())
 
 
 @pytest.fixture(scope="module")

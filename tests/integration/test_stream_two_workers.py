@@ -67,16 +67,20 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
             return sum(int(r.hget(f"{prefix}user:{u}:stats", "total") or 0) for u in users) >= len(events)
 
         wait_for(done, "every event in redis", procs, log)
-        per_worker = [
-            sum(v for _, v in samples(scrape(port), "recstack_stream_events_total")) for port in ports
-        ]
+
+        def counted() -> list[float] | None:  # incremented right after each batch's writes: poll
+            text = [scrape(port) for port in ports]
+            counts = [sum(v for _, v in samples(t, "recstack_stream_events_total")) for t in text]
+            return counts if sum(counts) >= len(events) else None
+
+        counts = wait_for(counted, "the events counters of both workers", procs, log)
         assert all(procs[n].poll() is None for n in range(2))
     finally:
         for proc in procs:
             stop_worker(proc)
 
     # (more than len(events) only if a rebalance replayed a batch: a no-op for the features)
-    assert sum(per_worker) >= len(events) and min(per_worker) > 0, per_worker
+    assert sum(counts) >= len(events) and min(counts) > 0, counts
     for user in users:
         stats = r.hgetall(f"{prefix}user:{user}:stats")
         assert int(stats["total"]) == 30, user

@@ -171,3 +171,38 @@ def test_offsets_commit_only_after_redis_writes(
             if proc is not None:
                 stop_worker(proc)
         server.stop()
+
+
+def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
+    kafka_broker: str, kafka_topic: Callable[..., str], artifacts: Path, tmp_path: Path
+) -> None:
+    """Redis goes away and comes back on the same port: the same worker retries with backoff,
+    stays alive, then writes everything that arrived meanwhile, in order, once."""
+    server = EmbeddedRedis(log_dir=tmp_path).start()
+    port = server.port
+    env = worker_env(
+        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), server.url, artifacts, free_port()
+    )
+    p, metrics_port = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"])
+    log = tmp_path / "worker.log"
+    proc = start_worker(env, log)
+    items = [f"i{n}" for n in range(20)]
+    send = [(b"u", event_to_json(new_event("u", "view", item))) for item in items]
+    try:
+        asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[:1]))
+        r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        wait_for(lambda: r.exists(f"{p}user:u:stats"), "the first event in redis", proc, log)
+        r.close()  # an open client would keep the port in FIN-WAIT-2, and the restart on it would fail
+        server.stop()
+        asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[1:]))
+        retries = "recstack_stream_redis_retries_total "
+        wait_for(lambda: metric(metrics_port, retries) >= 2, "redis write retries", proc, log)
+        server = EmbeddedRedis(port=port, log_dir=tmp_path).start()  # empty: only the new writes land
+        r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        wait_for(lambda: r.hget(f"{p}user:u:stats", "view") == "19", "the events held back", proc, log)
+        assert r.lrange(f"{p}user:u:recent_items", 0, -1) == items[1:][::-1]
+        r.close()
+        assert proc.poll() is None
+    finally:
+        stop_worker(proc)
+        server.stop()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from recstack.events import UserEvent, event_to_json, new_event
 from recstack.features.writer import ApplyResult
@@ -148,3 +148,28 @@ def test_lag_tracker_reports_assigned_partitions_and_drops_revoked(monkeypatch: 
     tracker.update([("ev", 1)], {("ev", 1): 9}, {("ev", 1): 7})  # p0 revoked
     assert (lag(0), lag(1)) == (None, 2.0)
     assert tracker.unknown([("ev", 0)]) == [("ev", 0)]
+
+
+class OutOfMemoryWriter:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.applied = 0
+
+    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+        if self.failures:
+            self.failures -= 1
+            # what redis-py raises for the reply "OOM command not allowed when used memory > ..."
+            raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+        self.applied += len(events)
+        return ApplyResult(len(events), 0, 0)
+
+
+async def test_redis_refusing_writes_is_retried_not_dead_lettered() -> None:
+    async def sink(message: RawMessage, reason: str, detail: str) -> None:
+        raise AssertionError("an OOM Redis must not dead-letter the events")
+
+    writer = OutOfMemoryWriter(failures=2)
+    processor = BatchProcessor(writer, sink, initial_backoff_s=0.001, max_backoff_s=0.002)  # type: ignore[arg-type]
+    values = [event_to_json(new_event("u1", "view", f"i{n}")) for n in range(3)]
+    outcome = await processor.process([msg(v, n) for n, v in enumerate(values)])
+    assert outcome.applied == 3 and writer.failures == 0 and writer.applied == 3

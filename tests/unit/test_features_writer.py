@@ -284,3 +284,22 @@ async def test_zero_half_life_keeps_plain_weighted_counts(client: aioredis.Redis
     await writer.apply([ev("a", "click", "i1", T0), ev("a", "click", "i1", T0 + 1e6)])
     assert await client.zscore("items:popularity", "i1") == 2.0
     assert await client.exists("items:popularity:epoch") == 0
+
+
+async def test_redis_out_of_memory_fails_the_whole_call(client: aioredis.Redis) -> None:
+    """maxmemory reached: the call raises (the stream retries it) instead of reporting every event
+    as failed (which would dead-letter them); the events applied before the error stay applied once."""
+    from redis.exceptions import OutOfMemoryError
+
+    writer = FeatureWriter(client)
+    first = ev("u", "view", "i1")
+    await writer.apply([first])
+    await client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(OutOfMemoryError):
+            await writer.apply([ev("u", "view", "i2")])
+    finally:
+        await client.config_set("maxmemory", "0")
+    result = await writer.apply([first, ev("u", "view", "i2")])
+    assert (result.applied, result.duplicates) == (1, 1)
+    assert await client.lrange("user:u:recent_items", 0, -1) == ["i2", "i1"]
