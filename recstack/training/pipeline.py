@@ -100,8 +100,9 @@ class TrainConfig:
             ),
             "multitask": ModelPlan(
                 {"dim": 32, "bottom": (128, 64), "tower": 32},
-                RankerTaskConfig(batch_size=1024, n_negatives=8, softmax_weight=1.0),
-                TrainerConfig(epochs=30, lr=3e-3, patience=3, eval_every=2, max_minutes=3.0),
+                # popularity^0.75 negatives: the ranker sees retrieval candidates, which lean popular
+                RankerTaskConfig(batch_size=1024, n_negatives=8, neg_power=0.75, softmax_weight=1.0),
+                TrainerConfig(epochs=30, lr=3e-3, patience=3, eval_every=2, max_minutes=2.5),
             ),
             "bpr_mf": ModelPlan(
                 {"dim": 64},

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,12 @@ def wait_serving(service: Service, timeout_s: float = 120.0) -> None:
                 pass
             time.sleep(0.2)
     pytest.fail(f"{service.name} not SERVING after {timeout_s} s:\n{service.log_tail()}")
+
+
+def metrics(service: Service) -> str:
+    """The service's Prometheus /metrics text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
 
 
 def service_stack(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +38,7 @@ from recstack.events.producer import EventProducer
 from recstack.experiments.config import parse_experiments
 from recstack.features.keys import Keys
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.integration.procs import REPO, service_stack, start_all, stop_all
+from tests.integration.procs import REPO, metrics, service_stack, start_all, stop_all
 from tests.integration.stream_support import start_worker, stop_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -259,9 +258,7 @@ def test_aa_and_planted_lift_through_the_live_stack(live: dict) -> None:
     assert f"| treatment | 0.500 | {expected_users} |" in md
 
     # Gateway metrics of the same run.
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5).read().decode()
-    )
+    text = metrics(gateway)
     assert (
         'recstack_gateway_requests_total{experiment="lift-test",outcome="qa",variant="treatment"} 1.0' in text
     )

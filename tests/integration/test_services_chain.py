@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.integration.procs import (
     REPO,
     SERVICES,
     Service,
+    metrics,
     service_env,
     service_stack,
     start_all,
@@ -82,11 +82,6 @@ def recommend(
 ) -> gateway_pb2.RecommendResponse:
     with grpc.insecure_channel(f"127.0.0.1:{stack['gateway'].port}") as channel:
         return gateway_pb2_grpc.GatewayStub(channel).Recommend(request, timeout=20)
-
-
-def metrics(service: Service) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
 
 
 def test_recommend_runs_the_full_chain(stack: dict[str, Service], known_user: tuple[str, list[str]]) -> None:

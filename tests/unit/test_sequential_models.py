@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from recstack.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recstack.models.gru4rec import GRU4Rec, GRU4RecConfig
 from recstack.models.sasrec import SASRec, SASRecConfig
-from recstack.models.sequential_common import PAD_SCORE, as_history_tensor, attention_mask
+from recstack.models.sequential_common import PAD_SCORE, Dropout, as_history_tensor, attention_mask
 
 N_ITEMS = 25
 MAX_LEN = 8
@@ -135,3 +137,35 @@ def test_bad_config_is_rejected() -> None:
         BERT4Rec(BERT4RecConfig(n_items=5, max_len=1))
     with pytest.raises(ValueError, match="positive"):
         GRU4Rec(GRU4RecConfig(n_items=0))
+
+
+def test_dropout_is_inverted_and_off_in_eval() -> None:
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(200, 500)
+    y = drop(x)
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.01
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
+    assert abs(float(y.mean()) - 1.0) < 0.02
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bundle_round_trip(name: str, tmp_path: Path) -> None:
+    """Config (JSON) + safetensors weights rebuild a model that scores identically."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from recstack.artifacts.registry import build_model, model_spec
+
+    model = make(name)
+    spec = json.loads(json.dumps(model_spec(model)))
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    rebuilt = build_model(spec)
+    rebuilt.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    rebuilt.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.score_all(histories()), model.score_all(histories()))

@@ -1,0 +1,69 @@
+"""recstack.rpc.servicer.ModelServicer through the ranking servicer on a real grpc.aio server:
+not loaded -> UNAVAILABLE, request errors -> INVALID_ARGUMENT, core failures -> INTERNAL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+
+from recstack.features.types import UserFeatures
+from recstack.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from services.ranking.servicer import RankingServicer
+
+
+class FakeRanker:
+    def rank(
+        self, user: UserFeatures, candidates: list[str], model: str, weights: dict | None
+    ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+        if "bad" in candidates:
+            raise ValueError("candidate 'bad' is not in the bundle")
+        if "boom" in candidates:
+            raise RuntimeError("broken model")
+        scores = np.arange(len(candidates), dtype=np.float64)
+        return candidates[::-1], scores[::-1], {"click": scores[::-1] / 10}
+
+
+@pytest.fixture
+async def stub_and_servicer() -> AsyncIterator[tuple[ranking_pb2_grpc.RankingStub, RankingServicer]]:
+    servicer = RankingServicer()
+    server = grpc.aio.server()
+    ranking_pb2_grpc.add_RankingServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield ranking_pb2_grpc.RankingStub(channel), servicer
+    await channel.close()
+    await server.stop(0)
+
+
+def request(*items: str) -> ranking_pb2.RankRequest:
+    return ranking_pb2.RankRequest(candidates=[common_pb2.ScoredItem(item_id=x) for x in items])
+
+
+async def test_status_codes_of_a_model_servicer(
+    stub_and_servicer: tuple[ranking_pb2_grpc.RankingStub, RankingServicer],
+) -> None:
+    stub, servicer = stub_and_servicer
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Rank(request("a"))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "ranking is still loading" in info.value.details()
+
+    servicer.core, servicer.version = FakeRanker(), "v7"
+    reply = await stub.Rank(request("a", "b"))
+    assert [x.item_id for x in reply.items] == ["b", "a"]
+    assert reply.items[0].scores["p_click"] == pytest.approx(0.1)
+    assert reply.model_version == "v7"
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Rank(request("a", "bad"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "candidate 'bad' is not in the bundle"
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Rank(request("boom"))
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "ranking failed: RuntimeError"
