@@ -35,12 +35,14 @@ class SASRecConfig:
     n_heads: int = 2
     ffn_mult: int = 1  # feed-forward width = ffn_mult * dim (SASRec uses dim)
     dropout: float = 0.2
+    attn_dropout: float = 0.0  # dropout on the attention weights
 
     def validate(self) -> None:
         if self.n_items < 1 or self.max_len < 1 or self.dim < 1 or self.n_layers < 1:
             raise ValueError(f"SASRecConfig needs positive n_items, max_len, dim, n_layers: {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SASRecConfig.dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"SASRecConfig.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 class SASRec(SequentialRecommender):
@@ -55,7 +57,9 @@ class SASRec(SequentialRecommender):
         self.out_bias = nn.Parameter(torch.zeros(config.n_items + 1))
         self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(config.dim, config.n_heads, config.ffn_mult * config.dim, config.dropout)
+            TransformerBlock(
+                config.dim, config.n_heads, config.ffn_mult * config.dim, config.dropout, config.attn_dropout
+            )
             for _ in range(config.n_layers)
         )
         self.norm = nn.LayerNorm(config.dim)

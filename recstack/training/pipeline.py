@@ -74,13 +74,13 @@ class TrainConfig:
 
         plans = {
             "two_tower": ModelPlan(
-                {"dim": 32, "hidden": 64},
+                {"dim": 32, "hidden": 64, "pooling": "attention"},
                 TwoTowerTaskConfig(batch_size=256),
                 TrainerConfig(epochs=15, lr=3e-3, patience=3, max_minutes=0.3),
             ),
             "multitask": ModelPlan(
-                {"dim": 16, "bottom": (64, 32), "tower": 16},
-                RankerTaskConfig(batch_size=512, n_negatives=4),
+                {"dim": 16, "bottom": (64, 32), "tower": 16, "pooling": "attention"},
+                RankerTaskConfig(batch_size=512, n_negatives=4, neg_power=0.75, softmax_weight=1.0),
                 TrainerConfig(epochs=8, lr=3e-3, patience=2, max_minutes=0.2),
             ),
         }
@@ -94,12 +94,12 @@ class TrainConfig:
 
         plans = {
             "two_tower": ModelPlan(
-                {"dim": 64, "hidden": 128},
+                {"dim": 64, "hidden": 128, "pooling": "attention"},
                 TwoTowerTaskConfig(batch_size=512),
                 TrainerConfig(epochs=40, lr=1e-3, patience=3, max_minutes=1.5),
             ),
             "multitask": ModelPlan(
-                {"dim": 32, "bottom": (128, 64), "tower": 32},
+                {"dim": 32, "bottom": (128, 64), "tower": 32, "pooling": "attention"},
                 # popularity^0.75 negatives: the ranker sees retrieval candidates, which lean popular
                 RankerTaskConfig(batch_size=1024, n_negatives=8, neg_power=0.75, softmax_weight=1.0),
                 TrainerConfig(epochs=30, lr=3e-3, patience=3, eval_every=2, max_minutes=2.5),

@@ -131,6 +131,8 @@ def test_bad_input_is_rejected(name: str) -> None:
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="dropout"):
         SASRec(SASRecConfig(n_items=5, dropout=1.5))
+    with pytest.raises(ValueError, match="attn_dropout"):
+        SASRec(SASRecConfig(n_items=5, attn_dropout=-0.1))
     with pytest.raises(ValueError, match="divisible"):
         SASRec(SASRecConfig(n_items=5, dim=10, n_heads=3))
     with pytest.raises(ValueError, match="max_len >= 2"):
