@@ -21,7 +21,7 @@ import torch
 from recstack.data import load_dataset
 from recstack.evaluation import leave_one_out
 from recstack.training.sequential_tasks import CONFIGS, build_task
-from recstack.training.trainer import TrainerConfig, fit
+from recstack.training.trainer import TrainerConfig, fit, seed_everything
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         base = getattr(CONFIGS[name], args.profile)()
         cfg = dataclasses.replace(base, **overrides.get(name, {}))
+        seed_everything(args.seed)  # the initial weights come from the global generators
         task = build_task(name, split, None, cfg)
         trainer = TrainerConfig(seed=args.seed, progress=args.progress, **cfg.trainer_overrides())
         result = fit(task, split, trainer)

@@ -6,24 +6,29 @@ Layout (docs/DESIGN.md)::
       CURRENT                  one line: the version directory name (atomic replace)
       <version>/manifest.json  {"format", "version", "created_at", "recstack_version", "data_spec",
                                 "models", "serving"}
-      <version>/catalog.json   {"item_ids", "genres", "titles", "genre_vocab", "popularity"}
+      <version>/catalog.json   {"item_ids", "genres", "titles", "genre_vocab", "popularity",
+                                "created_at"}
       <version>/users.json     {"user_ids": [...]}
       <version>/<model>.safetensors + <model>.json ({"class", "config"})
       <version>/metrics.json
 
 ``catalog["item_ids"][i - 1]`` is the id of item index i and ``users.json["user_ids"][u - 1]`` the
 id of user index u (index 0 = padding / unknown). Weights are read with safetensors (no pickle).
+``catalog["created_at"]`` = ``{item_id: unix s}`` for the catalogue items with a known creation time
+(the gateway's freshness metric); bundles written before it have no such key and load as {}.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,12 +93,15 @@ def save_bundle(
     metrics: dict[str, Any],
     data_spec: str,
     serving: dict[str, Any] | None = None,
+    created_at: Mapping[str, int] | None = None,
     update_current: bool = True,
 ) -> Path:
     """Write a new version directory under ``out_dir`` (and point CURRENT at it); return its path.
 
     ``models``: name -> module (classes known to :mod:`recstack.artifacts.registry`);
-    ``serving``: settings the serving cores read (e.g. ``{"rerank": {"blend": 0.6}}``).
+    ``serving``: settings the serving cores read (e.g. ``{"rerank": {"blend": 0.6}}``);
+    ``created_at``: item id -> creation time (unix s); catalog.json keeps the entries of
+    ``item_ids`` (items without one are left out).
     The version directory is written under a temporary name and renamed when complete.
     """
     out_dir = Path(out_dir)
@@ -124,6 +132,7 @@ def save_bundle(
                 "titles": {i: titles.get(i, "") for i in item_ids},
                 "genre_vocab": list(genre_vocab),
                 "popularity": list(popularity),
+                "created_at": {i: int(created_at[i]) for i in item_ids if i in (created_at or {})},
             },
         )
         _write_json(tmp / "users.json", {"user_ids": list(user_ids)})
@@ -170,6 +179,28 @@ def resolve_version_dir(path: Path) -> Path:
     return vdir
 
 
+def _created_at_map(raw: Any, path: Path) -> dict[str, int]:
+    """catalog.json ``created_at`` as {item: int}; a non-map or non-numeric entries are dropped
+    with a warning (the field only feeds a metric, so a bad value must not stop a bundle loading)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        logger.warning("%s: catalog.json 'created_at' is not a map; ignored", path)
+        return {}
+    out: dict[str, int] = {}
+    for item, ts in raw.items():
+        number = isinstance(ts, int | float) and not isinstance(ts, bool)
+        if number and (math.isfinite(ts) if isinstance(ts, float) else True) and abs(ts) < 2**62:
+            out[str(item)] = int(ts)
+    if len(out) != len(raw):
+        logger.warning(
+            "%s: %d catalog.json 'created_at' entries are not unix seconds; ignored",
+            path,
+            len(raw) - len(out),
+        )
+    return out
+
+
 @dataclass
 class Bundle:
     """A loaded bundle. ``model(name)`` builds and caches the module (eval mode)."""
@@ -189,6 +220,7 @@ class Bundle:
         genres = self.catalog.get("genres", {})
         lists = [[]] + [genres.get(i, []) for i in self.catalog["item_ids"]]
         self.item_genres = ItemGenres.from_lists(lists, self.genre_vocab)
+        self._created_at = _created_at_map(self.catalog.get("created_at"), self.path)
         self._models: dict[str, torch.nn.Module] = {}
         self._lock = threading.Lock()
 
@@ -203,6 +235,11 @@ class Bundle:
     @property
     def popularity(self) -> list[str]:
         return list(self.catalog.get("popularity", []))
+
+    @property
+    def created_at(self) -> dict[str, int]:
+        """Item id -> creation time (unix s) from catalog.json; {} for bundles without the field."""
+        return dict(self._created_at)
 
     @property
     def model_names(self) -> list[str]:

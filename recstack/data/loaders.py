@@ -6,23 +6,33 @@ source file's row order. Choices for imperfect input, applied by :func:`finalize
 - duplicate interaction rows are kept: implicit feedback counts every row;
 - an interaction whose item is missing from the items file is kept, and the item is added to the
   catalogue with no genres and an empty title (a warning is logged with the count);
-- items without genres get an empty list; duplicate item rows keep the first (warning logged).
+- items without genres get an empty list; duplicate item rows keep the first (warning logged);
+- item creation time (``created_at``, unix s, nullable ``Int64``; see schema.py): an optional
+  ``created_at`` column of the items file (unix seconds or an ISO date / date-time, empty =
+  unknown; anything else is a DataError naming file, row and column); MovieLens 100K takes u.item's
+  release date ("01-Jan-1995", empty = unknown); the other MovieLens releases have no date field,
+  so the year in the title, "Toy Story (1995)", is read as 1 January of that year, 00:00 UTC
+  (a title without a year = unknown). Items added for interactions have no created_at.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recstack.data.schema import DataError, Dataset
+from recstack.data.schema import CREATED_AT_DTYPE, DataError, Dataset
 
 logger = logging.getLogger(__name__)
 
 INTERACTION_REQUIRED = ("user_id", "item_id", "timestamp")
 IMPLICIT_EVENT = "interaction"
+# Latest accepted created_at (9999-12-31T23:59:59Z); larger values are usually milliseconds.
+MAX_CREATED_AT = 253_402_300_799
+TITLE_YEAR = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")  # "Heat (1995)", "Show (2007-)"
 
 
 def _require_file(path: Path, hint: str) -> Path:
@@ -87,6 +97,64 @@ def _timestamp_column(s: pd.Series, source: str) -> np.ndarray:
     return seconds.to_numpy(dtype=np.int64)
 
 
+def _missing_created_at(n: int) -> pd.Series:
+    return pd.Series(pd.array([pd.NA] * n, dtype=CREATED_AT_DTYPE))
+
+
+def created_at_column(s: pd.Series, source: str, column: str = "created_at") -> pd.Series:
+    """Item creation times as a nullable ``Int64`` Series (unix s, ``pd.NA`` when empty).
+
+    Each value may be unix seconds (integer or float, floored) or an ISO date / date-time (naive =
+    UTC). Anything else raises DataError naming ``source``, the data row and ``column``.
+    """
+    s = s.reset_index(drop=True)
+    n = len(s)
+    if pd.api.types.is_datetime64_any_dtype(s):
+        parsed = s.dt.tz_localize("UTC") if getattr(s.dt, "tz", None) is None else s.dt.tz_convert("UTC")
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        return seconds.astype(CREATED_AT_DTYPE)
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_string_dtype(s.dtype):  # text (object or str): blank = missing
+        text = s.astype(object).where(~missing, "").astype(str).str.strip()
+        missing = missing | (text == "").to_numpy()
+        raw: pd.Series = text.where(~missing)
+    else:
+        text, raw = s.astype(str), s
+    values = np.zeros(n, dtype=np.int64)
+    num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    numeric = ~missing & np.isfinite(num)
+    values[numeric] = np.floor(num[numeric]).clip(-MAX_CREATED_AT, MAX_CREATED_AT).astype(np.int64)
+    rest = ~missing & ~numeric
+    if rest.any():
+        dates = pd.to_datetime(text[rest], errors="coerce", utc=True, format="mixed")
+        bad = dates.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(rest)[np.flatnonzero(bad)[0]])
+            raise DataError(
+                f"{source}: column '{column}' value {s.iloc[row]!r} at data row {row} (0-based, header "
+                "excluded) is neither unix seconds nor an ISO date; leave it empty when unknown"
+            )
+        values[rest] = ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    too_big = numeric & (np.abs(num) > MAX_CREATED_AT)
+    if too_big.any():
+        row = _first_bad_row(too_big)
+        raise DataError(
+            f"{source}: column '{column}' value {s.iloc[row]!r} at data row {row} (0-based, header "
+            "excluded) is beyond the year 9999; created_at must be unix seconds (not milliseconds)"
+        )
+    out = pd.array(values, dtype=CREATED_AT_DTYPE)
+    out[missing] = pd.NA
+    return pd.Series(out)
+
+
+def title_year_created_at(titles: pd.Series) -> pd.Series:
+    """1 January (00:00 UTC) of the year at the end of each title, "Heat (1995)"; pd.NA without one."""
+    years = titles.fillna("").astype(str).str.extract(TITLE_YEAR, expand=False)
+    stamps = pd.to_datetime(years, format="%Y", errors="coerce", utc=True)
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return seconds.astype(CREATED_AT_DTYPE).reset_index(drop=True)
+
+
 def _rating_column(s: pd.Series, source: str) -> np.ndarray:
     num = pd.to_numeric(s, errors="coerce")
     bad = num.isna().to_numpy() & s.notna().to_numpy()
@@ -146,8 +214,17 @@ def items_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     ids = _id_column(df, "item_id", source)
     genres = df["genres"].map(split_genres) if "genres" in df.columns else pd.Series([[]] * len(df))
     title = df["title"].fillna("").astype(str) if "title" in df.columns else pd.Series([""] * len(df))
+    if "created_at" in df.columns:
+        created = created_at_column(df["created_at"], source)
+    else:
+        created = _missing_created_at(len(df))
     out = pd.DataFrame(
-        {"item_id": ids.to_numpy(dtype=object), "genres": list(genres), "title": title.to_numpy(dtype=object)}
+        {
+            "item_id": ids.to_numpy(dtype=object),
+            "genres": list(genres),
+            "title": title.to_numpy(dtype=object),
+            "created_at": created.array,
+        }
     )
     dup = out["item_id"].duplicated().to_numpy()
     if dup.any():
@@ -162,9 +239,12 @@ def items_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def finalize(name: str, interactions: pd.DataFrame, items: pd.DataFrame | None) -> Dataset:
-    """Add catalogue rows (no genres, empty title) for interaction items missing from ``items``."""
+    """Add catalogue rows (no genres, empty title, no created_at) for interaction items missing
+    from ``items``; add an all-missing ``created_at`` column when ``items`` has none."""
     if items is None:
         items = pd.DataFrame({"item_id": pd.Series([], dtype=object), "genres": [], "title": []})
+    if "created_at" not in items.columns:
+        items = items.assign(created_at=_missing_created_at(len(items)).array)
     seen = pd.unique(interactions["item_id"].to_numpy())
     known = set(items["item_id"])
     extra = [i for i in seen if i not in known]
@@ -179,7 +259,14 @@ def finalize(name: str, interactions: pd.DataFrame, items: pd.DataFrame | None) 
         items = pd.concat(
             [
                 items,
-                pd.DataFrame({"item_id": extra, "genres": [[] for _ in extra], "title": [""] * len(extra)}),
+                pd.DataFrame(
+                    {
+                        "item_id": extra,
+                        "genres": [[] for _ in extra],
+                        "title": [""] * len(extra),
+                        "created_at": _missing_created_at(len(extra)).array,
+                    }
+                ),
             ],
             ignore_index=True,
         )
@@ -188,7 +275,7 @@ def finalize(name: str, interactions: pd.DataFrame, items: pd.DataFrame | None) 
 
 def load_csv(interactions_path: str | Path, items_path: str | Path | None = None) -> Dataset:
     """Generic schema: interactions user_id,item_id,timestamp[,event_type][,rating];
-    items item_id[,genres "A|B"][,title]. CSV or Parquet."""
+    items item_id[,genres "A|B"][,title][,created_at (unix s or ISO date)]. CSV or Parquet."""
     ipath = Path(interactions_path)
     inter = interactions_frame(_read_table(ipath), str(ipath))
     items = None
@@ -199,8 +286,9 @@ def load_csv(interactions_path: str | Path, items_path: str | Path | None = None
 
 
 def load_ml100k(directory: str | Path) -> Dataset:
-    """MovieLens 100K: u.data (user item rating timestamp, tab), u.item (pipe, latin-1, 19 genre
-    flags), u.genre (genre names)."""
+    """MovieLens 100K: u.data (user item rating timestamp, tab), u.item (pipe, latin-1: id, title,
+    release date "01-Jan-1995" -> created_at, video release, URL, 19 genre flags), u.genre (genre
+    names)."""
     d = Path(directory)
     data = _require_file(d / "u.data", "expected the MovieLens 100K directory (u.data, u.item, u.genre)")
     raw = pd.read_csv(
@@ -229,15 +317,44 @@ def load_ml100k(directory: str | Path) -> Dataset:
         flags = raw_items[[f"g{k}" for k in range(len(names))]].to_numpy() == "1"
         genres = [[names[k] for k in np.flatnonzero(row)] for row in flags]
         items = items_frame(
-            pd.DataFrame({"item_id": raw_items["item_id"], "title": raw_items["title"], "genres": genres}),
+            pd.DataFrame(
+                {
+                    "item_id": raw_items["item_id"],
+                    "title": raw_items["title"],
+                    "genres": genres,
+                    "created_at": _release_dates(raw_items["release"], str(d / "u.item")).array,
+                }
+            ),
             str(d / "u.item"),
         )
     return finalize("ml-100k", inter, items)
 
 
+def _release_dates(s: pd.Series, source: str) -> pd.Series:
+    """u.item release dates "01-Jan-1995" -> unix s (Int64); empty -> pd.NA; else DataError."""
+    text = s.fillna("").astype(str).str.strip().reset_index(drop=True)
+    stamps = pd.to_datetime(text, format="%d-%b-%Y", errors="coerce", utc=True)
+    bad = (stamps.isna() & (text != "")).to_numpy()
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise DataError(
+            f"{source}: column 3 (release date) value {text.iloc[row]!r} at line {row + 1} is not a "
+            "date like 01-Jan-1995"
+        )
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype(CREATED_AT_DTYPE)
+
+
+def _with_title_years(items: pd.DataFrame) -> pd.DataFrame:
+    """Fill missing created_at from the title's year (MovieLens files have no better field)."""
+    years = title_year_created_at(items["title"])
+    created = items["created_at"].reset_index(drop=True)
+    return items.assign(created_at=created.fillna(years).astype(CREATED_AT_DTYPE).array)
+
+
 def load_movielens(directory: str | Path) -> Dataset:
     """MovieLens latest / small / 20M / 25M (ratings.csv + movies.csv) or 1M / 10M (ratings.dat +
-    movies.dat, '::' separated, latin-1)."""
+    movies.dat, '::' separated, latin-1). created_at = 1 January of the title's year, "(1995)",
+    unless movies.csv has a ``created_at`` column."""
     d = Path(directory)
     if (d / "ratings.csv").is_file():
         raw = _read_table(d / "ratings.csv")
@@ -246,14 +363,16 @@ def load_movielens(directory: str | Path) -> Dataset:
         items = None
         if (d / "movies.csv").is_file():
             m = _read_table(d / "movies.csv").rename(columns={"movieId": "item_id"})
-            items = items_frame(m, str(d / "movies.csv"))
+            items = _with_title_years(items_frame(m, str(d / "movies.csv")))
     elif (d / "ratings.dat").is_file():
         raw = _read_dat(d / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
         inter = interactions_frame(raw.assign(event_type="rating"), str(d / "ratings.dat"))
         items = None
         if (d / "movies.dat").is_file():
-            items = items_frame(
-                _read_dat(d / "movies.dat", ["item_id", "title", "genres"]), str(d / "movies.dat")
+            items = _with_title_years(
+                items_frame(
+                    _read_dat(d / "movies.dat", ["item_id", "title", "genres"]), str(d / "movies.dat")
+                )
             )
     else:
         raise DataError(

@@ -10,6 +10,9 @@ import pandas as pd
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "rating")
 ITEM_COLUMNS = ("item_id", "genres", "title")
+# Optional item columns: a Dataset built by hand may leave them out (= missing for every item).
+ITEM_OPTIONAL_COLUMNS = ("created_at",)
+CREATED_AT_DTYPE = "Int64"  # pandas nullable int64: unix seconds, pd.NA when unknown
 
 
 class DataError(ValueError):
@@ -22,7 +25,11 @@ class Dataset:
 
     interactions: user_id (str), item_id (str), timestamp (int64, unix s), event_type (str),
         rating (float, NaN when absent); row order is the source file's order.
-    items: item_id (str), genres (list[str], possibly empty), title (str).
+    items: item_id (str), genres (list[str], possibly empty), title (str), and optionally
+        created_at: when the item entered the catalogue, unix seconds (UTC) in a pandas nullable
+        ``Int64`` column, ``pd.NA`` when unknown. Every loader and the synthetic generator emit the
+        column (all ``pd.NA`` when the source has no dates); a hand-built Dataset may omit it, which
+        means "unknown for every item". Read it with :func:`item_created_at`.
     """
 
     name: str
@@ -32,6 +39,21 @@ class Dataset:
     @property
     def n_interactions(self) -> int:
         return len(self.interactions)
+
+
+def item_created_at(items: pd.DataFrame) -> dict[str, int]:
+    """``{item_id: created_at}`` (unix s) for the items that have one; {} without the column.
+
+    Accepts the ``Int64`` column of the schema and also a float column with NaN; the first row of a
+    duplicated item id wins (like the loaders' de-duplication).
+    """
+    if "created_at" not in items.columns:
+        return {}
+    out: dict[str, int] = {}
+    for item, ts in zip(items["item_id"], items["created_at"], strict=True):
+        if not pd.isna(ts):
+            out.setdefault(str(item), int(ts))
+    return out
 
 
 class IdMap:

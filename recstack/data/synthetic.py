@@ -14,6 +14,12 @@ The generative story:
 
 Timestamps are strictly increasing per user; the returned log is ordered by timestamp over all
 users (ties keep user order), like an event log.
+
+Item creation times (``items["created_at"]``, unix s, ``Int64``, never missing) are drawn after the
+log, from their own random stream (so the interactions are those of a generator without them):
+an item's created_at is uniform over ``[start_time, first interaction - 1]``; an item nobody
+interacted with gets one uniform over ``[start_time, last timestamp of the log]``. Every item
+therefore exists before its first event, and items first seen late in the log are recent ("new").
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from recstack.data.schema import DataError, Dataset
+from recstack.data.schema import CREATED_AT_DTYPE, DataError, Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +182,18 @@ def _user_log(
     return items[:n_rows], offsets[:n_rows], types[:n_rows], ratings[:n_rows]
 
 
+def _created_at(cfg: SyntheticConfig, interactions: pd.DataFrame) -> np.ndarray:
+    """Creation time per item (int64 unix s): before its first interaction (module docstring)."""
+    rng = np.random.default_rng((cfg.seed, 1))  # a stream of its own: the log does not change
+    first = interactions.groupby("item_id", sort=False)["timestamp"].min()
+    end = int(interactions["timestamp"].max()) if len(interactions) else cfg.start_time
+    ids = [f"i{i + 1}" for i in range(cfg.n_items)]
+    upper = first.reindex(ids).to_numpy(dtype=np.float64) - 1  # last second before the first event
+    upper = np.where(np.isnan(upper), end, upper)
+    upper = np.maximum(upper, cfg.start_time)
+    return cfg.start_time + np.floor(rng.random(cfg.n_items) * (upper - cfg.start_time + 1)).astype(np.int64)
+
+
 def generate(cfg: SyntheticConfig | None = None) -> Dataset:
     """Generate a synthetic Dataset; deterministic given ``cfg.seed``."""
     cfg = cfg or SyntheticConfig()
@@ -212,6 +230,7 @@ def generate(cfg: SyntheticConfig | None = None) -> Dataset:
             "item_id": [f"i{i + 1}" for i in range(cfg.n_items)],
             "genres": [[names[g] for g in gl] for gl in genre_lists],
             "title": [f"{names[gl[0]]} title {i + 1}" for i, gl in enumerate(genre_lists)],
+            "created_at": pd.array(_created_at(cfg, interactions), dtype=CREATED_AT_DTYPE),
         }
     )
     logger.debug(

@@ -196,6 +196,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     point ``out/CURRENT`` at it and return the version directory."""
     from recstack.artifacts import load_bundle, save_bundle, write_current
     from recstack.data import load_dataset
+    from recstack.data.schema import item_created_at
     from recstack.evaluation import leave_one_out
     from recstack.training.bundle_eval import evaluate_pipeline
     from recstack.training.examples import build_features
@@ -243,6 +244,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
         user_ids=split.user_map.ids,
         metrics=metrics,
         data_spec=data_spec,
+        created_at=item_created_at(dataset.items),
         update_current=False,
     )
     if config.pipeline and {"two_tower", "multitask"} <= set(trained):

@@ -14,9 +14,11 @@ Per request (``GatewayMonitor.observe``):
   (``RECSTACK_COVERAGE_WINDOW_S``, default 3600 s, in 60 s buckets) / catalogue size (gauge);
 - ``recstack_gateway_freshness_seconds``: mean age of the recommended items per reply (histogram).
   Age = now - the item's ``created_at`` (unix s) from the bundle's ``catalog.json`` map
-  ``"created_at": {item_id: ts}``. Items without a created_at are left out; a reply with none is
-  not observed and counts in ``recstack_gateway_freshness_unknown_total`` (synthetic and
-  MovieLens bundles carry no item dates today, so the histogram stays empty for them);
+  ``"created_at": {item_id: ts}`` (``Bundle.created_at``; written by ``recstack train`` from the
+  dataset's item ``created_at``: synthetic item dates, MovieLens release date or title year, a CSV
+  ``created_at`` column). Items without a created_at are left out; a reply with none is not
+  observed and counts in ``recstack_gateway_freshness_unknown_total`` (e.g. bundles trained
+  before catalog.json had the field, or on a CSV without dates);
 - fallback usage: ``recstack_gateway_fallbacks_total{kind}`` (chain.py: popularity,
   catalog_popularity, fill) and ``recstack_gateway_stage_skipped_total{stage}``.
 """

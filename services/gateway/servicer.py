@@ -77,15 +77,15 @@ def read_bundle_lists(artifacts: Path) -> BundleLists:
 def bundle_lists(bundle: Any) -> BundleLists:
     """BundleLists of a loaded ``recstack.artifacts.Bundle``: also the item similarities of the
     diversity stage (genres; two-tower item embeddings when the bundle has them) and the items'
-    ``created_at`` (catalog.json ``"created_at": {item: unix s}``, optional) for freshness."""
-    created = bundle.catalog.get("created_at") or {}
+    ``created_at`` (catalog.json ``"created_at": {item: unix s}``, optional: ``Bundle.created_at``
+    is {} for bundles without it) for freshness."""
     return BundleLists(
         bundle.version,
         [str(x) for x in bundle.popularity],
         frozenset(map(str, bundle.user_ids)),
         catalog_size=len(bundle.catalog.get("item_ids", [])),
         similarity=CatalogSimilarity.from_bundle(bundle),
-        created_at={str(k): float(v) for k, v in created.items()} if isinstance(created, dict) else {},
+        created_at={k: float(v) for k, v in bundle.created_at.items()},
     )
 
 

@@ -14,7 +14,9 @@ from recstack.models.ncf import NeuMF, NeuMFConfig
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 
 
-def make_bundle(root: Path, n_users: int = 6, n_items: int = 8) -> Path:
+def make_bundle(
+    root: Path, n_users: int = 6, n_items: int = 8, created_at: dict[str, int] | None = None
+) -> Path:
     torch.manual_seed(0)
     genres = torch.zeros(n_items + 1, 2)
     genres[1:, 0] = 1.0
@@ -40,6 +42,7 @@ def make_bundle(root: Path, n_users: int = 6, n_items: int = 8) -> Path:
         metrics={"models": {"two_tower": {"test": {"NDCG@10": 0.5}}}},
         data_spec="synthetic",
         serving={"rerank": {"blend": 0.5}},
+        created_at=created_at,
     )
 
 
@@ -101,3 +104,28 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     (vdir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=f"format {FORMAT_VERSION + 1}, newer than"):
         load_bundle(tmp_path)
+
+
+def test_catalog_created_at(tmp_path: Path) -> None:
+    vdir = make_bundle(tmp_path, created_at={"i1": 1_700_000_000, "i3": 1_600_000_000, "other": 5})
+    catalog = json.loads((vdir / "catalog.json").read_text())
+    assert catalog["created_at"] == {"i1": 1_700_000_000, "i3": 1_600_000_000}  # catalogue items only
+    b = load_bundle(tmp_path)
+    assert b.created_at == {"i1": 1_700_000_000, "i3": 1_600_000_000}
+    assert load_bundle(make_bundle(tmp_path / "none")).created_at == {}  # no dates: empty map
+
+
+def test_old_bundle_without_created_at_still_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    vdir = make_bundle(tmp_path, created_at={"i1": 1})
+    catalog = json.loads((vdir / "catalog.json").read_text())
+    del catalog["created_at"]  # written before the field existed
+    (vdir / "catalog.json").write_text(json.dumps(catalog))
+    b = load_bundle(tmp_path)
+    assert b.created_at == {} and b.popularity[0] == "i8"
+    catalog["created_at"] = {"i1": 10.7, "i2": "2024-01-01", "i3": None, "i4": True, "i5": 10**400}
+    (vdir / "catalog.json").write_text(json.dumps(catalog))
+    assert load_bundle(tmp_path).created_at == {"i1": 10}  # the rest are not unix seconds: left out
+    assert "4 catalog.json 'created_at' entries are not unix seconds" in caplog.text
+    catalog["created_at"] = ["i1"]
+    (vdir / "catalog.json").write_text(json.dumps(catalog))
+    assert load_bundle(tmp_path).created_at == {}

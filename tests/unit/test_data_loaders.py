@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recstack.data import DataError, describe, load_dataset
+from recstack.data import DataError, Dataset, describe, load_dataset
+from recstack.data.schema import item_created_at
 
 ML100K = Path("/work/shared/datasets/ml-100k")
 
@@ -35,6 +36,10 @@ def test_real_ml100k():
     toy = ds.items.set_index("item_id").loc["1"]
     assert toy["title"] == "Toy Story (1995)"
     assert toy["genres"] == ["Animation", "Children's", "Comedy"]
+    assert ds.items["created_at"].dtype == "Int64"
+    assert toy["created_at"] == 788918400  # release date 01-Jan-1995
+    assert pd.isna(ds.items.set_index("item_id").loc["267", "created_at"])  # "unknown": no date
+    assert ds.items["created_at"].notna().sum() == 1681
     info = describe(ds)
     assert info["users"] == 943 and info["items"] == 1682 and info["interactions"] == 100_000
     assert info["density"] == pytest.approx(100_000 / (943 * 1682))
@@ -45,16 +50,25 @@ def test_ml100k_layout(tmp_path):
     _write(tmp_path / "u.genre", "unknown|0\nAction|1\nComédie|2\n\n", encoding="latin-1")
     _write(
         tmp_path / "u.item",
-        "10|Film à|01-Jan-1995||http://x|0|1|1\n11|B|01-Jan-1995||http://x|0|0|0\n",
+        "10|Film à|01-Jan-1995||http://x|0|1|1\n11|B (1990)|||http://x|0|0|0\n",
         encoding="latin-1",
     )
     ds = load_dataset(f"ml-100k:{tmp_path}")
+    assert item_created_at(ds.items) == {"10": 788918400}  # 11: empty release date -> missing
     assert ds.interactions["item_id"].tolist() == ["10", "11", "12"]  # file order kept
     items = ds.items.set_index("item_id")
     assert items.loc["10", "genres"] == ["Action", "Comédie"]
     assert items.loc["10", "title"] == "Film à"
     assert items.loc["11", "genres"] == []
     assert items.loc["12", "genres"] == []  # item missing from u.item: kept, no genres
+    assert pd.isna(items.loc["12", "created_at"])
+
+
+def test_ml100k_bad_release_date(tmp_path):
+    _write(tmp_path / "u.data", "1\t10\t4\t100\n")
+    _write(tmp_path / "u.item", "10|A|01-Jan-1995||x|0\n11|B|1995/01/01||x|1\n", encoding="latin-1")
+    with pytest.raises(DataError, match=r"u.item: column 3 \(release date\) value '1995/01/01' at line 2"):
+        load_dataset(f"ml-100k:{tmp_path}")
 
 
 def test_movielens_csv_layout(tmp_path):
@@ -73,6 +87,8 @@ def test_movielens_csv_layout(tmp_path):
     assert items.loc["1", "genres"] == ["Adventure", "Animation"]
     assert items.loc["3", "genres"] == []
     assert items.loc["3", "title"] == "A, B (1999)"
+    # no date field in movies.csv: 1 January of the title's year (00:00 UTC)
+    assert item_created_at(ds.items) == {"1": 788918400, "3": 915148800}
 
 
 def test_movielens_dat_layout(tmp_path):
@@ -88,6 +104,22 @@ def test_movielens_dat_layout(tmp_path):
     items = ds.items.set_index("item_id")
     assert items.loc["661", "genres"] == ["Animation", "Children's"]
     assert items.loc["661", "title"] == "Pêche (1996)"
+    assert item_created_at(ds.items) == {"1193": 157766400, "661": 820454400}
+
+
+def test_movielens_title_years_and_created_at_column(tmp_path):
+    _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    _write(
+        tmp_path / "movies.csv",
+        "movieId,title,genres,created_at\n"
+        '1,"Toy Story (1995)",Animation,\n'  # no value: the title's year
+        '2,"Heat (1995)",Crime,2000-06-01\n'  # a real field beats the title
+        '3,"Series (2007-) ",Drama,\n'
+        '4,"No year",Drama,\n'
+        '5,"Year (1999) in the middle",Drama,\n',
+    )
+    created = item_created_at(load_dataset(f"movielens:{tmp_path}").items)
+    assert created == {"1": 788918400, "2": 959817600, "3": 1167609600}
 
 
 def test_movielens_dat_bad_line(tmp_path):
@@ -146,6 +178,58 @@ def test_parquet(tmp_path):
     ds = load_dataset(f"csv:{path},{ipath}")
     assert ds.interactions["event_type"].tolist() == ["rating", "rating"]
     assert ds.items.set_index("item_id").loc["a", "genres"] == ["G1", "G2"]
+    assert item_created_at(ds.items) == {}
+    pd.DataFrame(
+        {
+            "item_id": ["a", "b"],
+            "created_at": pd.to_datetime(["2024-01-01T00:00:10Z", None], utc=True),
+        }
+    ).to_parquet(ipath)
+    assert item_created_at(load_dataset(f"csv:{path},{ipath}").items) == {"a": 1704067210}
+    pd.DataFrame({"item_id": ["a", "b"], "created_at": [5.9, np.nan]}).to_parquet(ipath)
+    assert item_created_at(load_dataset(f"csv:{path},{ipath}").items) == {"a": 5}
+
+
+def test_generic_csv_item_created_at(tmp_path):
+    inter = _write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu,a,10\nu,z,11\n")
+    items = _write(
+        tmp_path / "items.csv",
+        "item_id,created_at\na,1700000000\nb, 2024-01-01 \nc,\nd,2024-01-01T00:00:10+01:00\ne,12.7\n",
+    )
+    ds = load_dataset(f"csv:{inter},{items}")
+    assert ds.items["created_at"].dtype == "Int64"
+    assert item_created_at(ds.items) == {"a": 1700000000, "b": 1704067200, "d": 1704063610, "e": 12}
+    cat = ds.items.set_index("item_id")
+    assert pd.isna(cat.loc["c", "created_at"]) and pd.isna(cat.loc["z", "created_at"])  # empty; added
+    plain = load_dataset(f"csv:{inter}")  # no items file: the column exists, all missing
+    assert plain.items["created_at"].isna().all() and item_created_at(plain.items) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("yesterday", "column 'created_at' value 'yesterday' at data row 1"),
+        (
+            "1700000000000",
+            "column 'created_at' value '1700000000000' at data row 1 (0-based, header excluded) is beyond",
+        ),
+        ("inf", "column 'created_at' value 'inf' at data row 1"),
+    ],
+)
+def test_generic_csv_bad_created_at(tmp_path, value, fragment):
+    inter = _write(tmp_path / "i.csv", "user_id,item_id,timestamp\nu,a,10\n")
+    items = _write(tmp_path / "items.csv", f"item_id,title,created_at\na,A,5\nb,B,{value}\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{inter},{items}")
+    assert "items.csv" in str(e.value) and fragment in str(e.value)
+
+
+def test_item_created_at_without_the_column():
+    items = pd.DataFrame({"item_id": ["a", "b"], "genres": [[], []], "title": ["", ""]})
+    ds = Dataset("hand-made", pd.DataFrame(), items)
+    assert item_created_at(ds.items) == {}
+    with_floats = items.assign(created_at=[3.0, np.nan])  # a float column with NaN is read too
+    assert item_created_at(with_floats) == {"a": 3}
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,20 @@ def test_schema_and_ids(ds):
     assert vocab <= set(GENRE_NAMES)
 
 
+def test_items_are_created_before_their_first_interaction(ds):
+    items = ds.items.set_index("item_id")
+    assert items["created_at"].dtype == "Int64" and items["created_at"].notna().all()
+    created = items["created_at"].astype(np.int64)
+    first = ds.interactions.groupby("item_id")["timestamp"].min()
+    assert (created.loc[first.index] < first).all()
+    start, end = SyntheticConfig().start_time, int(ds.interactions["timestamp"].max())
+    assert created.between(start, end).all()
+    # spread over the log: some items are created in its second half ("new" items)
+    late = created > start + (end - start) / 2
+    assert 0 < late.sum() < len(created) / 2
+    assert created.nunique() > 0.9 * len(created)
+
+
 def test_timestamps_strictly_increase_per_user(ds):
     for _, g in ds.interactions.groupby("user_id", sort=False):
         assert (np.diff(g["timestamp"].to_numpy()) > 0).all()

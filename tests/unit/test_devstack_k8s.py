@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from recstack.devstack.up import DEFAULT_PORTS
+from recstack.experiments.config import parse_experiments
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -154,3 +155,30 @@ def test_dev_trains_a_bundle_and_prod_is_replicated() -> None:
     assert by_kind(prod, "HorizontalPodAutoscaler")["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
     assert by_kind(prod, "KafkaNodePool")["dual-role"]["spec"]["replicas"] == 3
     assert all(t["spec"]["replicas"] == 3 for t in by_kind(prod, "KafkaTopic").values())
+
+
+def test_gateway_mounts_the_experiments_file(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    # The ConfigMap is generated from deploy/experiments/example.yaml (hash-suffixed name).
+    (cm_name,) = [n for n in by_kind(docs, "ConfigMap") if n.startswith("recstack-experiments-")]
+    data = by_kind(docs, "ConfigMap")[cm_name]["data"]
+    assert data == {"experiments.yaml": (ROOT / "deploy" / "experiments" / "example.yaml").read_text()}
+    config = parse_experiments(yaml.safe_load(data["experiments.yaml"]), cm_name)  # what the gateway reads
+    assert config.experiments
+    deployments = by_kind(docs, "Deployment")
+    spec = deployments["gateway"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = [m for m in container["volumeMounts"] if volumes[m["name"]].get("configMap")]
+    assert len(mounts) == 1 and mounts[0]["readOnly"] is True and "subPath" not in mounts[0]
+    assert volumes[mounts[0]["name"]]["configMap"]["name"] == cm_name  # the generated name
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = Path(env["RECSTACK_EXPERIMENTS"])
+    assert path.parent == Path(mounts[0]["mountPath"]) and path.name in data
+    # Only the gateway reads experiments.
+    for name, deployment in deployments.items():
+        if name != "gateway":
+            pod = deployment["spec"]["template"]["spec"]
+            assert all("configMap" not in v for v in pod.get("volumes", [])), name
+            for c in pod["containers"]:
+                assert "RECSTACK_EXPERIMENTS" not in {e["name"] for e in c.get("env", [])}, name

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from recstack.artifacts import load_bundle
-from recstack.data import DataError
+from recstack.data import DataError, load_dataset
+from recstack.data.schema import item_created_at
 from recstack.training import ModelPlan, TrainConfig, TrainerConfig, train_bundle
 from recstack.training.bundle_eval import evaluate_bundle
 from recstack.training.pipeline import UnknownModelNameError
@@ -45,6 +46,9 @@ def test_train_bundle_writes_a_loadable_bundle(tmp_path: Path) -> None:
         assert rec["train_seconds"] > 0 and rec["peak_rss_mb"] > 0 and 0 <= rec["test"]["NDCG@10"] <= 1
     assert "pipeline" in metrics and metrics["pipeline"]["test"]["users"] > 0
     assert "rerank" in b.configs
+    # catalog.json created_at: every catalogue item of the synthetic data has a creation time
+    created = item_created_at(load_dataset(SPEC).items)
+    assert b.created_at == {i: created[i] for i in b.item_map.ids} and len(b.created_at) == len(b.item_map)
     results = evaluate_bundle(SPEC, tmp_path)
     for name in b.model_names:
         assert results[name]["NDCG@10"] == pytest.approx(metrics["models"][name]["test"]["NDCG@10"], abs=1e-6)
