@@ -1,5 +1,5 @@
 # recstack developer entry points. Everything runs inside .venv (created by `make install`).
-#   make install   venv + torch (CPU) + recstack[dev] pinned by constraints.txt; no-op when up to date
+#   make install   venv + torch (CPU) + recstack[dev,bench] pinned by constraints.txt; no-op when up to date
 #   make test      the whole suite: unit, integration (real Redis/Kafka/gRPC) and e2e
 #   make demo      train if needed, run the stack, show recommendations change with events (ARGS=...)
 #   make up        the stack in the foreground until Ctrl-C (ARGS="--free-ports" ...)
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	@touch $(STAMP)
 
 test: install

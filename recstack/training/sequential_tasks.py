@@ -110,7 +110,7 @@ class SASRecTaskConfig(_TrainingProfile):
     def full(cls) -> SASRecTaskConfig:
         """MovieLens-size data: ml-100k test HR@10 ~0.205 in 3 CPU minutes (bench/train_sequential.py);
         attention dropout curbs the overfitting that sets in after ~15 epochs without it."""
-        return cls(lr=2e-3, batch_size=64, dropout=0.3, attn_dropout=0.3, max_minutes=3.0)
+        return cls(lr=2e-3, batch_size=64, dropout=0.3, attn_dropout=0.3, patience=30, max_minutes=3.0)
 
 
 @dataclass
