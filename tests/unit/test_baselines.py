@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from recstack.data import load_dataset
 from recstack.evaluation import evaluate_scores, leave_one_out
 from recstack.models.baselines import ItemKNN, ItemKNNConfig, NotFittedError, Popularity
+from tests.datasets import ML100K
 from tests.unit.test_evaluation_split import make_dataset
-
-ML100K = Path("/work/shared/datasets/ml-100k")
 
 
 @pytest.fixture

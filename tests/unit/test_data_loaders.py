@@ -10,8 +10,7 @@ import pytest
 
 from recstack.data import DataError, Dataset, describe, load_dataset
 from recstack.data.schema import item_created_at
-
-ML100K = Path("/work/shared/datasets/ml-100k")
+from tests.datasets import ML100K
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:

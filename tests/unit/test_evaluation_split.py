@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from recstack.data import DataError, Dataset, load_dataset
 from recstack.evaluation import leave_one_out
+from tests.datasets import ML100K
 
-ML100K = Path("/work/shared/datasets/ml-100k")
 ML100K_FINGERPRINT = "c39a254605c780114ee02675c0b7e8754142a3e1773419fd4ece121566df9600"
 
 
