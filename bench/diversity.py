@@ -1,6 +1,6 @@
 """Benchmark diversity re-ranking and print JSON (see recstack/diversity/bench.py).
 
-python bench/diversity.py [--data ml-100k:/work/shared/datasets/ml-100k] [--png PATH] [--no-tradeoff]
+python bench/diversity.py [--data ml-100k:../shared/datasets/ml-100k] [--png PATH] [--no-tradeoff]
 """
 
 from __future__ import annotations

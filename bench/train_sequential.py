@@ -1,6 +1,6 @@
 """Train the sequential models on one dataset under EVAL_PROTOCOL.md and print JSON metrics.
 
-    python bench/train_sequential.py --data ml-100k:/work/shared/datasets/ml-100k \
+    python bench/train_sequential.py --data ml-100k:../shared/datasets/ml-100k \
         --models sasrec,gru4rec,bert4rec --threads 1 [--set sasrec.max_minutes=3 ...]
 
 Each model uses its task config's ``full()`` profile (``--profile small`` for the synthetic one);
@@ -37,7 +37,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="ml-100k:/work/shared/datasets/ml-100k")
+    ap.add_argument("--data", default="ml-100k:../shared/datasets/ml-100k")
     ap.add_argument("--models", default="sasrec,gru4rec,bert4rec")
     ap.add_argument("--profile", choices=("full", "small"), default="full")
     ap.add_argument("--threads", type=int, default=1)

@@ -29,7 +29,7 @@ from recstack.diversity.metrics import (
 )
 from recstack.diversity.mmr import mmr
 
-DEFAULT_DATA = "ml-100k:/work/shared/datasets/ml-100k"
+DEFAULT_DATA = "ml-100k:../shared/datasets/ml-100k"
 DEFAULT_PNG = Path("reports/diversity/tradeoff.png")
 LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 THETAS = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.0)
