@@ -1,4 +1,4 @@
-"""Leave-one-out split, exactly as the project's evaluation protocol (shared/EVAL_PROTOCOL.md) (docs: EVAL_PROTOCOL).
+"""Leave-one-out split, exactly as the evaluation protocol (shared/EVAL_PROTOCOL.md).
 
 - implicit feedback: every interaction row counts (duplicates too), whatever its rating;
 - each user's rows are ordered by timestamp with a stable sort over source row order;
