@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import random
 import socket
 import tempfile
 import time
@@ -37,9 +38,36 @@ class EmbeddedError(RuntimeError):
     """An embedded broker or server could not be found, started or reached."""
 
 
+_LISTEN_PORTS = (20000, 32000)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that is free on `host` right now, for a server that binds it a moment later.
+
+    Chosen outside the kernel's ephemeral range: a port the OS picks with bind(0) comes from that
+    range, so an outgoing connection made between this call and the server's bind could take it.
+    Ports already handed out by this process are not handed out again.
+    """
+    low, high = _LISTEN_PORTS
+    eph_low, eph_high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        if eph_low <= port <= eph_high or port in _handed_out:
+            continue
+        if port_is_free(port, host):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded range: let the OS pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
