@@ -215,13 +215,29 @@ def evaluate_pipeline(
     return metrics, rerank
 
 
+def evaluate_baselines(split: Split) -> dict[str, dict]:
+    """Test metrics of the Popularity and ItemKNN baselines fitted on ``split`` (about a second)."""
+    from recstack.models.baselines import ItemKNN, Popularity
+
+    out: dict[str, dict] = {}
+    for name, model in (("pop", Popularity()), ("itemknn", ItemKNN())):
+        t0 = time.perf_counter()
+        model.fit(split)
+        res = evaluate_scores(model.scorer("test"), split, "test")
+        res["train_seconds"] = round(time.perf_counter() - t0, 2)
+        out[name] = res
+    return out
+
+
 def evaluate_bundle(data_spec: str, artifacts: Path | str, pipeline: bool = True) -> dict:
     """Test metrics of every model of the bundle at ``artifacts`` on ``data_spec`` (which must be
     the data it was trained on), with their recorded training time and peak memory, and of the
     whole pipeline (with the rerank settings stored in the bundle).
 
     Returns ``{model: {"HR@10", "NDCG@10", "HR@50", "NDCG@50", "users", "train_seconds",
-    "peak_rss_mb"}, ..., "pipeline": {...}}``.
+    "peak_rss_mb"}, ..., "pop": {...}, "itemknn": {...}, "pipeline": {...}}``; the non-neural
+    baselines are fitted on the split here (they are not part of the bundle) so that every model is
+    reported next to them.
     """
     from recstack.artifacts import load_bundle
     from recstack.data import load_dataset
@@ -242,6 +258,7 @@ def evaluate_bundle(data_spec: str, artifacts: Path | str, pipeline: bool = True
         rec = recorded.get(name, {})
         res.update({k: rec.get(k) for k in ("train_seconds", "peak_rss_mb", "best_epoch")})
         out[name] = res
+    out.update(evaluate_baselines(split))
     if pipeline and {"two_tower", "multitask"} <= set(bundle.model_names):
         rerank = bundle.configs.get("rerank") or {"model": None, "blend": {}}
         t0 = time.perf_counter()

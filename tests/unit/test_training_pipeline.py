@@ -10,6 +10,8 @@ import pytest
 from recstack.artifacts import load_bundle
 from recstack.data import DataError, load_dataset
 from recstack.data.schema import item_created_at
+from recstack.evaluation import evaluate_scores, leave_one_out
+from recstack.models.baselines import ItemKNN, Popularity
 from recstack.training import ModelPlan, TrainConfig, TrainerConfig, train_bundle
 from recstack.training.bundle_eval import evaluate_bundle
 from recstack.training.pipeline import UnknownModelNameError
@@ -53,6 +55,11 @@ def test_train_bundle_writes_a_loadable_bundle(tmp_path: Path) -> None:
     for name in b.model_names:
         assert results[name]["NDCG@10"] == pytest.approx(metrics["models"][name]["test"]["NDCG@10"], abs=1e-6)
     assert results["pipeline"]["NDCG@10"] == pytest.approx(metrics["pipeline"]["test"]["NDCG@10"], abs=1e-6)
+    # every model is reported next to the non-neural baselines, fitted on the same split
+    split = leave_one_out(load_dataset(SPEC))
+    for name, baseline in (("pop", Popularity()), ("itemknn", ItemKNN())):
+        expected = evaluate_scores(baseline.fit(split).scorer("test"), split, "test")
+        assert results[name]["NDCG@10"] == pytest.approx(expected["NDCG@10"], abs=1e-12)
 
 
 def test_bad_spec_and_model_names(tmp_path: Path) -> None:
