@@ -62,7 +62,8 @@ class BundleLists:
 
 
 def read_bundle_lists(artifacts: Path) -> BundleLists:
-    """Version, catalogue popularity and user ids of the bundle (no model is built).
+    """Version, catalogue popularity, user ids, item similarities and creation times of the bundle
+    (builds only the two-tower model, for the item embeddings of cosine diversity).
 
     Raises StartupError with the BundleError message (which file is missing, how to create it).
     """
