@@ -92,7 +92,7 @@ async def apply_reference(redis_url: str, prefix: str, events: list[UserEvent]) 
 def test_sigkill_mid_backlog_applies_every_event_exactly_once(
     kafka_broker: str, kafka_topic: Callable[..., str], redis_url: str, tmp_path: Path
 ) -> None:
-    events = make_events(random.Random(7), 1500)
+    events = make_events(random.Random(7), 3000)
     distinct = {e.event_id: e for e in events}
     assert len(distinct) < len(events)  # the stream really holds duplicates
 
@@ -120,8 +120,9 @@ def test_sigkill_mid_backlog_applies_every_event_exactly_once(
 
     procs = []
     try:
-        # 1st kill: as soon as the first batch is in Redis (nothing committed yet, most likely)
-        procs.append(start_worker(env, log))
+        # 1st kill: as soon as the first batch is in Redis; this worker's commit interval is longer
+        # than the test, so nothing it wrote is committed and all of it is replayed
+        procs.append(start_worker({**env, "RECSTACK_STREAM_COMMIT_INTERVAL_S": "600"}, log))
         wait_for(lambda: r.exists(f"{prefix}items:popularity"), "the first writes", procs[-1], log, 60, 0.01)
         procs[-1].send_signal(signal.SIGKILL)
         procs[-1].wait(10)
