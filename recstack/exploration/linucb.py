@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.exploration import kernels
 from recstack.exploration.base import (
     CorruptStateError,
     FeatureSizeError,
@@ -176,6 +177,22 @@ def _sherman_morrison(ainv: np.ndarray, x: np.ndarray) -> np.ndarray:
     u = ainv @ x
     out = ainv - np.outer(u, u) / (1.0 + x @ u)
     return 0.5 * (out + out.T)
+
+
+def hybrid_shared_delta(
+    ainv: np.ndarray, bmat: np.ndarray, b: np.ndarray, z: np.ndarray, x: np.ndarray, reward: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Change of the hybrid model's shared ``(A0, b0)`` when arm (A^{-1}, B, b) observes
+    (z, x, reward): ``((z - v)(z - v)^T / s, (z - v)(reward - x.w) / s)``.
+
+    Li et al.'s Algorithm 2 adds ``B^T A^{-1} B`` (and ``B^T A^{-1} b``) of the arm before its
+    update and subtracts them after, O(d^2 k + d k^2). With ``u = A^{-1} x``, ``s = 1 + x.u``,
+    ``v = B^T u`` and ``w = A^{-1} b``, Sherman-Morrison reduces the net change to the rank-one
+    terms above, O(d^2 + d k + k^2); the stream's Lua script applies the same formula."""
+    u = ainv @ x
+    s = 1.0 + x @ u
+    g = z - bmat.T @ u
+    return np.outer(g, g) / s, g * (reward - x @ (ainv @ b)) / s
 
 
 def _check_params(alpha: float, epsilon: float, ridge: float, dim: int) -> None:
@@ -322,9 +339,6 @@ class LinUCB(_LinearSlatePolicy):
         # mat-vec give A^{-1} x and theta.x for every candidate.
         m32 = np.vstack([np.eye(dim) / ridge, np.zeros((1, dim))]).astype(np.float32)
         self._arms = _ArmRows({"ainv": np.eye(dim) / ridge, "b": np.zeros(dim), "m32": m32})
-        self._buf_m = np.empty((0, dim + 1, dim), dtype=np.float32)
-        self._buf_x = np.empty((0, dim), dtype=np.float32)
-        self._buf_u = np.empty((0, dim + 1, 1), dtype=np.float32)
 
     @property
     def arm_ids(self) -> list[str]:
@@ -332,19 +346,11 @@ class LinUCB(_LinearSlatePolicy):
         return list(self._arms.index)
 
     def mean_and_width(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean theta_a.x [C] and sqrt(x^T A_a^{-1} x) [C] of every candidate."""
+        """Posterior mean theta_a.x [C] and sqrt(x^T A_a^{-1} x) [C] of every candidate (one
+        fused pass over the arms' float32 ``[A^{-1}; theta^T]`` blocks, ``kernels``)."""
         rows = self._arms.rows(arm_ids)
-        c, d = rows.shape[0], self.dim
-        if self._buf_m.shape[0] < c:  # buffers reused across calls: no per-call allocation
-            self._buf_m = np.empty((c, d + 1, d), dtype=np.float32)
-            self._buf_x = np.empty((c, d), dtype=np.float32)
-            self._buf_u = np.empty((c, d + 1, 1), dtype=np.float32)
-        m, x32, u = self._buf_m[:c], self._buf_x[:c], self._buf_u[:c]
-        x32[...] = contexts
-        self._arms.arrays["m32"].take(rows, axis=0, out=m, mode="clip")
-        np.matmul(m, x32[:, :, None], out=u)  # [C, d + 1, 1]: A^{-1} x, then theta.x
-        var = np.einsum("ci,ci->c", u[:, :d, 0], x32).astype(np.float64)
-        mean = u[:, d, 0].astype(np.float64)
+        mean, var = np.empty(rows.shape[0]), np.empty(rows.shape[0])
+        kernels.disjoint_mean_var(self._arms.arrays["m32"], rows, contexts, mean, var)
         return mean, np.sqrt(np.maximum(var, 0.0))
 
     def _set_arm(self, row: int, ainv: np.ndarray, b: np.ndarray) -> None:
@@ -510,6 +516,8 @@ class HybridLinUCB(_LinearSlatePolicy):
         self.a0inv = np.eye(kd) / ridge
         self.b0 = np.zeros(kd)
         self.beta = np.zeros(kd)
+        self._a0inv32 = self.a0inv.astype(np.float32)
+        self._beta32 = self.beta.astype(np.float32)
         self._arms = _ArmRows(
             {"ainv": np.eye(dd) / ridge, "B": np.zeros((dd, kd)), "b": np.zeros(dd)},
             mirror=("ainv", "B", "b"),
@@ -522,25 +530,14 @@ class HybridLinUCB(_LinearSlatePolicy):
 
     def mean_and_width(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Predicted reward z.beta + x.theta_a [C] and the confidence width sqrt(s) [C]."""
-        z, x = self._split(np.asarray(contexts, dtype=np.float32))
+        z, x = self._split(contexts)
         rows = self._arms.rows(arm_ids)
         arr = self._arms.arrays
-        ainv, bmat, b = arr["ainv32"][rows], arr["B32"][rows], arr["b32"][rows]
-        a0inv, beta = self.a0inv.astype(np.float32), self.beta.astype(np.float32)
-        # A_a^{-1} [b_a - B_a beta | x] in one batched product: [C, d, 2]
-        rhs = np.stack([b - bmat @ beta, x], axis=2)
-        prod = np.matmul(ainv, rhs)
-        theta, u = prod[:, :, 0], prod[:, :, 1]
-        w = z @ a0inv  # A0^{-1} z (A0 symmetric)
-        btu = np.matmul(u[:, None, :], bmat)[:, 0, :]  # B_a^T A_a^{-1} x  [C, k]
-        s = (
-            np.einsum("ck,ck->c", z, w)
-            - 2.0 * np.einsum("ck,ck->c", w, btu)
-            + np.einsum("cd,cd->c", x, u)
-            + np.einsum("ck,ck->c", btu, btu @ a0inv)
-        ).astype(np.float64)
-        mean = (z @ beta + np.einsum("cd,cd->c", x, theta)).astype(np.float64)
-        return mean, np.sqrt(np.maximum(s, 0.0))
+        mean, var = np.empty(rows.shape[0]), np.empty(rows.shape[0])
+        kernels.hybrid_mean_var(
+            arr["ainv32"], arr["B32"], arr["b32"], rows, z, x, self._a0inv32, self._beta32, mean, var
+        )
+        return mean, np.sqrt(np.maximum(var, 0.0))
 
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, dim] (rows [z | x]), rewards [N]."""
@@ -550,14 +547,10 @@ class HybridLinUCB(_LinearSlatePolicy):
             z, x = self._split(row_x)
             row = self._arms.row(arm_id)
             ainv, bmat, b = arr["ainv"][row], arr["B"][row], arr["b"][row]
-            self.a0 += bmat.T @ ainv @ bmat
-            self.b0 += bmat.T @ ainv @ b
-            ainv = _sherman_morrison(ainv, x)
-            bmat = bmat + np.outer(x, z)
-            b = b + ri * x
-            self.a0 += np.outer(z, z) - bmat.T @ ainv @ bmat
-            self.b0 += ri * z - bmat.T @ ainv @ b
-            self._set_arm(row, ainv, bmat, b)
+            d_a0, d_b0 = hybrid_shared_delta(ainv, bmat, b, z, x, ri)
+            self.a0 += d_a0
+            self.b0 += d_b0
+            self._set_arm(row, _sherman_morrison(ainv, x), bmat + np.outer(x, z), b + ri * x)
             self._arms.counts[row] += 1
         self.a0 = 0.5 * (self.a0 + self.a0.T)
         self._refresh_shared()
@@ -566,6 +559,8 @@ class HybridLinUCB(_LinearSlatePolicy):
         self.a0inv = np.linalg.inv(self.a0)
         self.a0inv = 0.5 * (self.a0inv + self.a0inv.T)
         self.beta = self.a0inv @ self.b0
+        self._a0inv32 = self.a0inv.astype(np.float32)
+        self._beta32 = self.beta.astype(np.float32)
 
     def shared_hash(self) -> dict[str, bytes]:
         """Redis hash of the shared statistics: ``state`` = A0 then b0 (float32)."""

@@ -28,6 +28,14 @@ scripts one at a time). A missing arm starts at the prior ``A^{-1} = I / ridge``
 arm whose stored state is unreadable (wrong format, dim or length, NaN/inf, non-positive
 diagonal) is reset to that prior before the update, and the count of such resets is returned
 and logged as a warning. LinTS reads the same statistics as LinUCB (``kind`` linucb).
+
+Hybrid LinUCB. A request served by ``linucb-hybrid`` records ``kind`` linucb-hybrid and its
+``shared`` dimension k in the context hash (0: z and x are both the whole row). Its rewards update
+``{prefix}bandit:linucb-hybrid:{item}`` (``HybridLinUCB.arm_hash``: A_a^{-1}, B_a, b_a) and the
+one shared hash ``{prefix}bandit:linucb-hybrid-shared`` (A0, b0) in the same script, with the
+rank-one shared change of ``linucb.hybrid_shared_delta`` (O(d^2 + dk + k^2) per reward instead
+of Algorithm 2's O(d^2 k)). Every reward of every request touches the shared hash, so hybrid
+rewards serialise on it (Redis runs one script at a time anyway).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_TTL_MARGIN_S = 3600
 CONTEXT_FIELD = "x:"
+REWARD_KINDS = ("linucb", "linucb-hybrid")
 
 
 def context_key(request_id: str, prefix: str = "") -> str:
@@ -119,7 +128,120 @@ local function sm_update(item, xs, ridge, reward)
   redis.call('HSET', akey, 'format', 'linucb-v1', 'dim', d, 'n', n + 1, 'state', table.concat(parts))
   updates = updates + 1
 end
-local function ridge_of(ckey) return tonumber(redis.call('HGET', ckey, 'ridge')) or 1 end
+local function floats(data, pos, n)
+  local t = {struct.unpack('<' .. string.rep('f', n), data, pos)}
+  local nextpos = t[n + 1]
+  t[n + 1] = nil
+  for i = 1, n do
+    if not finite(t[i]) then return nil, nextpos end
+  end
+  return t, nextpos
+end
+local function pack(t, n) return struct.pack('<' .. string.rep('f', n), unpack(t, 1, n)) end
+local function load_state(key, format, dim, sizes)
+  -- the blocks of a state hash (flat float tables of the given sizes) or nil (missing/corrupted)
+  local h = redis.call('HMGET', key, 'format', 'dim', 'n', 'state')
+  local n, total = tonumber(h[3]), 0
+  for _, sz in ipairs(sizes) do total = total + sz end
+  if h[1] ~= format or tonumber(h[2]) ~= dim or type(h[4]) ~= 'string' or #h[4] ~= 4 * total
+    or n == nil or n < 0 then
+    if h[1] or h[4] then resets = resets + 1 end
+    return nil, 0
+  end
+  local blocks, pos = {}, 1
+  for i, sz in ipairs(sizes) do
+    blocks[i], pos = floats(h[4], pos, sz)
+    if blocks[i] == nil then
+      resets = resets + 1
+      return nil, 0
+    end
+  end
+  return blocks, n
+end
+local function diag_ok(m, d)
+  for i = 1, d do
+    if not (m[(i - 1) * d + i] > 0) then return false end
+  end
+  return true
+end
+local function scaled_identity(d, v)
+  local m = {}
+  for i = 1, d * d do m[i] = 0 end
+  for i = 1, d do m[(i - 1) * d + i] = v end
+  return m
+end
+local function zeros(n)
+  local t = {}
+  for i = 1, n do t[i] = 0 end
+  return t
+end
+local function hybrid_update(item, xs, ridge, shared, reward)
+  -- hybrid LinUCB: arm (A^{-1}, B, b) and shared (A0, b0) with the rank-one shared change
+  -- ((z - v)(z - v)^T / s, (z - v)(r - x.w) / s), see linucb.hybrid_shared_delta
+  local D = math.floor(#xs / 4)
+  if D < 1 or #xs ~= 4 * D then return end
+  local row = {struct.unpack('<' .. string.rep('f', D), xs)}
+  local kd, dd, z, x = D, D, {}, {}
+  if shared > 0 and shared < D then kd, dd = shared, D - shared end
+  for i = 1, kd do z[i] = row[i] end
+  for i = 1, dd do x[i] = row[D - dd + i] end
+  local skey = prefix .. 'bandit:linucb-hybrid-shared'
+  local sb, sn = load_state(skey, 'linucb-hybrid-shared-v1', kd, {kd * kd, kd})
+  if sb ~= nil and not diag_ok(sb[1], kd) then sb, resets = nil, resets + 1 end
+  if sb == nil then sb, sn = {scaled_identity(kd, ridge), zeros(kd)}, 0 end
+  local akey = prefix .. 'bandit:linucb-hybrid:' .. item
+  local ab, an = load_state(akey, 'linucb-hybrid-v1', D, {dd * dd, dd * kd, dd})
+  if ab ~= nil and not diag_ok(ab[1], dd) then ab, resets = nil, resets + 1 end
+  if ab == nil then ab, an = {scaled_identity(dd, 1 / ridge), zeros(dd * kd), zeros(dd)}, 0 end
+  local A0, b0, Ai, B, b = sb[1], sb[2], ab[1], ab[2], ab[3]
+  local u, w, s, xw = {}, {}, 1, 0
+  for i = 1, dd do
+    local su, sw, base = 0, 0, (i - 1) * dd
+    for j = 1, dd do
+      su = su + Ai[base + j] * x[j]
+      sw = sw + Ai[base + j] * b[j]
+    end
+    u[i], w[i] = su, sw
+    s = s + x[i] * su
+    xw = xw + x[i] * sw
+  end
+  local g = {}
+  for j = 1, kd do g[j] = z[j] end
+  for i = 1, dd do
+    local ui, base = u[i], (i - 1) * kd
+    for j = 1, kd do g[j] = g[j] - B[base + j] * ui end
+  end
+  local gr = (reward - xw) / s
+  for i = 1, kd do
+    local gi, base = g[i] / s, (i - 1) * kd
+    for j = 1, kd do A0[base + j] = A0[base + j] + gi * g[j] end
+    b0[i] = b0[i] + g[i] * gr
+  end
+  for i = 1, dd do
+    local ui, base, xi = u[i] / s, (i - 1) * dd, x[i]
+    for j = 1, dd do Ai[base + j] = Ai[base + j] - ui * u[j] end
+    local bb = (i - 1) * kd
+    for j = 1, kd do B[bb + j] = B[bb + j] + xi * z[j] end
+    b[i] = b[i] + reward * xi
+  end
+  redis.call('HSET', skey, 'format', 'linucb-hybrid-shared-v1', 'dim', kd, 'n', sn + 1,
+    'state', pack(A0, kd * kd) .. pack(b0, kd))
+  redis.call('HSET', akey, 'format', 'linucb-hybrid-v1', 'dim', D, 'n', an + 1,
+    'state', pack(Ai, dd * dd) .. pack(B, dd * kd) .. pack(b, dd))
+  updates = updates + 1
+end
+local function meta_of(ckey)
+  -- how the request's contexts were served: ridge, policy family (kind), hybrid shared_dim
+  local h = redis.call('HMGET', ckey, 'ridge', 'kind', 'shared')
+  return {ridge = tonumber(h[1]) or 1, kind = h[2] or 'linucb', shared = tonumber(h[3]) or 0}
+end
+local function reward_arm(meta, item, xs, reward)
+  if meta.kind == 'linucb-hybrid' then
+    hybrid_update(item, xs, meta.ridge, meta.shared, reward)
+  else
+    sm_update(item, xs, meta.ridge, reward)
+  end
+end
 """
 
 _APPLY_LUA = (
@@ -142,7 +264,7 @@ local function apply_one(ev)
     local xs = redis.call('HGET', ckey, 'x:' .. ev[3])
     if xs then
       redis.call('HDEL', ckey, 'x:' .. ev[3])
-      sm_update(ev[3], xs, ridge_of(ckey), 1)
+      reward_arm(meta_of(ckey), ev[3], xs, 1)
     end
   end
 end
@@ -164,9 +286,9 @@ local reqs = redis.call('ZRANGEBYSCORE', pkey, '-inf', ARGV[2], 'LIMIT', 0, tonu
 for _, req in ipairs(reqs) do
   local ckey = prefix .. 'bandit:ctx:' .. req
   local flat = redis.call('HGETALL', ckey)
-  local ridge = ridge_of(ckey)
+  local meta = meta_of(ckey)
   for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, 2) == 'x:' then sm_update(string.sub(flat[i], 3), flat[i + 1], ridge, 0) end
+    if string.sub(flat[i], 1, 2) == 'x:' then reward_arm(meta, string.sub(flat[i], 3), flat[i + 1], 0) end
   end
   redis.call('DEL', ckey)
   redis.call('ZREM', pkey, req)
@@ -253,11 +375,23 @@ class ContextRecorder:
         self.prefix = prefix
         self.ttl_s = int(reward_window_s) + CONTEXT_TTL_MARGIN_S
 
-    async def record(self, request_id: str, items: Sequence[str], contexts: np.ndarray, ridge: float) -> None:
-        """HSET ridge and x:{item} (float32 bytes of each row of ``contexts`` [N, d]) + EXPIRE."""
+    async def record(
+        self,
+        request_id: str,
+        items: Sequence[str],
+        contexts: np.ndarray,
+        ridge: float,
+        kind: str = "linucb",
+        shared_dim: int = 0,
+    ) -> None:
+        """HSET ridge, kind (the statistics the rewards update: ``linucb`` or ``linucb-hybrid``),
+        shared (the hybrid model's shared_dim, 0 = the whole row) and x:{item} (float32 bytes of
+        each row of ``contexts`` [N, d]) + EXPIRE."""
         if not request_id or not items:
             return
-        mapping: dict[str, Any] = {"ridge": repr(float(ridge))}
+        if kind not in REWARD_KINDS:
+            raise ValueError(f"kind must be one of {REWARD_KINDS}, got {kind!r}")
+        mapping: dict[str, Any] = {"ridge": repr(float(ridge)), "kind": kind, "shared": str(int(shared_dim))}
         x = np.ascontiguousarray(contexts, dtype=STATE_DTYPE)
         for item, row in zip(items, x, strict=True):
             mapping[CONTEXT_FIELD + item] = row.tobytes()

@@ -7,10 +7,11 @@ import logging
 
 import numpy as np
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from recstack.events.schema import new_event
-from recstack.exploration.linucb import LinUCB, redis_key
+from recstack.exploration.linucb import HybridLinUCB, LinUCB, load_arms, redis_key, shared_key
 from recstack.exploration.rewards import (
     ContextRecorder,
     LinearRewardWriter,
@@ -26,6 +27,11 @@ PREFIX = "t:"
 
 async def _arm(client: aioredis.Redis, policy: LinUCB, item: str) -> None:
     assert policy.load_arm(item, await client.hgetall(redis_key(item, "linucb", PREFIX)))
+
+
+def _load(redis_url: str, policy: HybridLinUCB, arms: list[str]) -> list[str]:
+    with redis.Redis.from_url(redis_url) as client:
+        return load_arms(client, policy, arms, PREFIX)
 
 
 async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
@@ -119,5 +125,84 @@ async def test_corrupted_arm_is_reset_to_prior_with_warning(redis_url: str, bad:
         await _arm(client, got, "a")
         np.testing.assert_allclose(got.a_inverse("a"), fresh.a_inverse("a"), atol=1e-6)
         assert int(await client.hget(redis_key("a", "linucb", PREFIX), "n")) == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("shared_dim", [None, 3])
+async def test_hybrid_rewards_in_lua_equal_python_updates(redis_url: str, shared_dim: int | None) -> None:
+    """Clicks and settled zero rewards of hybrid-served requests update the arm and shared hashes
+    exactly as ``HybridLinUCB.update_batch`` does (same mean and width afterwards); the disjoint
+    LinUCB statistics are not touched."""
+    rng = np.random.default_rng(3)
+    n = 12
+    xs = rng.normal(size=(n, D)) / np.sqrt(D)
+    items = [f"h{i % 3}" for i in range(n)]
+    clicked = rng.random(n) < 0.5
+    client = aioredis.from_url(redis_url)
+    try:
+        rec = ContextRecorder(client, PREFIX, reward_window_s=60)
+        rewards = LinearRewardWriter(client, PREFIX, reward_window_s=60)
+        expected = HybridLinUCB(D, shared_dim=shared_dim, ridge=2.0, epsilon=0.0)
+        ts = 1_000_000.0
+        for i in range(n):  # one request at a time, in order: the update order is the same
+            await rec.record(f"q{i}", [items[i]], xs[i : i + 1], 2.0, "linucb-hybrid", shared_dim or 0)
+            imp = new_event("u", "impression", request_id=f"q{i}", items=[items[i]], timestamp=ts + i)
+            batch = [imp] + ([new_event("u", "click", items[i], request_id=f"q{i}")] if clicked[i] else [])
+            assert (await rewards.apply(batch)).updates == int(clicked[i])
+            settled = await rewards.settle(now=ts + i + 61)
+            assert settled.updates == int(not clicked[i])
+            expected.update(items[i], xs[i], float(clicked[i]))
+
+        got = HybridLinUCB(D, shared_dim=shared_dim, ridge=2.0, epsilon=0.0)
+        assert _load(redis_url, got, ["h0", "h1", "h2", "new"]) == []
+        probe = rng.normal(size=(4, D)) / np.sqrt(D)
+        arms = ["h0", "h1", "h2", "new"]
+        for a, b in zip(got.mean_and_width(probe, arms), expected.mean_and_width(probe, arms), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert int(await client.hget(shared_key(prefix=PREFIX), "n")) == n
+        assert not await client.exists(redis_key("h0", "linucb", PREFIX))
+    finally:
+        await client.aclose()
+
+
+async def test_hybrid_corrupted_state_in_redis_is_reset_before_the_update(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.hset(
+            shared_key(prefix=PREFIX), mapping={"format": b"linucb-hybrid-shared-v1", "state": b"x"}
+        )
+        await client.hset(
+            redis_key("a", "linucb-hybrid", PREFIX),
+            mapping={
+                "format": b"linucb-hybrid-v1",
+                "dim": str(D).encode(),
+                "n": b"3",
+                "state": np.full(D * D * 2 + D, np.nan, dtype="<f4").tobytes(),
+            },
+        )
+        x = np.ones((1, D)) / D
+        await ContextRecorder(client, PREFIX).record("r", ["a"], x, 1.0, "linucb-hybrid")
+        result = await LinearRewardWriter(client, PREFIX).apply(
+            [
+                new_event("u", "impression", request_id="r", items=["a"]),
+                new_event("u", "click", "a", request_id="r"),
+            ]
+        )
+        assert (result.updates, result.resets) == (1, 2)
+        expected = HybridLinUCB(D, epsilon=0.0)
+        expected.update("a", x[0], 1.0)
+        got = HybridLinUCB(D, epsilon=0.0)
+        assert _load(redis_url, got, ["a"]) == []
+        np.testing.assert_allclose(got.score(x, ["a"]), expected.score(x, ["a"]), rtol=1e-5)
+    finally:
+        await client.aclose()
+
+
+async def test_recorder_rejects_an_unknown_kind(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    try:
+        with pytest.raises(ValueError, match="kind must be one of"):
+            await ContextRecorder(client, PREFIX).record("r", ["a"], np.ones((1, D)), 1.0, "thompson")
     finally:
         await client.aclose()

@@ -1,0 +1,140 @@
+"""Compiled scoring kernels of the linear policies (numba): gather, mat-vec and quadratic form
+fused in one pass over the candidates.
+
+Why. Scoring 200 candidates with d = 32 reads 200 per-arm ``(d + 1) x d`` float32 blocks
+(~845 KB). The numpy formulation copies them into a gathered buffer first (one read, one write,
+one more read by the batched mat-vec) and pays a few microseconds of dispatch per operation;
+here each candidate's block is read once, in place, and reduced in registers.
+
+Numerics. State is float32 (what the decision path has always read); products accumulate in
+float32. ``fastmath`` is restricted to reassociation and contraction (vectorised reductions,
+FMA): NaN and inf propagate, so a non-finite context gives a non-finite score, which the
+callers check instead of scanning every context value up front.
+
+Compilation happens on the first call of each kernel (about a second); the bandit service
+calls ``warm_up`` before it reports SERVING. The on-disk cache is used where numba can write
+it (``NUMBA_CACHE_DIR`` set, or a writable package directory); on a read-only root filesystem
+without ``NUMBA_CACHE_DIR`` every process compiles once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numba
+import numpy as np
+
+_CACHE = bool(os.environ.get("NUMBA_CACHE_DIR")) or os.access(Path(__file__).parent, os.W_OK)
+_FLAGS = {"reassoc", "contract"}
+_jit = numba.njit(cache=_CACHE, fastmath=_FLAGS, nogil=True, boundscheck=False)
+
+
+@_jit
+def disjoint_mean_var(m32, rows, x, mean, var):  # pragma: no cover - compiled
+    """Disjoint LinUCB. m32 [R, d + 1, d] float32 (rows ``[A^{-1}; theta^T]``), rows [C] int,
+    x [C, d]; writes mean[c] = theta.x and var[c] = x^T A^{-1} x (float64 [C])."""
+    c_n, d = x.shape
+    xf = np.empty(d, dtype=np.float32)
+    for c in range(c_n):
+        s = m32[rows[c]]
+        for j in range(d):
+            xf[j] = x[c, j]
+        q = np.float32(0.0)
+        for i in range(d):
+            acc = np.float32(0.0)
+            for j in range(d):
+                acc += s[i, j] * xf[j]
+            q += acc * xf[i]
+        m = np.float32(0.0)
+        for j in range(d):
+            m += s[d, j] * xf[j]
+        mean[c] = m
+        var[c] = q
+
+
+@_jit
+def hybrid_mean_var(ainv, bmat, b, rows, z, x, a0inv, beta, mean, var):  # pragma: no cover
+    """Hybrid LinUCB (Li et al. 2010, Algorithm 2). Per arm row: ainv [R, n, n], bmat [R, n, k],
+    b [R, n] float32; shared a0inv [k, k], beta [k] float32; z [C, k], x [C, n].
+
+    mean[c] = z.beta + x.theta_a with theta_a = A_a^{-1}(b_a - B_a beta);
+    var[c]  = z^T A0^{-1} z - 2 z^T A0^{-1} B_a^T A_a^{-1} x + x^T A_a^{-1} x
+              + x^T A_a^{-1} B_a A0^{-1} B_a^T A_a^{-1} x.
+    """
+    c_n, n = x.shape
+    k = z.shape[1]
+    zf = np.empty(k, dtype=np.float32)
+    xf = np.empty(n, dtype=np.float32)
+    w = np.empty(k, dtype=np.float32)  # A0^{-1} z
+    r = np.empty(n, dtype=np.float32)  # b - B beta
+    u = np.empty(n, dtype=np.float32)  # A^{-1} x
+    btu = np.empty(k, dtype=np.float32)  # B^T A^{-1} x
+    for c in range(c_n):
+        a = ainv[rows[c]]
+        bm = bmat[rows[c]]
+        bv = b[rows[c]]
+        for j in range(k):
+            zf[j] = z[c, j]
+        for j in range(n):
+            xf[j] = x[c, j]
+        zw = np.float32(0.0)
+        zb = np.float32(0.0)
+        for i in range(k):
+            acc = np.float32(0.0)
+            for j in range(k):
+                acc += a0inv[i, j] * zf[j]
+            w[i] = acc
+            zw += acc * zf[i]
+            zb += zf[i] * beta[i]
+        for i in range(n):
+            acc = bv[i]
+            for j in range(k):
+                acc -= bm[i, j] * beta[j]
+            r[i] = acc
+        xu = np.float32(0.0)
+        xt = np.float32(0.0)
+        for i in range(n):
+            acc_u = np.float32(0.0)
+            acc_t = np.float32(0.0)
+            for j in range(n):
+                acc_u += a[i, j] * xf[j]
+                acc_t += a[i, j] * r[j]
+            u[i] = acc_u
+            xu += acc_u * xf[i]
+            xt += acc_t * xf[i]
+        for j in range(k):
+            btu[j] = 0.0
+        for i in range(n):
+            ui = u[i]
+            for j in range(k):
+                btu[j] += bm[i, j] * ui
+        wb = np.float32(0.0)
+        quad = np.float32(0.0)
+        for i in range(k):
+            wb += w[i] * btu[i]
+            acc = np.float32(0.0)
+            for j in range(k):
+                acc += a0inv[i, j] * btu[j]
+            quad += acc * btu[i]
+        mean[c] = zb + xt
+        var[c] = zw - 2.0 * wb + xu + quad
+
+
+def warm_up() -> None:
+    """Compile the kernels (first call of each) so that no request pays for it."""
+    rows = np.zeros(1, dtype=np.intp)
+    out_m, out_v = np.empty(1), np.empty(1)
+    disjoint_mean_var(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), out_m, out_v)
+    hybrid_mean_var(
+        np.zeros((1, 2, 2), np.float32),
+        np.zeros((1, 2, 2), np.float32),
+        np.zeros((1, 2), np.float32),
+        rows,
+        np.zeros((1, 2)),
+        np.zeros((1, 2)),
+        np.zeros((2, 2), np.float32),
+        np.zeros(2, np.float32),
+        out_m,
+        out_v,
+    )
