@@ -32,12 +32,21 @@ from typing import Any
 import numpy as np
 
 from recstack.exploration.base import NonFiniteInputError, PolicyInputError, SlateDecision
-from recstack.exploration.linucb import CONTEXT_FIXED, LinTS, LinUCB, build_context, redis_key
+from recstack.exploration.linucb import (
+    CONTEXT_FIXED,
+    HybridLinUCB,
+    LinTS,
+    LinUCB,
+    build_context,
+    redis_key,
+    shared_key,
+)
 from recstack.exploration.rewards import ContextRecorder
 
 log = logging.getLogger(__name__)
 
-CONTEXTUAL_POLICIES = ("linucb", "lints")
+CONTEXTUAL_POLICIES = ("linucb", "lints", "linucb-hybrid")
+LinearPolicy = LinUCB | HybridLinUCB
 
 
 class ContextBuilder:
@@ -116,16 +125,17 @@ class ContextBuilder:
 
 
 class LinearStateCache:
-    """Loads LinUCB arm hashes from Redis into ``policy`` (shared by LinTS) with a TTL.
+    """Loads a linear policy's arm hashes from Redis (LinUCB's are shared by LinTS; hybrid LinUCB
+    also reads its shared ``A0, b0`` hash) with a TTL.
 
-    redis: ``redis.asyncio.Redis`` with bytes responses; ttl_s: freshness of an arm;
-    timeout_s: deadline of one read; prefix: the Redis key prefix.
+    redis: ``redis.asyncio.Redis`` with bytes responses; ttl_s: freshness of an arm (and of the
+    hybrid shared statistics); timeout_s: deadline of one read; prefix: the Redis key prefix.
     """
 
     def __init__(
         self,
         redis: Any,
-        policy: LinUCB,
+        policy: LinearPolicy,
         prefix: str = "",
         ttl_s: float = 5.0,
         timeout_s: float = 0.05,
@@ -138,22 +148,30 @@ class LinearStateCache:
         self.timeout_s = timeout_s
         self._clock = clock
         self._fetched: dict[str, float] = {}
+        self._shared_fetched = -np.inf
 
     async def refresh(self, items: Sequence[str]) -> bool:
         """Bring the arms of ``items`` up to date; returns True (stale) when Redis failed."""
         now = self._clock()
         missing = [x for x in items if now - self._fetched.get(x, -np.inf) > self.ttl_s]
-        if not missing:
+        hybrid = isinstance(self.policy, HybridLinUCB)
+        shared = hybrid and now - self._shared_fetched > self.ttl_s
+        if not missing and not shared:
             return False
         try:
             async with asyncio.timeout(self.timeout_s):
                 pipe = self.redis.pipeline(transaction=False)
                 for item in missing:
                     pipe.hgetall(redis_key(item, self.policy.kind, self.prefix))
+                if shared:
+                    pipe.hgetall(shared_key(self.policy.kind, self.prefix))
                 replies = await pipe.execute()
         except Exception as exc:  # Redis down or slow: keep the last state
-            log.warning("LinUCB state unavailable, serving the last loaded state: %r", exc)
+            log.warning("%s state unavailable, serving the last loaded state: %r", self.policy.kind, exc)
             return True
+        if shared:
+            self.policy.load_shared(replies.pop())
+            self._shared_fetched = now
         for item, mapping in zip(missing, replies, strict=True):
             self.policy.load_arm(item, mapping)
             self._fetched[item] = now
@@ -163,21 +181,24 @@ class LinearStateCache:
 class ContextualExplorer:
     """One contextual decision per request (see the module docstring).
 
-    policies: name -> policy (``linucb``, ``lints``) sharing the state that ``state`` loads;
+    policies: name -> policy (``linucb``, ``lints``, ``linucb-hybrid``); states: name -> the
+    ``LinearStateCache`` that loads that policy's statistics (``make_state_caches``);
     recorder: where explored contexts go for the reward join (None: not recorded).
     """
 
     def __init__(
         self,
-        policies: Mapping[str, LinUCB],
+        policies: Mapping[str, LinearPolicy],
         builder: ContextBuilder,
-        state: LinearStateCache,
+        states: Mapping[str, LinearStateCache],
         recorder: ContextRecorder | None = None,
         explore_slots: int = 1,
     ):
         self.policies = dict(policies)
         self.builder = builder
-        self.state = state
+        if set(states) != set(self.policies):
+            raise ValueError(f"states {sorted(states)} do not match policies {sorted(self.policies)}")
+        self.states = dict(states)
         self.recorder = recorder
         self.explore_slots = explore_slots
         self._tasks: set[asyncio.Task] = set()
@@ -205,31 +226,70 @@ class ContextualExplorer:
         slots = min(self.explore_slots if explore_slots is None else explore_slots, size)
         if slots < 0:
             raise PolicyInputError(f"explore_slots must be >= 0, got {slots}")
-        stale = await self.state.refresh(items)
+        stale = await self.states[policy].refresh(items)
         decision = chosen.select(contexts, items, size, slots)
         if self.recorder is not None and request_id and slots:
             explored = [i for i, e in enumerate(decision.explored.tolist()) if e]
             served = [decision.items[i] for i in explored]
             index = {item: i for i, item in enumerate(items)}
             rows = contexts[[index[item] for item in served]]
-            task = asyncio.create_task(self._record(request_id, served, rows, chosen.ridge))
+            task = asyncio.create_task(self._record(request_id, served, rows, chosen))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return decision, stale
 
-    async def _record(self, request_id: str, items: list[str], rows: np.ndarray, ridge: float) -> None:
+    async def _record(
+        self, request_id: str, items: list[str], rows: np.ndarray, policy: LinearPolicy
+    ) -> None:
+        shared = getattr(policy, "shared_dim", None) or 0
         try:
             async with asyncio.timeout(1.0):
-                await self.recorder.record(request_id, items, rows, ridge)
+                await self.recorder.record(request_id, items, rows, policy.ridge, policy.kind, shared)
         except Exception as exc:  # the decision is served; only its learning signal is lost
             log.warning("contexts of request %s not recorded: %r", request_id, exc)
 
 
 def make_policies(
-    d: int, alpha: float, epsilon: float, ridge: float, v: float, seed: int | None, n_draws: int
-) -> dict[str, LinUCB]:
-    """``linucb`` and ``lints`` over one shared arm state (LinTS reads LinUCB's statistics)."""
+    d: int,
+    alpha: float,
+    epsilon: float,
+    ridge: float,
+    v: float,
+    seed: int | None,
+    n_draws: int,
+    hybrid_shared_dim: int | None = None,
+) -> dict[str, LinearPolicy]:
+    """``linucb`` and ``lints`` over one shared arm state (LinTS reads LinUCB's statistics), and
+    ``linucb-hybrid`` with its own (shared features: the first ``hybrid_shared_dim`` columns,
+    None = the whole row)."""
     linucb = LinUCB(d, alpha=alpha, epsilon=epsilon, ridge=ridge, seed=seed)
     lints = LinTS(d, v=v, ridge=ridge, seed=None if seed is None else seed + 1, n_draws=n_draws)
     lints.share_state(linucb)
-    return {"linucb": linucb, "lints": lints}
+    hybrid = HybridLinUCB(
+        d,
+        shared_dim=hybrid_shared_dim,
+        alpha=alpha,
+        epsilon=epsilon,
+        ridge=ridge,
+        seed=None if seed is None else seed + 2,
+    )
+    return {"linucb": linucb, "lints": lints, "linucb-hybrid": hybrid}
+
+
+def make_state_caches(
+    redis: Any,
+    policies: Mapping[str, LinearPolicy],
+    prefix: str = "",
+    ttl_s: float = 5.0,
+    timeout_s: float = 0.05,
+) -> dict[str, LinearStateCache]:
+    """One ``LinearStateCache`` per distinct statistics object: policies that share state
+    (``lints`` and ``linucb``) share the cache, so an arm is read once for both."""
+    by_state: dict[int, LinearStateCache] = {}
+    out: dict[str, LinearStateCache] = {}
+    for name, policy in policies.items():
+        key = id(policy._arms)
+        if key not in by_state:
+            by_state[key] = LinearStateCache(redis, policy, prefix, ttl_s, timeout_s)
+        out[name] = by_state[key]
+    return out

@@ -88,15 +88,15 @@ def online(
         stop_worker(worker)
 
 
-def explore(stub: bandit_pb2_grpc.BanditStub, request_id: str, k: int, slots: int) -> list[str]:
+def explore(
+    stub: bandit_pb2_grpc.BanditStub, request_id: str, k: int, slots: int, policy: str = "linucb"
+) -> list[str]:
     candidates = [
         common_pb2.ScoredItem(item_id=item, score=1.0 - j / len(CANDIDATES))
         for j, item in enumerate(CANDIDATES)
     ]
     reply = stub.Explore(
-        bandit_pb2.ExploreRequest(
-            user=USER, candidates=candidates, k=k, policy="linucb", explore_slots=slots
-        ),
+        bandit_pb2.ExploreRequest(user=USER, candidates=candidates, k=k, policy=policy, explore_slots=slots),
         metadata=(("x-request-id", request_id),),
         timeout=5,
     )
@@ -104,9 +104,11 @@ def explore(stub: bandit_pb2_grpc.BanditStub, request_id: str, k: int, slots: in
     return [x.item_id for x in reply.items]
 
 
-def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> None:
+@pytest.mark.parametrize("policy", ["linucb", "linucb-hybrid"])
+def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict, policy: str) -> None:
+    """Disjoint and hybrid LinUCB: each learns from the rewards of the requests it served."""
     stub, r, prefix = online["stub"], online["redis"], online["prefix"]
-    before = explore(stub, "probe-0", k=1, slots=1)[0]
+    before = explore(stub, "probe-0", k=1, slots=1, policy=policy)[0]
     target = next(item for item in reversed(CANDIDATES) if item != before)
 
     # Five requests that explore the whole candidate list (every context recorded), each served
@@ -114,7 +116,7 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> 
     events = []
     for _ in range(5):
         rid = f"req-{uuid.uuid4().hex[:8]}"
-        served = explore(stub, rid, k=len(CANDIDATES), slots=len(CANDIDATES))
+        served = explore(stub, rid, k=len(CANDIDATES), slots=len(CANDIDATES), policy=policy)
         assert sorted(served) == sorted(CANDIDATES)
         wait_for(
             lambda rid=rid: r.exists(context_key(rid, prefix)),
@@ -136,15 +138,15 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> 
     )
 
     def updated() -> bool:
-        n = r.hget(redis_key(target, "linucb", prefix), "n")
+        n = r.hget(redis_key(target, policy, prefix), "n")
         return n is not None and int(n) >= 5
 
     wait_for(
-        updated, "5 LinUCB updates of the clicked item", online["procs"], online["log"], timeout=DEADLINE_S
+        updated, f"5 {policy} updates of the clicked item", online["procs"], online["log"], timeout=DEADLINE_S
     )
     probes = iter(range(1, 10_000))
     chosen = wait_for(
-        lambda: explore(stub, f"probe-{next(probes)}", k=1, slots=1)[0] == target,
+        lambda: explore(stub, f"probe-{next(probes)}", k=1, slots=1, policy=policy)[0] == target,
         f"the bandit to choose {target} (was {before})",
         online["procs"],
         online["bandit_log"],
@@ -155,13 +157,15 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict) -> 
     assert elapsed < DEADLINE_S
     # the window closes: the unclicked items get zero rewards from the stream's settle timer
     wait_for(
-        lambda: r.hget(redis_key(before, "linucb", prefix), "n") is not None,
+        lambda: r.hget(redis_key(before, policy, prefix), "n") is not None,
         f"zero rewards for {before}",
         online["procs"],
         online["log"],
         timeout=DEADLINE_S,
     )
-    assert explore(stub, "probe-final", k=1, slots=1)[0] == target
+    assert explore(stub, "probe-final", k=1, slots=1, policy=policy)[0] == target
+    other = "linucb-hybrid" if policy == "linucb" else "linucb"
+    assert r.hget(redis_key(target, other, prefix), "n") is None  # only the serving policy learned
 
 
 def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(

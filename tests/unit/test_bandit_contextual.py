@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from recstack.devstack.embedded import EmbeddedRedis
 from recstack.exploration.arms import ArmCache
 from recstack.exploration.base import NonFiniteInputError
-from recstack.exploration.linucb import LinUCB, build_context, redis_key, save_arms
-from recstack.exploration.online import ContextBuilder, ContextualExplorer, LinearStateCache, make_policies
+from recstack.exploration.linucb import HybridLinUCB, LinUCB, build_context, redis_key, save_arms
+from recstack.exploration.online import ContextBuilder, ContextualExplorer, make_policies, make_state_caches
 from recstack.exploration.rewards import ContextRecorder, context_key
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.keys import Keys
@@ -44,9 +44,9 @@ def test_context_builder_equals_build_context_row_by_row() -> None:
         builder.build({"Drama": float("inf")}, ITEMS[:2], np.ones(2))
 
 
-def _trained_state(builder: ContextBuilder, winner: str) -> LinUCB:
+def _trained_state(builder: ContextBuilder, winner: str, hybrid: bool = False) -> LinUCB | HybridLinUCB:
     """Arm ``winner`` rewarded every time it was tried, the others never."""
-    policy = LinUCB(D, epsilon=0.0)
+    policy = HybridLinUCB(D, epsilon=0.0) if hybrid else LinUCB(D, epsilon=0.0)
     x = builder.build(USER, ITEMS, np.zeros(len(ITEMS)))
     for _ in range(30):
         for i, item in enumerate(ITEMS[:-1]):
@@ -56,8 +56,9 @@ def _trained_state(builder: ContextBuilder, winner: str) -> LinUCB:
 
 def _explorer(client: aioredis.Redis, builder: ContextBuilder, ttl_s: float = 60.0) -> ContextualExplorer:
     policies = make_policies(D, alpha=0.1, epsilon=0.0, ridge=1.0, v=0.1, seed=0, n_draws=200)
-    state = LinearStateCache(client, policies["linucb"], "t:", ttl_s=ttl_s, timeout_s=0.5)
-    return ContextualExplorer(policies, builder, state, ContextRecorder(client, "t:"), explore_slots=1)
+    states = make_state_caches(client, policies, "t:", ttl_s=ttl_s, timeout_s=0.5)
+    assert states["linucb"] is states["lints"] and states["linucb"] is not states["linucb-hybrid"]
+    return ContextualExplorer(policies, builder, states, ContextRecorder(client, "t:"), explore_slots=1)
 
 
 @pytest.mark.integration
@@ -66,10 +67,11 @@ async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_dow
     with EmbeddedRedis(log_dir=tmp_path) as server:
         sync = redis.Redis.from_url(server.url)
         save_arms(sync, _trained_state(builder, "i9"), ITEMS[:-1], prefix="t:")
+        save_arms(sync, _trained_state(builder, "i9", hybrid=True), ITEMS[:-1], prefix="t:")
         client = aioredis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
         explorer = _explorer(client, builder, ttl_s=0.0)  # every request re-reads Redis
         scores = np.linspace(1.0, 0.0, len(ITEMS))
-        for name in ("linucb", "lints"):
+        for name in ("linucb", "lints", "linucb-hybrid"):
             decision, stale = await explorer.explore(name, USER, ITEMS, scores, 4, request_id=f"r-{name}")
             assert decision.items[:3] == ITEMS[:3] and decision.items[3] == "i9", name
             assert not stale and decision.explored.tolist() == [False] * 3 + [True]
@@ -77,7 +79,8 @@ async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_dow
         for task in list(explorer._tasks):
             await task
         recorded = sync.hgetall(context_key("r-linucb", "t:"))
-        assert set(recorded) == {b"ridge", b"x:i9"}
+        assert set(recorded) == {b"ridge", b"kind", b"shared", b"x:i9"} and recorded[b"kind"] == b"linucb"
+        assert sync.hget(context_key("r-linucb-hybrid", "t:"), "kind") == b"linucb-hybrid"
         np.testing.assert_allclose(
             np.frombuffer(recorded[b"x:i9"], dtype="<f4"),
             builder.build(USER, ["i9"], [scores[9]])[0],
@@ -136,7 +139,7 @@ def _cands(*scores: float) -> list[common_pb2.ScoredItem]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("policy", ["thompson", "linucb", "lints"])
+@pytest.mark.parametrize("policy", ["thompson", "linucb", "lints", "linucb-hybrid"])
 async def test_bad_input_is_invalid_argument_and_edge_cases_are_documented(stub, policy: str) -> None:
     user = common_pb2.UserFeatures(user_id="u1", genre_scores={"Drama": 0.5})
     for request, message in (
