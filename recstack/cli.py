@@ -407,7 +407,11 @@ def bench_regret_cmd(
 def ope_cmd(
     log: Path = typer.Option(..., "--log", help="Logged bandit feedback (recstack JSONL or OBD CSV)."),
     policy: str = typer.Option(
-        ..., "--policy", help="Target policy: logged, uniform, best, json:PATH or softmax:TEMP."
+        ...,
+        "--policy",
+        help="Target policy: logged, uniform, best, json:PATH, softmax:TEMP, or a learning policy "
+        "replayed through the log: linucb[:alpha=A,ridge=R], lints[:v=V], linucb-hybrid, "
+        "thompson[:prior_alpha=A,prior_beta=B].",
     ),
     fmt: str = typer.Option("auto", "--format", help="auto, recstack or obd."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),

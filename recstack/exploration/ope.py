@@ -558,7 +558,10 @@ def policy_from_spec(spec: str, data: LoggedBandit) -> TargetPolicy:
         logits = logits - logits.max(axis=1, keepdims=True)
         dist = np.exp(logits)
         return TargetPolicy(spec, dist / dist.sum(axis=1, keepdims=True))
-    raise OPEError(f"unknown policy spec {spec!r}: use logged, uniform, best, json:PATH or softmax:TEMP")
+    raise OPEError(
+        f"unknown policy spec {spec!r}: use logged, uniform, best, json:PATH, softmax:TEMP, "
+        "or a learning policy (linucb, lints, linucb-hybrid, thompson; replay only)"
+    )
 
 
 def run_ope(
@@ -571,9 +574,13 @@ def run_ope(
     seed: int = 0,
 ) -> dict:
     """What ``recstack ope --log LOG --policy SPEC`` prints: a JSON-ready dict."""
+    from recstack.exploration.replay import LEARNING_POLICIES, replay_learning
+
     data = read_log(log, fmt)
-    target = policy_from_spec(policy, data)
-    est = evaluate(data, target, ci=ci, level=level, n_boot=n_boot, seed=seed)
+    if policy.partition(":")[0] in LEARNING_POLICIES:  # learns from its rewards: replay only
+        est = {"replay": replay_learning(data, policy, seed=seed, ci=ci, level=level, n_boot=n_boot)}
+    else:
+        est = evaluate(data, policy_from_spec(policy, data), ci=ci, level=level, n_boot=n_boot, seed=seed)
     return {
         "log": str(log),
         "policy": policy,

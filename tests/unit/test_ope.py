@@ -173,6 +173,8 @@ def test_read_recstack_log_and_run_ope(tmp_path: Path) -> None:
     est = run_ope(log, f"json:{weights}")["estimates"]
     assert est["ips"]["value"] >= 0
     assert "replay" in run_ope(log, "best")["estimates"]
+    learned = run_ope(log, "linucb:alpha=0.5")["estimates"]
+    assert set(learned) == {"replay"} and 0 < learned["replay"]["n_effective"] <= 120
 
 
 @pytest.mark.parametrize(
