@@ -195,6 +195,24 @@ def hybrid_shared_delta(
     return np.outer(g, g) / s, g * (reward - x @ (ainv @ b)) / s
 
 
+def top_indices(score: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` highest scores [n], best first, ties to the lower index: the first
+    ``n`` of a stable ``argsort(-score)``. A few slots (n <= 4) take n argmax passes instead of
+    a sort of the whole pool."""
+    if n > 4 or n >= score.shape[0]:
+        return np.argsort(-score, kind="stable")[:n]
+    work = np.array(score, dtype=np.float64)
+    picked = []
+    for _ in range(n):
+        j = int(work.argmax())
+        picked.append(j)
+        work[j] = -np.inf
+    out = np.array(picked, dtype=np.intp)
+    if len(set(picked)) < n or not np.isfinite(score[out]).all():  # -inf or NaN scores: sort
+        return np.argsort(-score, kind="stable")[:n]
+    return out
+
+
 def _check_params(alpha: float, epsilon: float, ridge: float, dim: int) -> None:
     if dim < 1:
         raise PolicyInputError(f"dim must be >= 1, got {dim}")
@@ -288,7 +306,7 @@ class _LinearSlatePolicy:
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
         m = score.shape[0]
-        greedy = np.argsort(-score, kind="stable")[:slots]
+        greedy = top_indices(score, slots)
         if slots >= m:
             return greedy, np.ones(slots)
         uniform = self.epsilon * slots / m
@@ -306,8 +324,9 @@ class _LinearSlatePolicy:
         fixed = k - slots
         if slots:
             chosen, p = (pick or self._pick_slots)(score[fixed:], slots)
-            order = np.concatenate((np.arange(fixed), fixed + chosen))
-            props = np.concatenate((np.ones(fixed), p))
+            order, props = np.arange(k), np.ones(k)
+            order[fixed:] = fixed + chosen
+            props[fixed:] = p
         else:
             order, props = np.arange(k), np.ones(k)
         explored = np.zeros(k, dtype=bool)
@@ -467,7 +486,7 @@ class LinTS(LinUCB):
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             chosen = self._rng.choice(m, size=slots, replace=False)
         else:
-            chosen = np.argsort(-score, kind="stable")[:slots]
+            chosen = top_indices(score, slots)
         sims = np.multiply(self._noise(m), (self.alpha * width).astype(np.float32))
         sims += mean.astype(np.float32)  # [n_draws, m]
         counts = np.zeros(m, dtype=np.int64)

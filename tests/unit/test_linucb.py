@@ -25,6 +25,7 @@ from recstack.exploration.linucb import (
     load_arms,
     redis_key,
     save_arms,
+    top_indices,
 )
 
 D = 8
@@ -338,3 +339,16 @@ def test_state_round_trip_through_real_redis(make, redis_url: str, caplog) -> No
     assert reset == ["i5"] and "i5" in caplog.text
     np.testing.assert_allclose(dst.score(ctx[:5], ids[:5]), src.score(ctx[:5], ids[:5]), rtol=1e-4, atol=1e-5)
     client.close()
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_top_indices_equals_a_stable_sort(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for score in (
+        rng.normal(size=50),
+        np.round(rng.normal(size=50), 1),  # many ties: lower index first
+        np.r_[rng.normal(size=10), [-np.inf] * 3],
+        np.r_[[np.nan], rng.normal(size=5), [np.inf, -np.inf]],
+        np.full(6, -np.inf),
+    ):
+        np.testing.assert_array_equal(top_indices(score, n), np.argsort(-score, kind="stable")[:n])
