@@ -27,8 +27,10 @@ class PipelineConfig:
     ranking_model: "multitask" or "ncf"; task_weights: multi-task score weights as
     ((task, weight), ...) (empty: the model's defaults); rerank_enabled / rerank_model ("" for the
     bundle default); explore_slots: slate positions the bandit may explore; policy: bandit policy
-    name; diversity: "none", "mmr" or "dpp" with diversity_lambda (MMR relevance weight, DPP theta)
-    over diversity_similarity ("jaccard": item genres, "cosine": two-tower item embeddings).
+    name; segment_by: how the request's Thompson segment is chosen ("" none, "top_genre",
+    "attribute:NAME"; recstack/exploration/segments.py); diversity: "none", "mmr" or "dpp" with
+    diversity_lambda (MMR relevance weight, DPP theta) over diversity_similarity ("jaccard": item
+    genres, "cosine": two-tower item embeddings).
     """
 
     ranking_model: str = "multitask"
@@ -40,6 +42,7 @@ class PipelineConfig:
     diversity: str = "none"
     diversity_lambda: float = 0.7
     diversity_similarity: str = "jaccard"
+    segment_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ File shape (YAML shown; JSON with the same keys works)::
             pipeline:
               ranker: multitask                    # multitask | ncf
               rerank: {enabled: true, model: sasrec}   # sasrec | gru4rec | bert4rec | "" (bundle default)
-              bandit: {policy: thompson, slots: 1}     # thompson | linucb
+              bandit: {policy: thompson, slots: 1, segment_by: "attribute:device"}
+                # policy thompson | linucb | lints | linucb-hybrid (what the bandit service serves);
+                # segment_by none | top_genre | attribute:NAME: Thompson arms per user segment
               diversity: {method: mmr, lambda: 0.7, similarity: jaccard}
                 # method mmr | dpp | none; lambda = relevance weight (MMR) / theta (DPP);
                 # similarity jaccard (item genres) | cosine (two-tower item embeddings)
@@ -61,6 +63,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from recstack.experiments import assignment
 from recstack.experiments.assignment import ExperimentConfigError, bucket
+from recstack.exploration.segments import parse_segment_by
 
 __all__ = [
     "Assignment",
@@ -108,6 +111,7 @@ def _ident(v: str) -> str:
 Fraction = Annotated[float, AfterValidator(_fraction)]
 NonNegative = Annotated[float, AfterValidator(_non_negative)]
 Ident = Annotated[str, AfterValidator(_ident)]
+SegmentBy = Annotated[str, AfterValidator(parse_segment_by)]
 
 
 class _Strict(BaseModel):
@@ -122,8 +126,14 @@ class RerankSpec(_Strict):
 
 
 class BanditSpec(_Strict):
-    policy: Literal["thompson", "linucb"] = "thompson"
+    """policy: one the bandit service serves; slots: exploration positions (0: no bandit);
+    segment_by: Thompson arms per user segment: "none" (default), "top_genre" (the user's highest
+    real-time genre score) or "attribute:NAME" (the request's context attribute NAME); stored in
+    canonical form ("" for none). The contextual policies ignore it."""
+
+    policy: Literal["thompson", "linucb", "lints", "linucb-hybrid"] = "thompson"
     slots: Annotated[int, Field(ge=0, le=100)] = 1
+    segment_by: SegmentBy = ""
 
 
 class DiversitySpec(_Strict):
@@ -160,6 +170,7 @@ class PipelineSpec(_Strict):
             rerank_model=self.rerank.model,
             explore_slots=self.bandit.slots,
             policy=self.bandit.policy,
+            segment_by=self.bandit.segment_by,
             rerank_enabled=self.rerank.enabled,
             task_weights=weights,
             diversity=self.diversity.method,
@@ -218,7 +229,10 @@ class ExperimentConfig(_Strict):
         variants = []
         for v in experiment.variants:
             p = v.pipeline
-            pipeline = {"bandit": {"policy": p.policy, "slots": p.explore_slots}, "ranker": p.ranking_model}
+            bandit: dict[str, Any] = {"policy": p.policy, "slots": p.explore_slots}
+            if p.segment_by:
+                bandit["segment_by"] = p.segment_by
+            pipeline = {"bandit": bandit, "ranker": p.ranking_model}
             if p.rerank_model:
                 pipeline["rerank"] = {"model": p.rerank_model}
             variants.append({"name": v.name, "weight": v.weight, "pipeline": pipeline})

@@ -23,8 +23,9 @@ robust to other processes on the machine), ``speedup_vs_seed_wall_mean`` / ``_wa
 same on wall-clock latency; ``cpu_p99_ms`` the worst p99 of CPU time per decision; ``policies``
 per policy decisions_per_s (wall clock), mean/p50/p99 ms, cpu_mean_ms, cpu_p99_ms; ``goals`` =
 p99 < 1 ms and speedup >= 100; ``cache_resident`` = LinUCB and the seed-style code again on a
-1,000-arm catalogue whose state fits in the CPU cache (see ``_cache_resident``). Wall-clock latency on a shared machine includes time spent
-waiting for a CPU: ``load_avg`` (1, 5, 15 min) and ``cpu_count`` are reported next to the numbers.
+1,000-arm catalogue whose state fits in the CPU cache (see ``_cache_resident``). Wall-clock
+latency on a shared machine includes time spent waiting for a CPU: ``load_avg`` (1, 5, 15 min)
+and ``cpu_count`` are reported next to the numbers.
 """
 
 from __future__ import annotations
@@ -263,8 +264,9 @@ def run(json: bool = False, **kwargs) -> dict:
         )
         resident = result["cache_resident"]
         lines.append(
-            f"cache-resident state ({resident['catalogue']} arms, {resident['state_mb']:.1f} MB): LinUCB "
-            f"p50 {resident['linucb']['p50_ms']:.3f} ms, speedup vs seed-style {resident['speedup_vs_seed']:.0f}x"
+            f"cache-resident state ({resident['catalogue']} arms, {resident['state_mb']:.1f} MB): "
+            f"LinUCB p50 {resident['linucb']['p50_ms']:.3f} ms, "
+            f"speedup vs seed-style {resident['speedup_vs_seed']:.0f}x"
         )
         sys.stdout.write("\n".join(lines) + "\n")
     return result

@@ -20,14 +20,24 @@ Monte Carlo inclusion probability of ``n_draws`` independent joint draws; reusin
 requests only correlates the estimation error between requests whose pools share items. The
 draw that actually fills the slots is fresh on every request. A decision over items whose
 statistics all changed costs as much as before (one vectorised ``Generator.beta`` call).
+
+Segments (recstack/exploration/segments.py). ``select(..., segment=S, segment_arms=...)`` draws
+every pool item from its segment posterior: the cold-item prior (prior_alpha, prior_beta) plus
+the global arm's evidence scaled down to at most ``segment_prior_strength`` pseudo-observations,
+plus the segment arm's own evidence. Without a segment the global arm is used as stored (the
+prior only for items without statistics). The draw cache is keyed by (segment, item) for
+segment requests and by item otherwise, so requests of different segments keep their own samples
+(a row is still redrawn whenever its (alpha, beta) changes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
+
+from recstack.exploration.segments import segment_beta_params, stack_arms
 
 
 class PolicyError(ValueError):
@@ -35,15 +45,15 @@ class PolicyError(ValueError):
 
 
 class _DrawCache:
-    """Per-item Monte Carlo Beta samples: item -> row of a float32 [capacity, n_draws] array,
-    valid while the item's (alpha, beta) stays the same. At most ``max_items`` rows (the row of
-    the item cached longest ago is reused first)."""
+    """Per-key Monte Carlo Beta samples: key (an item id, or (segment, item)) -> row of a float32
+    [capacity, n_draws] array, valid while the key's (alpha, beta) stays the same. At most
+    ``max_items`` rows (the row of the key cached longest ago is reused first)."""
 
     def __init__(self, n_draws: int, rng: np.random.Generator, max_items: int = 20_000):
         self.n_draws = n_draws
         self.max_items = max_items
         self._rng = rng
-        self._index: dict[str, int] = {}
+        self._index: dict[Hashable, int] = {}
         capacity = min(1024, max_items)
         self.samples = np.empty((capacity, n_draws), dtype=np.float32)
         self._params = np.full((capacity, 2), np.nan)  # (alpha, beta) the row was drawn with
@@ -51,8 +61,8 @@ class _DrawCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def rows(self, items: Sequence[str], alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-        """Row of every item [P]; items that are new or whose parameters changed are (re)drawn
+    def rows(self, items: Sequence[Hashable], alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        """Row of every key [P]; keys that are new or whose parameters changed are (re)drawn
         in one vectorised call."""
         rows = np.fromiter(map(self._index.get, items, repeat(-1)), dtype=np.intp, count=len(items))
         params = self._params[rows]
@@ -70,7 +80,7 @@ class _DrawCache:
             self._params[fresh, 1] = beta[stale]
         return rows
 
-    def _new_row(self, keep: set[str]) -> int:
+    def _new_row(self, keep: set[Hashable]) -> int:
         n = len(self._index)
         if n < self.samples.shape[0]:
             return n
@@ -97,7 +107,10 @@ class ThompsonSlatePolicy:
     prior_alpha, prior_beta: Beta prior of an item without statistics (> 0).
     seed: seed of the policy's random generator (None: fresh entropy).
     n_draws: Monte Carlo draws for the propensity estimate.
-    cache_items: items whose Monte Carlo samples are kept (float32, ``n_draws`` each).
+    cache_items: draw-cache rows kept, one per item or per (segment, item) (float32, ``n_draws``
+        each).
+    segment_prior_strength: most pseudo-observations the global arm lends a segment's prior
+        (>= 0; 0: independent segments); see recstack/exploration/segments.py.
     """
 
     name = "thompson"
@@ -110,6 +123,7 @@ class ThompsonSlatePolicy:
         seed: int | None = None,
         n_draws: int = 200,
         cache_items: int = 20_000,
+        segment_prior_strength: float = 10.0,
     ):
         if explore_slots < 0:
             raise PolicyError(f"explore_slots must be >= 0, got {explore_slots}")
@@ -123,6 +137,9 @@ class ThompsonSlatePolicy:
         self.n_draws = n_draws
         if cache_items < 1:
             raise PolicyError(f"cache_items must be >= 1, got {cache_items}")
+        if not segment_prior_strength >= 0:  # also rejects NaN
+            raise PolicyError(f"segment_prior_strength must be >= 0, got {segment_prior_strength}")
+        self.segment_prior_strength = float(segment_prior_strength)
         self._rng = np.random.default_rng(seed)
         self._draws = _DrawCache(n_draws, self._rng, cache_items)
 
@@ -138,6 +155,22 @@ class ThompsonSlatePolicy:
             ab[bad] = prior
         return ab[:, 0].copy(), ab[:, 1].copy()
 
+    def segment_params(
+        self,
+        items: Sequence[str],
+        arms: Mapping[str, tuple[float, float]],
+        segment_arms: Mapping[str, tuple[float, float]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """alpha [P], beta [P] per item for a segment request: the cold-item prior plus the global
+        evidence (at most ``segment_prior_strength`` pseudo-observations) plus the segment's own
+        evidence. ``arms`` / ``segment_arms``: stored (alpha, beta) including the Beta(1, 1) prior."""
+        return segment_beta_params(
+            stack_arms(items, arms),
+            stack_arms(items, segment_arms),
+            (self.prior_alpha, self.prior_beta),
+            self.segment_prior_strength,
+        )
+
     def inclusion_probabilities(self, alpha: np.ndarray, beta: np.ndarray, slots: int) -> np.ndarray:
         """Monte Carlo P(item among the top ``slots`` Thompson draws), shape [P]; sums to ``slots``."""
         p = alpha.shape[0]
@@ -149,10 +182,11 @@ class ThompsonSlatePolicy:
         return counts / self.n_draws
 
     def cached_inclusion(
-        self, pool: Sequence[str], alpha: np.ndarray, beta: np.ndarray, slots: int
+        self, pool: Sequence[Hashable], alpha: np.ndarray, beta: np.ndarray, slots: int
     ) -> np.ndarray:
-        """As ``inclusion_probabilities`` for the items ``pool`` [P], with their Monte Carlo
-        samples taken from (or added to) the per-item draw cache."""
+        """As ``inclusion_probabilities`` for the cache keys ``pool`` [P] (distinct item ids, or
+        (segment, item) pairs), with their Monte Carlo samples taken from (or added to) the draw
+        cache."""
         p = len(pool)
         if slots >= p:
             return np.ones(p)
@@ -176,12 +210,19 @@ class ThompsonSlatePolicy:
         k: int,
         arms: Mapping[str, tuple[float, float]],
         explore_slots: int | None = None,
+        *,
+        segment: str = "",
+        segment_arms: Mapping[str, tuple[float, float]] | None = None,
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Choose a slate of ``min(k, len(candidates))`` items.
 
         candidates: item ids ranked best first [C]; scores: their upstream scores [C].
-        arms: item id -> (alpha, beta) of its Beta posterior (missing -> prior).
+        arms: item id -> (alpha, beta) of its global Beta posterior (missing -> prior).
         explore_slots: overrides the policy's default for this call.
+        segment: the request's segment id ("" = none; validated by the caller); with a segment,
+        segment_arms: item id -> stored (alpha, beta) of its arm in that segment (missing: no
+        segment data) and every pool item draws from its borrowed-prior segment posterior
+        (``segment_params``).
         Returns (items [S], upstream scores [S], propensities [S]) in slate order.
         """
         scores = np.asarray(scores, dtype=np.float64)
@@ -202,10 +243,15 @@ class ThompsonSlatePolicy:
         props = [1.0] * fixed
         if slots:
             pool = list(candidates[fixed:])
-            a, b = self._beta_params(pool, arms)
+            keys: Sequence[Hashable] = pool
+            if segment:
+                a, b = self.segment_params(pool, arms, segment_arms or {})
+                keys = [(segment, item) for item in pool]
+            else:
+                a, b = self._beta_params(pool, arms)
             theta = self._rng.beta(a, b)  # [P]
             chosen = np.argsort(-theta, kind="stable")[:slots]
-            inclusion = self.cached_inclusion(pool, a, b, slots)
+            inclusion = self.cached_inclusion(keys, a, b, slots)
             floor = 1.0 / self.n_draws
             for j in chosen:
                 items.append(pool[j])

@@ -10,10 +10,13 @@
 | items:popularity          | zset | item id -> time-decayed popularity, scaled to epoch  |
 | items:popularity:epoch    | str  | unix s the popularity scores are scaled to           |
 | bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |
+| bandit:ts:seg:{seg}:{item}| hash | alpha, beta of the item's posterior in segment seg   |
+|                           |      | (both include the Beta(1, 1) prior)                  |
 | event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
 | imp:{request_id}          | hash | served item -> 0 (no reward yet) / 1 (rewarded)      |
 | imp:pending               | zset | request_id -> unix s when its reward window closes   |
 | imp:{request_id}:exp      | str  | "experiment_id\nvariant" of an impression            |
+| imp:{request_id}:seg      | str  | bandit segment of an impression (expires with imp:)  |
 | exp:{exp}:variants        | set  | variants seen in impressions of the experiment       |
 | exp:{exp}:{variant}:stats | hash | impressions, users (exposed), click/like/purchase    |
 |                           |      | (attributed via request_id), users_{type}            |
@@ -55,6 +58,11 @@ class Keys:
     def bandit_arm(self, item_id: str) -> str:
         return f"{self.prefix}bandit:ts:{item_id}"
 
+    def bandit_segment_arm(self, segment: str, item_id: str) -> str:
+        """The Thompson arm of an item in one segment (a valid segment id, see
+        recstack/exploration/segments.py)."""
+        return f"{self.prefix}bandit:ts:seg:{segment}:{item_id}"
+
     def event_seen(self, event_id: str) -> str:
         return f"{self.prefix}event:{event_id}"
 
@@ -66,6 +74,9 @@ class Keys:
 
     def impression_experiment(self, request_id: str) -> str:
         return f"{self.prefix}imp:{request_id}:exp"
+
+    def impression_segment(self, request_id: str) -> str:
+        return f"{self.prefix}imp:{request_id}:seg"
 
     def experiment_variants(self, experiment_id: str) -> str:
         return f"{self.prefix}exp:{experiment_id}:variants"

@@ -16,6 +16,20 @@ def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _arms(item_ids: Sequence[str], rows: Sequence[Any]) -> dict[str, tuple[float, float]]:
+    """item -> (alpha, beta) from HMGET alpha beta rows; an item with neither field is omitted,
+    one missing field reads as the stored prior 1.0."""
+    arms: dict[str, tuple[float, float]] = {}
+    for item, (alpha, beta) in zip(item_ids, rows, strict=True):
+        if alpha is None and beta is None:
+            continue
+        arms[item] = (
+            float(_s(alpha)) if alpha is not None else 1.0,
+            float(_s(beta)) if beta is not None else 1.0,
+        )
+    return arms
+
+
 class FeatureStore:
     """Async reader of user features, popularity and bandit arms (works with or without decode_responses)."""
 
@@ -85,15 +99,24 @@ class FeatureStore:
         pipe = self.redis.pipeline(transaction=False)
         for item in item_ids:
             pipe.hmget(self.keys.bandit_arm(item), "alpha", "beta")
-        arms: dict[str, tuple[float, float]] = {}
-        for item, (alpha, beta) in zip(item_ids, await pipe.execute(), strict=True):
-            if alpha is None and beta is None:
-                continue
-            arms[item] = (
-                float(_s(alpha)) if alpha is not None else 1.0,
-                float(_s(beta)) if beta is not None else 1.0,
-            )
-        return arms
+        return _arms(item_ids, await pipe.execute())
+
+    async def get_segment_arms(
+        self, item_ids: Sequence[str], segment: str
+    ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        """(global arms, arms in ``segment``) of the items, both read in ONE round trip; each maps
+        item -> stored (alpha, beta) (Beta(1, 1) prior included) and omits items without an arm.
+        ``segment`` must be a valid segment id (recstack/exploration/segments.py)."""
+        if not item_ids:
+            return {}, {}
+        pipe = self.redis.pipeline(transaction=False)
+        for item in item_ids:
+            pipe.hmget(self.keys.bandit_arm(item), "alpha", "beta")
+        for item in item_ids:
+            pipe.hmget(self.keys.bandit_segment_arm(segment, item), "alpha", "beta")
+        rows = await pipe.execute()
+        n = len(item_ids)
+        return _arms(item_ids, rows[:n]), _arms(item_ids, rows[n:])
 
     async def get_experiment(self, experiment_id: str) -> dict[str, dict[str, float]]:
         """variant -> counters (impressions, users, click, like, purchase, users_click, ...) of an

@@ -15,10 +15,13 @@ the same script, so a batch replayed after a crash is a no-op):
   - ``item:{id}:stats`` counter of the type; ``items:popularity`` ZINCRBY of the weight, decayed in
     time (see "Popularity" below).
   - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
-    once per (request_id, item) while the impression is pending.
+    once per (request_id, item) while the impression is pending; when that impression carried a
+    bandit segment, the segment arm ``bandit:ts:seg:{segment}:{item}`` gets the same increment.
 * impressions: ``item:{id}:stats`` ``impression`` += 1 for every served item; with a request_id,
   ``imp:{request_id}`` records the slate (item -> 0) and ``imp:pending`` its window end
-  (event ts + reward_window_s).
+  (event ts + reward_window_s). A valid segment id in the context entry ``bandit_segment`` (set
+  by the gateway, see recstack/exploration/segments.py; an invalid one is ignored) is kept in
+  ``imp:{request_id}:seg`` (first impression of the request wins) with the same expiry.
 * A/B records (impressions with experiment_id and variant, and one more per context entry
   ``ab.<experiment_id> = variant``: a request in several experiment layers; impressions whose
   context has ``qa = "1"`` (forced variants, QA traffic) write no A/B record): ``exp:{exp}:variants``,
@@ -41,7 +44,8 @@ every item once per 72 half-lives. Late events (t < E) just weigh less, as they 
 no-ops like every other write (the event_id marker).
 
 :meth:`FeatureWriter.settle` closes windows that ended: every served item without a reward gets
-``beta += 1`` (zero reward). Arms start from the Beta(1, 1) prior (both fields set to 1 first).
+``beta += 1`` (zero reward), on the segment arm too when the impression had a segment. Arms,
+global and per segment, start from the Beta(1, 1) prior (both fields set to 1 first).
 
 Keys are built inside the script from the prefix (single Redis or a hash-tagged prefix; not
 cluster-sharded). The script is loaded once (SCRIPT LOAD) and called with EVALSHA; redis-py's
@@ -62,6 +66,7 @@ import redis.asyncio as aioredis
 
 from recstack.events.schema import REWARD_TYPES, UserEvent
 from recstack.exploration.rewards import LinearRewardWriter
+from recstack.exploration.segments import SEGMENT_CONTEXT_KEY, is_valid_segment
 from recstack.features.catalog import ItemCatalog
 from recstack.features.keys import GENRE_EMA_ALPHA, RECENT_ITEMS_CAP, Keys
 
@@ -116,10 +121,21 @@ local function arm_prior(key)
   redis.call('HSETNX', key, 'alpha', 1)
   redis.call('HSETNX', key, 'beta', 1)
 end
+local function bump_arms(ikey, item, field)
+  local akey = prefix .. 'bandit:ts:' .. item
+  arm_prior(akey)
+  redis.call('HINCRBYFLOAT', akey, field, 1)
+  local seg = redis.call('GET', ikey .. ':seg')
+  if seg then
+    local skey = prefix .. 'bandit:ts:seg:' .. seg .. ':' .. item
+    arm_prior(skey)
+    redis.call('HINCRBYFLOAT', skey, field, 1)
+  end
+end
 local function apply_one(ev)
   local id, user, item, etype, ts = ev[1], ev[2], ev[3], ev[4], ev[5]
   local w, genres, req, reward, slate = ev[6], ev[7], ev[8], ev[9], ev[10]
-  local exps, variants, interaction = ev[11], ev[12], ev[13] == 1
+  local exps, variants, interaction, seg = ev[11], ev[12], ev[13] == 1, ev[14]
   if redis.call('SET', prefix .. 'event:' .. id, '1', 'NX', 'EX', ttl) then
     local ukey = prefix .. 'user:' .. user .. ':stats'
     redis.call('HINCRBY', ukey, etype, 1)
@@ -133,8 +149,12 @@ local function apply_one(ev)
         if req ~= '' then redis.call('HSETNX', ikey, it, 0) end
       end
       if req ~= '' then
-        redis.call('EXPIRE', ikey, math.floor(window) + 86400)
+        local keep = math.floor(window) + 86400
+        redis.call('EXPIRE', ikey, keep)
         redis.call('ZADD', prefix .. 'imp:pending', 'NX', fmt(ts + window), req)
+        if seg ~= '' and not redis.call('SET', ikey .. ':seg', seg, 'NX', 'EX', keep) then
+          redis.call('EXPIRE', ikey .. ':seg', keep)
+        end
       end
       local meta = {}
       for n, exp in ipairs(exps) do
@@ -177,9 +197,7 @@ local function apply_one(ev)
         local state = redis.call('HGET', ikey, item)
         if state ~= '1' then
           if state == '0' then redis.call('HSET', ikey, item, 1) end
-          local akey = prefix .. 'bandit:ts:' .. item
-          arm_prior(akey)
-          redis.call('HINCRBYFLOAT', akey, 'alpha', 1)
+          bump_arms(ikey, item, 'alpha')
           rewards = rewards + 1
         end
         local meta = redis.call('GET', ikey .. ':exp')
@@ -239,19 +257,23 @@ local limit = tonumber(ARGV[3])
 local pkey = prefix .. 'imp:pending'
 local reqs = redis.call('ZRANGEBYSCORE', pkey, '-inf', now, 'LIMIT', 0, limit)
 local zeros = 0
+local function zero(akey)
+  redis.call('HSETNX', akey, 'alpha', 1)
+  redis.call('HSETNX', akey, 'beta', 1)
+  redis.call('HINCRBYFLOAT', akey, 'beta', 1)
+end
 for _, req in ipairs(reqs) do
   local ikey = prefix .. 'imp:' .. req
   local flat = redis.call('HGETALL', ikey)
+  local seg = redis.call('GET', ikey .. ':seg')
   for i = 1, #flat, 2 do
     if flat[i + 1] == '0' then
-      local akey = prefix .. 'bandit:ts:' .. flat[i]
-      redis.call('HSETNX', akey, 'alpha', 1)
-      redis.call('HSETNX', akey, 'beta', 1)
-      redis.call('HINCRBYFLOAT', akey, 'beta', 1)
+      zero(prefix .. 'bandit:ts:' .. flat[i])
+      if seg then zero(prefix .. 'bandit:ts:seg:' .. seg .. ':' .. flat[i]) end
       zeros = zeros + 1
     end
   end
-  redis.call('DEL', ikey, ikey .. ':exp')
+  redis.call('DEL', ikey, ikey .. ':exp', ikey .. ':seg')
   redis.call('ZREM', pkey, req)
 end
 return {#reqs, zeros}
@@ -278,6 +300,19 @@ def ab_exposures(event: UserEvent) -> tuple[list[str], list[str]]:
     return list(pairs), list(pairs.values())
 
 
+def impression_segment(event: UserEvent) -> str:
+    """The bandit segment an impression was served under (context ``bandit_segment``); "" for
+    other events, without one, or when the value is not a valid segment id (it becomes part of
+    Redis keys, so it is never passed on unchecked)."""
+    if event.event_type != "impression":
+        return ""
+    segment = event.context.get(SEGMENT_CONTEXT_KEY, "")
+    if segment and not is_valid_segment(segment):
+        log.warning("impression %s: ignoring invalid bandit segment %r", event.event_id, segment[:80])
+        return ""
+    return segment
+
+
 @dataclass(frozen=True)
 class EventWeights:
     """Interaction weights for genre EMA and popularity. rating events weigh rating / rating_scale."""
@@ -297,7 +332,8 @@ class EventWeights:
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """applied: events written; duplicates: event_ids already applied; rewards: alpha increments;
+    """applied: events written; duplicates: event_ids already applied; rewards: (request, item)
+    rewards (alpha increments of the global arms; segment arms get the same ones);
     failed: (index in the batch, Redis error) of events whose writes raised (e.g. WRONGTYPE on a key
     another tool wrote). A failed event keeps its idempotency marker and whatever it wrote before
     the error (Redis does not roll back scripts); the other events of the batch are applied. An
@@ -312,7 +348,8 @@ class ApplyResult:
 
 @dataclass(frozen=True)
 class SettleResult:
-    """requests: impression windows closed; zero_rewards: beta increments."""
+    """requests: impression windows closed; zero_rewards: (request, item) zero rewards (beta
+    increments of the global arms; segment arms get the same ones)."""
 
     requests: int
     zero_rewards: int
@@ -379,6 +416,7 @@ class FeatureWriter:
             list(event.items),
             *ab_exposures(event),
             1 if event.is_interaction else 0,
+            impression_segment(event),
         ]
 
     async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:

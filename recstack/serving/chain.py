@@ -24,6 +24,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from recstack.experiments.assignment import PipelineConfig
+from recstack.exploration.segments import request_segment
 from recstack.features.types import UserFeatures
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,16 @@ class RecommendState:
         if self.user is None:
             self.user = UserFeatures(user_id=self.user_id)
         return self.user
+
+    @property
+    def bandit_segment(self) -> str:
+        """The request's Thompson segment per ``pipeline.segment_by`` ("" = none): a context
+        attribute or the user's top real-time genre, as a valid segment id. Read by the bandit
+        stage and recorded in the impression; it depends on the user features, so it is final
+        once the features stage ran."""
+        if not self.pipeline.segment_by:
+            return ""
+        return request_segment(self.pipeline.segment_by, self.attributes, self.features.genre_scores)
 
     @property
     def cold_start(self) -> bool:

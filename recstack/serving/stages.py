@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recstack.exploration.arms import ArmCache
+from recstack.exploration.segments import is_valid_segment
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
 from recstack.rpc.client import call
@@ -90,6 +91,7 @@ class BanditBackend(Protocol):
         k: int,
         policy: str,
         explore_slots: int,
+        segment: str = "",
     ) -> StageResult: ...
 
 
@@ -256,7 +258,8 @@ class DiversityStage:
 
 class BanditStage:
     """Exploration over the ranked slate; sets the propensities. Skipped when the variant has no
-    exploration slots (``explore_slots`` 0: a deterministic slate, propensity 1)."""
+    exploration slots (``explore_slots`` 0: a deterministic slate, propensity 1). The request's
+    segment (``RecommendState.bandit_segment``, "" = none) goes to the backend."""
 
     name = "bandit"
 
@@ -275,6 +278,7 @@ class BanditStage:
             state.k,
             state.pipeline.policy,
             state.pipeline.explore_slots,
+            segment=state.bandit_segment,
         )
         state.set_ranking(result.items, result.scores, result.components, result.propensities)
         state.model_versions[self.name] = result.version
@@ -398,6 +402,7 @@ class GrpcBandit(_GrpcBackend):
         k: int,
         policy: str,
         explore_slots: int,
+        segment: str = "",
     ) -> StageResult:
         request = bandit_pb2.ExploreRequest(
             user=user_to_proto(user),
@@ -405,6 +410,7 @@ class GrpcBandit(_GrpcBackend):
             k=k,
             policy=policy,
             explore_slots=explore_slots,
+            segment=segment,
         )
         reply = await call(self.stub.Explore, request, self.timeout_s)
         result = _result(reply.items, reply.policy)
@@ -417,7 +423,8 @@ class GrpcBandit(_GrpcBackend):
 
 
 class LocalBandit:
-    """Thompson slate policy over an ArmCache, in process."""
+    """Thompson slate policy over an ArmCache, in process. A ``segment`` (a valid segment id, else
+    ValueError) draws from the segment arms; the ArmCache then needs a ``segment_reader``."""
 
     def __init__(self, policy: ThompsonSlatePolicy, arms: ArmCache):
         self.policy = policy
@@ -431,9 +438,20 @@ class LocalBandit:
         k: int,
         policy: str,
         explore_slots: int,
+        segment: str = "",
     ) -> StageResult:
         if policy not in ("", self.policy.name):
             raise ValueError(f"policy {policy!r} is not available; use 'thompson'")
-        arms, stale = await self.arms.get(list(items))
-        ids, out, props = self.policy.select(items, scores, k, arms, explore_slots=explore_slots or None)
+        if segment and not is_valid_segment(segment):
+            raise ValueError(f"segment {segment[:80]!r} is not a valid segment id")
+        arms, segment_arms, stale = await self.arms.get_segmented(list(items), segment)
+        ids, out, props = self.policy.select(
+            items,
+            scores,
+            k,
+            arms,
+            explore_slots=explore_slots or None,
+            segment=segment,
+            segment_arms=segment_arms,
+        )
         return StageResult(ids, out, self.policy.name, propensities=props, stale=stale)

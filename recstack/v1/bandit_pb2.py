@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import common_pb2 as recstack_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/bandit.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\x98\x01\n\x0e\x45xploreRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x15\n\rexplore_slots\x18\x05 \x01(\x05\"^\n\x0f\x45xploreResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x13\n\x0bstale_state\x18\x03 \x01(\x08\x32N\n\x06\x42\x61ndit\x12\x44\n\x07\x45xplore\x12\x1b.recstack.v1.ExploreRequest\x1a\x1c.recstack.v1.ExploreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/bandit.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\xa9\x01\n\x0e\x45xploreRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x15\n\rexplore_slots\x18\x05 \x01(\x05\x12\x0f\n\x07segment\x18\x06 \x01(\t\"^\n\x0f\x45xploreResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x13\n\x0bstale_state\x18\x03 \x01(\x08\x32N\n\x06\x42\x61ndit\x12\x44\n\x07\x45xplore\x12\x1b.recstack.v1.ExploreRequest\x1a\x1c.recstack.v1.ExploreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recstack.v1.bandit_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXPLOREREQUEST']._serialized_start=68
-  _globals['_EXPLOREREQUEST']._serialized_end=220
-  _globals['_EXPLORERESPONSE']._serialized_start=222
-  _globals['_EXPLORERESPONSE']._serialized_end=316
-  _globals['_BANDIT']._serialized_start=318
-  _globals['_BANDIT']._serialized_end=396
+  _globals['_EXPLOREREQUEST']._serialized_end=237
+  _globals['_EXPLORERESPONSE']._serialized_start=239
+  _globals['_EXPLORERESPONSE']._serialized_end=333
+  _globals['_BANDIT']._serialized_start=335
+  _globals['_BANDIT']._serialized_end=413
 # @@protoc_insertion_point(module_scope)

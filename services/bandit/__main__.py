@@ -8,8 +8,9 @@ import sys
 
 import redis.asyncio as aioredis
 
+from recstack.exploration import kernels
 from recstack.exploration.arms import ArmCache
-from recstack.exploration.online import ContextBuilder, ContextualExplorer, LinearStateCache, make_policies
+from recstack.exploration.online import ContextBuilder, ContextualExplorer, make_policies, make_state_caches
 from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.catalog import CatalogError, resolve_version_dir
@@ -29,9 +30,19 @@ def main() -> int:
     settings = load_settings(BanditSettings)
     redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
     store = FeatureStore(redis, Keys(settings.redis_prefix))
-    arms = ArmCache(store.get_arms, ttl_s=settings.arms_ttl_s, timeout_s=settings.arms_timeout_s)
+    arms = ArmCache(
+        store.get_arms,
+        ttl_s=settings.arms_ttl_s,
+        timeout_s=settings.arms_timeout_s,
+        segment_reader=store.get_segment_arms,
+    )
     policy = ThompsonSlatePolicy(
-        settings.explore_slots, settings.prior_alpha, settings.prior_beta, settings.seed, settings.n_draws
+        settings.explore_slots,
+        settings.prior_alpha,
+        settings.prior_beta,
+        settings.seed,
+        settings.n_draws,
+        segment_prior_strength=settings.segment_prior_strength,
     )
     builder = ContextBuilder([], {}, settings.context_dim)  # the catalogue's genres come in load()
     policies = make_policies(
@@ -42,16 +53,17 @@ def main() -> int:
         settings.lints_v,
         settings.seed,
         settings.n_draws,
+        settings.hybrid_shared_dim or None,
     )
-    state = LinearStateCache(
-        redis, policies["linucb"], settings.redis_prefix, settings.arms_ttl_s, settings.arms_timeout_s
+    states = make_state_caches(
+        redis, policies, settings.redis_prefix, settings.arms_ttl_s, settings.arms_timeout_s
     )
     recorder = (
         ContextRecorder(redis, settings.redis_prefix, settings.reward_window_s)
         if settings.record_contexts
         else None
     )
-    contextual = ContextualExplorer(policies, builder, state, recorder, settings.explore_slots)
+    contextual = ContextualExplorer(policies, builder, states, recorder, settings.explore_slots)
     servicer = BanditServicer(policy, arms, contextual)
 
     loaded: list[str] = []  # the catalogue version the contextual features use now
@@ -76,6 +88,7 @@ def main() -> int:
                 log.error("catalogue not reloaded, keeping the current one: %s", exc)
 
     async def load() -> None:
+        await asyncio.to_thread(kernels.warm_up)  # compile the scoring kernels before SERVING
         try:
             await refresh_catalog()
         except CatalogError as exc:

@@ -9,6 +9,10 @@ candidates -> an empty slate; ``k`` larger than the candidates -> a slate of eve
 build their features themselves (``ContextBuilder``: genre scores, the catalogue's item genres,
 the upstream score), so a request cannot carry features of the wrong size. The request id (gRPC
 metadata ``x-request-id``, set by the gateway) keys the recorded contexts of the explored items.
+
+``segment`` (optional; 1..64 characters of ``[A-Za-z0-9_.:-]``, else INVALID_ARGUMENT): Thompson
+draws from the segment's arms with a prior borrowed from the global arms
+(recstack/exploration/segments.py); the contextual policies ignore it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import grpc
 from recstack.exploration.arms import ArmCache
 from recstack.exploration.base import PolicyInputError
 from recstack.exploration.online import CONTEXTUAL_POLICIES, ContextualExplorer
+from recstack.exploration.segments import is_valid_segment
 from recstack.exploration.thompson import PolicyError, ThompsonSlatePolicy
 from recstack.logging import current_request_id
 from recstack.rpc.convert import scored_items
@@ -52,6 +57,13 @@ class BanditServicer(bandit_pb2_grpc.BanditServicer):
             await abort_invalid(
                 context, f"explore_slots must be >= 0 (0: service default), got {request.explore_slots}"
             )
+        segment = request.segment
+        if segment and not is_valid_segment(segment):
+            await abort_invalid(
+                context,
+                "segment must be 1..64 characters of letters, digits, '_', '.', ':', '-', "
+                f"got {segment[:80]!r}",
+            )
         if not request.candidates:
             return bandit_pb2.ExploreResponse(policy=policy)
         items = [c.item_id for c in request.candidates]
@@ -61,9 +73,17 @@ class BanditServicer(bandit_pb2_grpc.BanditServicer):
                 await abort_invalid(context, f"candidates: score of {item!r} is not finite ({score})")
         slots = request.explore_slots or None
         if policy == "thompson":
-            arms, stale = await self.arms.get(items)
+            arms, segment_arms, stale = await self.arms.get_segmented(items, segment)
             try:
-                chosen, out, props = self.policy.select(items, scores, request.k, arms, explore_slots=slots)
+                chosen, out, props = self.policy.select(
+                    items,
+                    scores,
+                    request.k,
+                    arms,
+                    explore_slots=slots,
+                    segment=segment,
+                    segment_arms=segment_arms,
+                )
             except PolicyError as exc:
                 await abort_invalid(context, f"candidates: {exc}")
         else:

@@ -10,11 +10,17 @@ from recstack.rpc.settings import ServiceSettings, env
 class BanditSettings(ServiceSettings):
     """Ports 50055 / 9105; Redis (REDIS_URL) holds the arms; cache TTL and Redis deadline in seconds.
 
-    Contextual policies (linucb, lints): features of dimension RECSTACK_CONTEXT_DIM from the
-    bundle catalogue (RECSTACK_ARTIFACTS; without a bundle the genre features are zero);
+    Thompson: Beta(RECSTACK_PRIOR_ALPHA, RECSTACK_PRIOR_BETA) is the prior of a cold item (no
+    statistics; default 1, 1). A request with a segment draws from the segment's arm whose prior is
+    that cold-item prior plus the global arm's evidence scaled down to at most
+    RECSTACK_SEGMENT_PRIOR_STRENGTH pseudo-observations (default 10; 0: independent segments).
+
+    Contextual policies (linucb, lints, linucb-hybrid): features of dimension RECSTACK_CONTEXT_DIM
+    from the bundle catalogue (RECSTACK_ARTIFACTS; without a bundle the genre features are zero);
     LinUCB bonus RECSTACK_LINUCB_ALPHA, epsilon mix RECSTACK_LINUCB_EPSILON, ridge
-    RECSTACK_LINUCB_RIDGE, LinTS scale RECSTACK_LINTS_V; explored contexts are recorded for
-    the stream's reward join with a TTL of RECSTACK_REWARD_WINDOW_S + 1 h
+    RECSTACK_LINUCB_RIDGE, LinTS scale RECSTACK_LINTS_V; hybrid LinUCB shares the first
+    RECSTACK_HYBRID_SHARED_DIM context columns across items (0: the whole row); explored
+    contexts are recorded for the stream's reward join with a TTL of RECSTACK_REWARD_WINDOW_S + 1 h
     (RECSTACK_RECORD_CONTEXTS=0 turns recording off). The catalogue is re-read when
     RECSTACK_ARTIFACTS/CURRENT changes (checked every RECSTACK_RELOAD_S, 0 = never).
     """
@@ -26,6 +32,9 @@ class BanditSettings(ServiceSettings):
     explore_slots: int = Field(1, ge=0, le=100, validation_alias=env("RECSTACK_EXPLORE_SLOTS"))
     prior_alpha: float = Field(1.0, gt=0, validation_alias=env("RECSTACK_PRIOR_ALPHA"))
     prior_beta: float = Field(1.0, gt=0, validation_alias=env("RECSTACK_PRIOR_BETA"))
+    segment_prior_strength: float = Field(
+        10.0, ge=0, allow_inf_nan=False, validation_alias=env("RECSTACK_SEGMENT_PRIOR_STRENGTH")
+    )
     n_draws: int = Field(200, ge=1, le=100_000, validation_alias=env("RECSTACK_PROPENSITY_DRAWS"))
     arms_ttl_s: float = Field(5.0, ge=0, validation_alias=env("RECSTACK_ARMS_TTL_S"))
     arms_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_ARMS_TIMEOUT_S"))
@@ -36,6 +45,7 @@ class BanditSettings(ServiceSettings):
     linucb_epsilon: float = Field(0.05, ge=0, le=1, validation_alias=env("RECSTACK_LINUCB_EPSILON"))
     linucb_ridge: float = Field(1.0, gt=0, validation_alias=env("RECSTACK_LINUCB_RIDGE"))
     lints_v: float = Field(1.0, ge=0, validation_alias=env("RECSTACK_LINTS_V"))
+    hybrid_shared_dim: int = Field(0, ge=0, validation_alias=env("RECSTACK_HYBRID_SHARED_DIM"))
     reward_window_s: float = Field(1800.0, ge=0, validation_alias=env("RECSTACK_REWARD_WINDOW_S"))
     record_contexts: bool = Field(True, validation_alias=env("RECSTACK_RECORD_CONTEXTS"))
     reload_s: float = Field(30.0, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))

@@ -8,8 +8,10 @@ once: its variant per layer, the global holdout, a QA override (``context.force_
 Exposure is logged once per request, in its impression event: ``experiment_id`` / ``variant`` are
 the first (primary) assignment, and the context carries every assignment as
 ``ab.<experiment_id> = variant``, ``holdout = "1"`` for held-out users and ``qa = "1"`` for forced
-requests (the stream's A/B record writer skips those). Callers cannot set these reserved keys:
-request attributes named ``qa``, ``holdout`` or ``ab.*`` are dropped from the event context.
+requests (the stream's A/B record writer skips those), and ``bandit_segment`` = the request's
+Thompson segment when the pipeline has ``segment_by`` and the request has one (the stream then
+updates that segment's arms too). Callers cannot set these reserved keys: request attributes named
+``qa``, ``holdout``, ``bandit_segment`` or ``ab.*`` are dropped from the event context.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recstack.events.producer import EventProducer
 from recstack.events.schema import new_event
 from recstack.experiments.assignment import UnknownVariantError
 from recstack.experiments.config import ExperimentsConfig, Resolution
+from recstack.exploration.segments import SEGMENT_CONTEXT_KEY
 from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
 from recstack.rpc.server import StartupError
 from recstack.serving.chain import Chain, RecommendState
@@ -90,13 +93,14 @@ def bundle_lists(bundle: Any) -> BundleLists:
     )
 
 
-RESERVED_CONTEXT = ("qa", "holdout")
+RESERVED_CONTEXT = ("qa", "holdout", SEGMENT_CONTEXT_KEY)
 RESERVED_PREFIX = "ab."
 
 
 def exposure_context(attributes: Mapping[str, str], resolution: Resolution) -> dict[str, str]:
     """The impression context: the request attributes without reserved keys, plus the exposure
-    (``ab.<experiment>`` per assignment, ``holdout``, ``qa``)."""
+    (``ab.<experiment>`` per assignment, ``holdout``, ``qa``). The bandit segment is added when the
+    impression is published (``impression_context``): it needs the user's features."""
     out = {
         k: v for k, v in attributes.items() if k not in RESERVED_CONTEXT and not k.startswith(RESERVED_PREFIX)
     }
@@ -107,6 +111,13 @@ def exposure_context(attributes: Mapping[str, str], resolution: Resolution) -> d
     if resolution.qa:
         out["qa"] = "1"
     return out
+
+
+def impression_context(state: RecommendState) -> dict[str, str]:
+    """The impression event's context: ``state.attributes`` (``exposure_context``) plus
+    ``bandit_segment`` when the request has a segment."""
+    segment = state.bandit_segment
+    return {**state.attributes, SEGMENT_CONTEXT_KEY: segment} if segment else state.attributes
 
 
 class ImpressionPublisher:
@@ -161,7 +172,7 @@ class ImpressionPublisher:
                 state.user_id,
                 "impression",
                 request_id=state.request_id,
-                context=state.attributes,
+                context=impression_context(state),
                 items=list(state.candidates),
                 positions=list(range(len(state.candidates))),
                 # Without exploration the slate is deterministic: propensity 1.

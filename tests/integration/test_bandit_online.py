@@ -231,3 +231,57 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         r.close()
         stop_all(services.values())
         stop_worker(worker)
+
+
+def thompson_pick(stub: bandit_pb2_grpc.BanditStub, items: list[str], segment: str) -> tuple[str, float]:
+    """The item a one-slot Thompson slate over ``items`` explores for ``segment``, with its propensity."""
+    candidates = [common_pb2.ScoredItem(item_id=x, score=1.0) for x in items]
+    reply = stub.Explore(
+        bandit_pb2.ExploreRequest(candidates=candidates, k=1, explore_slots=1, segment=segment), timeout=5
+    )
+    assert not reply.stale_state and reply.policy == "thompson"
+    return reply.items[0].item_id, reply.items[0].propensity
+
+
+def test_thompson_segments_learn_opposite_preferences_through_the_stream(online: dict) -> None:
+    """Impressions carrying a bandit segment (as the gateway publishes them) and clicks go through
+    Kafka and the stream worker: "device:tv" users click m1, "device:mobile" users click m0, both
+    items are served every time. The worker writes rewards and, when the 1 s windows close, zero
+    rewards to the global and the segment arms; the bandit service then explores m1 for tv and m0
+    for mobile although the global arms are tied."""
+    stub, r, prefix = online["stub"], online["redis"], online["prefix"]
+    served = ["m0", "m1"]
+    events = []
+    for n in range(10):
+        for segment, clicked in (("device:tv", "m1"), ("device:mobile", "m0")):
+            rid = f"ts-{segment}-{n}-{uuid.uuid4().hex[:6]}"
+            context = {"bandit_segment": segment}
+            events.append(
+                new_event(
+                    "u-seg", "impression", request_id=rid, items=served, positions=[0, 1], context=context
+                )
+            )
+            events.append(new_event("u-seg", "click", clicked, request_id=rid))
+    asyncio.run(produce(online["bootstrap"], online["topic"], [(b"u-seg", event_to_json(e)) for e in events]))
+
+    def settled() -> bool:
+        tv = r.hget(f"{prefix}bandit:ts:seg:device:tv:m0", "beta")
+        mobile = r.hget(f"{prefix}bandit:ts:seg:device:mobile:m1", "beta")
+        return tv is not None and mobile is not None and float(tv) == 11 and float(mobile) == 11
+
+    wait_for(settled, "zero rewards in both segments", online["procs"], online["log"], timeout=DEADLINE_S)
+    for item in served:  # globally a tie: 10 rewards and 10 zero rewards each
+        assert {k: float(v) for k, v in r.hgetall(f"{prefix}bandit:ts:{item}").items()} == {
+            b"alpha": 11.0,
+            b"beta": 11.0,
+        }
+    assert float(r.hget(f"{prefix}bandit:ts:seg:device:tv:m1", "alpha")) == 11
+    time.sleep(0.3)  # past the bandit's arm cache TTL (0.2 s)
+    tv = [thompson_pick(stub, served, "device:tv") for _ in range(20)]
+    mobile = [thompson_pick(stub, served, "device:mobile") for _ in range(20)]
+    assert sum(item == "m1" for item, _ in tv) >= 16, tv
+    assert sum(item == "m0" for item, _ in mobile) >= 16, mobile
+    assert all(p > 0.8 for item, p in tv if item == "m1")
+    with pytest.raises(grpc.RpcError) as info:
+        thompson_pick(stub, served, "device tv")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

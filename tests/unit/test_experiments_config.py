@@ -149,6 +149,15 @@ def bad(**changes: object) -> dict:
         (bad(experiments__0__variants__0__weight=-1), "experiments[0].variants[0].weight: must be >= 0"),
         (bad(experiments__0__variants__0__pipeline__ranker="xgb"), "pipeline.ranker: Input should be"),
         (bad(experiments__0__variants__0__pipeline__bandit__policy="ucb"), "bandit.policy"),
+        (
+            bad(experiments__0__variants__0__pipeline__bandit__segment_by="device"),
+            "experiments[0].variants[0].pipeline.bandit.segment_by: must be 'none', 'top_genre' or "
+            "'attribute:NAME'",
+        ),
+        (
+            bad(experiments__0__variants__0__pipeline__bandit__segment_by="attribute:a b"),
+            "pipeline.bandit.segment_by: must be",
+        ),
         (bad(experiments__1__variants__1__pipeline__rerank__model="lstm"), "rerank.model"),
         (bad(experiments__0__variants__0__pipeline__colour="red"), "pipeline.colour: unknown field"),
         (bad(experiments__0__variants=[]), "experiments[0].variants:"),
@@ -220,3 +229,31 @@ def test_default_layer_keeps_the_gateway_hash() -> None:
     for i in range(500):
         (got,) = full.assign(f"u{i}")
         assert got.variant == assignment.assign(assignment.DEFAULT_EXPERIMENT, f"u{i}").name
+
+
+@pytest.mark.parametrize("policy", ["thompson", "linucb", "lints", "linucb-hybrid"])
+def test_every_served_bandit_policy_is_accepted(policy: str) -> None:
+    data = bad(experiments__0__variants__0__pipeline__bandit__policy=policy)
+    cfg = parse_experiments(data)
+    assert cfg.experiments[0].variants[0].pipeline.to_assignment().policy == policy
+
+
+@pytest.mark.parametrize(
+    ("segment_by", "canonical"),
+    [("none", ""), ("top_genre", "top_genre"), ("attribute:device", "attribute:device")],
+)
+def test_segment_by_reaches_the_pipeline_and_layers(segment_by: str, canonical: str) -> None:
+    data = bad(experiments__0__variants__0__pipeline__bandit__segment_by=segment_by)
+    data["default_pipeline"] = {"bandit": {"segment_by": "top_genre"}}
+    cfg = parse_experiments(data)
+    assert cfg.experiments[0].variants[0].pipeline.to_assignment().segment_by == canonical
+    other = cfg.experiments[0].variants[1].name
+    # a variant that sets only other bandit fields keeps the default pipeline's segment_by
+    for i in range(2000):
+        r = cfg.resolve(f"user{i}")
+        got = {a.experiment_id: a.variant for a in r.assignments}
+        if got.get("slots") == other:
+            assert r.pipeline.segment_by == "top_genre"
+            break
+    else:
+        raise AssertionError("no user in the other variant")

@@ -303,3 +303,76 @@ async def test_redis_out_of_memory_fails_the_whole_call(client: aioredis.Redis) 
     result = await writer.apply([first, ev("u", "view", "i2")])
     assert (result.applied, result.duplicates) == (1, 1)
     assert await client.lrange("user:u:recent_items", 0, -1) == ["i2", "i1"]
+
+
+async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_once(
+    client: aioredis.Redis,
+) -> None:
+    """An impression with a bandit segment: a reward and a settle update the global arm and the
+    segment arm, once per (request, item) even when the batch is replayed or clicked twice."""
+    writer = FeatureWriter(client, keys=Keys("p:"), reward_window_s=30)
+    store = FeatureStore(client, Keys("p:"))
+    seg = {"bandit_segment": "device:tv"}
+    imp = ev("u", "impression", items=["i1", "i2"], request_id="r1", context=seg)
+    plain = ev("v", "impression", items=["i1", "i2"], request_id="r2")  # no segment: global only
+    batch = [
+        imp,
+        plain,
+        ev("u", "click", "i1", T0 + 1, request_id="r1"),
+        ev("u", "purchase", "i1", T0 + 2, request_id="r1"),  # same (request, item): no second reward
+        ev("v", "click", "i2", T0 + 1, request_id="r2"),
+    ]
+    assert (await writer.apply(batch)).rewards == 2
+    assert (await writer.apply(batch)).applied == 0  # replay: every event is a duplicate
+    assert await client.get("p:imp:r1:seg") == "device:tv"
+    assert 0 < await client.ttl("p:imp:r1:seg") <= await client.ttl("p:imp:r1")
+    assert await client.exists("p:imp:r2:seg") == 0
+    settled = await writer.settle(now=T0 + 31)
+    assert (settled.requests, settled.zero_rewards) == (2, 2)
+    again = await writer.settle(now=T0 + 100)
+    assert (again.requests, again.zero_rewards) == (0, 0)
+    glob, in_seg = await store.get_segment_arms(["i1", "i2", "i3"], "device:tv")
+    # global: i1 rewarded in r1 (alpha) and zero in r2; i2 zero in r1 and rewarded in r2
+    assert glob == {"i1": (2.0, 2.0), "i2": (2.0, 2.0)}
+    assert in_seg == {"i1": (2.0, 1.0), "i2": (1.0, 2.0)}  # only r1's outcomes
+    assert await client.hgetall("p:bandit:ts:seg:device:tv:i1") == {"alpha": "2", "beta": "1"}
+    assert await client.exists("p:imp:r1", "p:imp:r1:seg", "p:imp:r1:exp") == 0
+    assert await store.get_segment_arms([], "device:tv") == ({}, {})
+
+
+async def test_invalid_segment_in_an_impression_is_ignored(client: aioredis.Redis) -> None:
+    writer = FeatureWriter(client, reward_window_s=10)
+    bad = {"bandit_segment": "x}:{evil key"}
+    result = await writer.apply(
+        [
+            ev("u", "impression", items=["i1"], request_id="r", context=bad),
+            ev("u", "click", "i1", T0 + 1, request_id="r"),
+        ]
+    )
+    assert result.applied == 2 and result.rewards == 1 and not result.failed
+    assert await client.exists("imp:r:seg") == 0
+    assert await client.keys("bandit:ts:seg:*") == []
+    assert await client.hget("bandit:ts:i1", "alpha") == "2"
+
+
+async def test_segment_arms_are_read_in_one_round_trip(client: aioredis.Redis) -> None:
+    await client.hset("bandit:ts:i1", mapping={"alpha": 3, "beta": 4})
+    await client.hset("bandit:ts:seg:s:i2", mapping={"alpha": 5, "beta": 1})
+    executes = []
+    pipeline = client.pipeline
+
+    def counting_pipeline(*args: object, **kwargs: object):  # noqa: ANN202
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted(*a: object, **kw: object):  # noqa: ANN202
+            executes.append(len(pipe.command_stack))
+            return await execute(*a, **kw)
+
+        pipe.execute = counted
+        return pipe
+
+    client.pipeline = counting_pipeline  # type: ignore[method-assign]
+    got = await FeatureStore(client).get_segment_arms(["i1", "i2"], "s")
+    assert got == ({"i1": (3.0, 4.0)}, {"i2": (5.0, 1.0)})
+    assert executes == [4]  # one pipeline: 2 global + 2 segment HMGETs
