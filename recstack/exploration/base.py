@@ -79,14 +79,29 @@ class ContextualSlatePolicy(Protocol):
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None: ...
 
 
+def check_finite_contexts(x: np.ndarray, arm_ids: Sequence[str]) -> None:
+    """``NonFiniteInputError`` naming the first row (and arm) of ``x`` [C, d] with NaN or inf."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise NonFiniteInputError(f"contexts contain NaN or inf (first at row {row}, arm {arm_ids[row]!r})")
+
+
 def check_select_args(
-    contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int, dim: int
+    contexts: np.ndarray,
+    arm_ids: Sequence[str],
+    k: int,
+    explore_slots: int,
+    dim: int,
+    check_finite: bool = True,
 ) -> np.ndarray:
     """Validate a ``select`` call; returns the contexts as float64 [C, dim].
 
     Raises: EmptyCandidatesError (no candidates), FeatureSizeError (shape), NonFiniteInputError
     (NaN/inf), SlateSizeError (k < 1, k > C, explore_slots < 0 or > k), PolicyInputError
-    (duplicate arm ids).
+    (duplicate arm ids). ``check_finite=False`` leaves the NaN/inf scan to the caller: the
+    linear policies check their scores instead (a NaN/inf context always gives a non-finite
+    score, since A^{-1} has a positive diagonal) and call ``check_finite_contexts`` when one is.
     """
     n = len(arm_ids)
     if n == 0:
@@ -96,9 +111,8 @@ def check_select_args(
         raise FeatureSizeError(
             f"contexts must have shape (len(arm_ids), dim) = ({n}, {dim}), got {tuple(x.shape)}"
         )
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise NonFiniteInputError(f"contexts contain NaN or inf (first at row {bad}, arm {arm_ids[bad]!r})")
+    if check_finite:
+        check_finite_contexts(x, arm_ids)
     if k < 1:
         raise SlateSizeError(f"k must be >= 1, got {k}")
     if k > n:

@@ -54,6 +54,30 @@ def disjoint_mean_var(m32, rows, x, mean, var):  # pragma: no cover - compiled
 
 
 @_jit
+def disjoint_ucb(m32, rows, x, alpha, out):  # pragma: no cover - compiled
+    """As ``disjoint_mean_var``, writing out[c] = theta.x + alpha * sqrt(max(x^T A^{-1} x, 0))."""
+    c_n, d = x.shape
+    xf = np.empty(d, dtype=np.float32)
+    for c in range(c_n):
+        s = m32[rows[c]]
+        for j in range(d):
+            xf[j] = x[c, j]
+        q = np.float32(0.0)
+        for i in range(d):
+            acc = np.float32(0.0)
+            for j in range(d):
+                acc += s[i, j] * xf[j]
+            q += acc * xf[i]
+        m = np.float32(0.0)
+        for j in range(d):
+            m += s[d, j] * xf[j]
+        v = np.float64(q)
+        if v < 0.0:  # rounding; NaN is not < 0 and propagates
+            v = 0.0
+        out[c] = np.float64(m) + alpha * np.sqrt(v)
+
+
+@_jit
 def hybrid_mean_var(ainv, bmat, b, rows, z, x, a0inv, beta, mean, var):  # pragma: no cover
     """Hybrid LinUCB (Li et al. 2010, Algorithm 2). Per arm row: ainv [R, n, n], bmat [R, n, k],
     b [R, n] float32; shared a0inv [k, k], beta [k] float32; z [C, k], x [C, n].
@@ -126,6 +150,7 @@ def warm_up() -> None:
     rows = np.zeros(1, dtype=np.intp)
     out_m, out_v = np.empty(1), np.empty(1)
     disjoint_mean_var(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), out_m, out_v)
+    disjoint_ucb(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), 1.0, out_m)
     hybrid_mean_var(
         np.zeros((1, 2, 2), np.float32),
         np.zeros((1, 2, 2), np.float32),

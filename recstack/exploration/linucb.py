@@ -47,6 +47,7 @@ from recstack.exploration.base import (
     NonFiniteInputError,
     PolicyInputError,
     SlateDecision,
+    check_finite_contexts,
     check_select_args,
     check_update_args,
 )
@@ -273,8 +274,11 @@ class _LinearSlatePolicy:
     ) -> SlateDecision:
         """Slate of ``k`` items from candidates ``arm_ids`` [C] (upstream order) with features
         ``contexts`` [C, dim]. Raises ``PolicyInputError`` subclasses on bad input (k > C included)."""
-        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
-        return self._slate(arm_ids, self.score(x, arm_ids), k, explore_slots)
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim, check_finite=False)
+        score = self.score(x, arm_ids)
+        if not np.isfinite(score).all():
+            check_finite_contexts(x, arm_ids)  # NaN/inf input -> NonFiniteInputError
+        return self._slate(arm_ids, score, k, explore_slots)
 
     def update(self, arm_id: str, x: np.ndarray, reward: float) -> None:
         """Add one observation (features x [dim], reward) to ``arm_id``."""
@@ -372,6 +376,13 @@ class LinUCB(_LinearSlatePolicy):
         kernels.disjoint_mean_var(self._arms.arrays["m32"], rows, contexts, mean, var)
         return mean, np.sqrt(np.maximum(var, 0.0))
 
+    def score(self, contexts: np.ndarray, arm_ids: Sequence[str]) -> np.ndarray:
+        """Upper confidence bound theta_a.x + alpha * sqrt(x^T A_a^{-1} x) of every candidate [C]
+        (the kernel writes it directly)."""
+        out = np.empty(len(arm_ids))
+        kernels.disjoint_ucb(self._arms.arrays["m32"], self._arms.rows(arm_ids), contexts, self.alpha, out)
+        return out
+
     def _set_arm(self, row: int, ainv: np.ndarray, b: np.ndarray) -> None:
         m32 = self._arms.arrays["m32"][row]
         m32[: self.dim] = ainv
@@ -466,8 +477,10 @@ class LinTS(LinUCB):
     def select(
         self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
     ) -> SlateDecision:
-        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim)
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim, check_finite=False)
         mean, width = self.mean_and_width(x, arm_ids)
+        if not (np.isfinite(mean).all() and np.isfinite(width).all()):
+            check_finite_contexts(x, arm_ids)
         draw = mean + self.alpha * width * self._rng.standard_normal(mean.shape[0])
         fixed = k - explore_slots
 
