@@ -31,26 +31,31 @@ _jit = numba.njit(cache=_CACHE, fastmath=_FLAGS, nogil=True, boundscheck=False)
 
 
 @_jit
+def _disjoint_one(s, xf):  # pragma: no cover - compiled (inlined by LLVM)
+    """(theta.x, x^T A^{-1} x) of one arm block s [d + 1, d] and features xf [d] (float32)."""
+    d = xf.shape[0]
+    q = np.float32(0.0)
+    for i in range(d):
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += s[i, j] * xf[j]
+        q += acc * xf[i]
+    m = np.float32(0.0)
+    for j in range(d):
+        m += s[d, j] * xf[j]
+    return m, q
+
+
+@_jit
 def disjoint_mean_var(m32, rows, x, mean, var):  # pragma: no cover - compiled
     """Disjoint LinUCB. m32 [R, d + 1, d] float32 (rows ``[A^{-1}; theta^T]``), rows [C] int,
     x [C, d]; writes mean[c] = theta.x and var[c] = x^T A^{-1} x (float64 [C])."""
     c_n, d = x.shape
     xf = np.empty(d, dtype=np.float32)
     for c in range(c_n):
-        s = m32[rows[c]]
         for j in range(d):
             xf[j] = x[c, j]
-        q = np.float32(0.0)
-        for i in range(d):
-            acc = np.float32(0.0)
-            for j in range(d):
-                acc += s[i, j] * xf[j]
-            q += acc * xf[i]
-        m = np.float32(0.0)
-        for j in range(d):
-            m += s[d, j] * xf[j]
-        mean[c] = m
-        var[c] = q
+        mean[c], var[c] = _disjoint_one(m32[rows[c]], xf)
 
 
 @_jit
@@ -59,18 +64,9 @@ def disjoint_ucb(m32, rows, x, alpha, out):  # pragma: no cover - compiled
     c_n, d = x.shape
     xf = np.empty(d, dtype=np.float32)
     for c in range(c_n):
-        s = m32[rows[c]]
         for j in range(d):
             xf[j] = x[c, j]
-        q = np.float32(0.0)
-        for i in range(d):
-            acc = np.float32(0.0)
-            for j in range(d):
-                acc += s[i, j] * xf[j]
-            q += acc * xf[i]
-        m = np.float32(0.0)
-        for j in range(d):
-            m += s[d, j] * xf[j]
+        m, q = _disjoint_one(m32[rows[c]], xf)
         v = np.float64(q)
         if v < 0.0:  # rounding; NaN is not < 0 and propagates
             v = 0.0
