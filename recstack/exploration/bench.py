@@ -10,7 +10,10 @@ latency is per ``select`` call. Before timing every policy serves each candidate
 is unchanged, see ``recstack.exploration.thompson``); ``thompson_cold`` (not a policy entry,
 not in ``p99_ms``) reports Thompson decisions whose whole pool has to be redrawn.
 LinUCB, LinTS and hybrid LinUCB score the candidates with the fused numba kernels of
-``recstack.exploration.kernels`` (first call compiled during warm-up, not timed).
+``recstack.exploration.kernels`` (first call compiled during warm-up, not timed); LinUCB's
+``select`` scores exactly only the pool items whose upper bound can reach the exploration slots
+(``kernels.disjoint_top``), and ``pruning`` checks on every candidate set that its slates equal
+the full computation's.
 Policies: Thompson (``recstack.exploration.thompson``, Beta arms), LinUCB
 disjoint, hybrid LinUCB, LinTS, and a seed-style LinUCB that inverts A with np.linalg.inv for
 every candidate in a Python loop (the straightforward implementation), measured in the same
@@ -23,7 +26,10 @@ robust to other processes on the machine), ``speedup_vs_seed_wall_mean`` / ``_wa
 same on wall-clock latency; ``cpu_p99_ms`` the worst p99 of CPU time per decision; ``policies``
 per policy decisions_per_s (wall clock), mean/p50/p99 ms, cpu_mean_ms, cpu_p99_ms; ``goals`` =
 p99 < 1 ms and speedup >= 100; ``cache_resident`` = LinUCB and the seed-style code again on a
-1,000-arm catalogue whose state fits in the CPU cache (see ``_cache_resident``). Wall-clock
+1,000-arm catalogue whose state fits in the CPU cache (see ``_cache_resident``); ``dense`` =
+LinUCB on a 10,000-arm state where every arm has 3 d observations (looser bounds, more pool
+items scored exactly; see ``_dense``). The main state (20,000 updates over 10,000 arms) is mostly
+young arms, where the bounds are tight. Wall-clock
 latency on a shared machine includes time spent waiting for a CPU: ``load_avg`` (1, 5, 15 min)
 and ``cpu_count`` are reported next to the numbers.
 """
@@ -174,6 +180,8 @@ def measure(
         )
     )
     resident = _cache_resident(decisions, seed_decisions, warm_updates, seed)
+    pruning = _pruning_check(linucb, ctx, cand, seed)
+    dense = _dense(decisions, seed_res, seed)
     speedup = seed_res["cpu_mean_ms"] / results["linucb"]["cpu_mean_ms"]
     worst = max(r["p99_ms"] for r in results.values())
     return {
@@ -186,6 +194,8 @@ def measure(
         "seed_style_linucb": seed_res,
         "thompson_cold": cold,
         "cache_resident": resident,
+        "pruning": pruning,
+        "dense": dense,
         "agreement_max_abs_diff": max(diffs),
         "linucb_updates_per_s": warm_updates / update_s,
         "goals": {
@@ -205,6 +215,61 @@ def measure(
             "load_avg_1m": os.getloadavg()[0],
             "load_avg": list(os.getloadavg()),
         },
+    }
+
+
+def _pruning_check(linucb: LinUCB, ctx: np.ndarray, cand: list[list[str]], seed: int) -> dict:
+    """``LinUCB.select`` scores exactly only the pool items whose bound can reach the slots: how
+    many it scored, and whether every slate equals the full computation's (a twin with
+    ``prune = False`` and the same random generator state)."""
+    twin = LinUCB(D, alpha=linucb.alpha, epsilon=linucb.epsilon, seed=seed + 11)
+    twin._arms = linucb._arms  # the same statistics
+    twin.prune = False
+    fast = LinUCB(D, alpha=linucb.alpha, epsilon=linucb.epsilon, seed=seed + 11)
+    fast._arms = linucb._arms
+    same, scored = 0, []
+    for i in range(len(cand)):
+        a, b = fast.select(ctx[i], cand[i], K, SLOTS), twin.select(ctx[i], cand[i], K, SLOTS)
+        same += a.items == b.items and np.array_equal(a.scores, b.scores)
+        scored.append(fast.pool_scored)
+    return {
+        "sets": len(cand),
+        "identical_slates": same,
+        "pool_size": CANDIDATES - (K - SLOTS),
+        "pool_scored_mean": float(np.mean(scored)),
+        "pool_scored_max": int(np.max(scored)),
+    }
+
+
+def _dense(decisions: int, seed_res: dict, seed: int, per_arm: int = 3 * D) -> dict:
+    """LinUCB on a 10,000-arm state where every arm has ``per_arm`` observations (3 d: A^{-1}
+    well away from the prior, so the score bounds are looser than on the main state's mostly
+    young arms). Speedup against the main run's seed-style time: the seed-style cost (an inverse
+    per candidate) does not depend on the state."""
+    rng = np.random.default_rng(seed + 13)
+    catalogue = [f"i{j}" for j in range(CATALOGUE)]
+    linucb = LinUCB(D, alpha=1.0, epsilon=0.05, seed=seed)
+    for lo in range(0, CATALOGUE, 1000):  # A = I + X^T X per arm, in blocks
+        x = rng.normal(size=(1000, per_arm, D)) / np.sqrt(D)
+        r = (rng.random((1000, per_arm)) < 0.1).astype(float)
+        a = np.eye(D) + np.einsum("nki,nkj->nij", x, x)
+        ainv = np.linalg.inv(a)
+        b = np.einsum("nk,nki->ni", r, x)
+        for j in range(1000):
+            row = linucb._arms.row(catalogue[lo + j])
+            linucb._set_arm(row, 0.5 * (ainv[j] + ainv[j].T), b[j])
+            linucb._arms.counts[row] = per_arm
+    n_sets = 256
+    cand = [[catalogue[j] for j in rng.choice(CATALOGUE, CANDIDATES, replace=False)] for _ in range(n_sets)]
+    ctx = rng.normal(size=(n_sets, CANDIDATES, D)) / np.sqrt(D)
+    fast = _summary(
+        _latencies(lambda i: linucb.select(ctx[i % n_sets], cand[i % n_sets], K, SLOTS), decisions, n_sets)
+    )
+    return {
+        "observations_per_arm": per_arm,
+        "linucb": fast,
+        "speedup_vs_seed": seed_res["cpu_mean_ms"] / fast["cpu_mean_ms"],
+        "pruning": _pruning_check(linucb, ctx, cand, seed),
     }
 
 
@@ -261,6 +326,16 @@ def run(json: bool = False, **kwargs) -> dict:
             f"worst p99 {result['p99_ms']:.3f} ms (goal < {GOAL_P99_MS}), LinUCB speedup vs seed-style "
             f"{result['speedup_vs_seed']:.0f}x (goal >= {GOAL_SPEEDUP:.0f}), "
             f"load avg {result['config']['load_avg_1m']:.1f} on {result['config']['cpu_count']} CPUs"
+        )
+        dense, pruning = result["dense"], result["pruning"]
+        lines.append(
+            f"pruning: {pruning['pool_scored_mean']:.1f} of {pruning['pool_size']} pool items scored "
+            f"exactly, {pruning['identical_slates']}/{pruning['sets']} slates identical to full scoring"
+        )
+        lines.append(
+            f"dense state ({dense['observations_per_arm']} observations per arm): LinUCB p50 "
+            f"{dense['linucb']['p50_ms']:.3f} ms, speedup vs seed-style {dense['speedup_vs_seed']:.0f}x, "
+            f"{dense['pruning']['pool_scored_mean']:.1f} pool items scored exactly"
         )
         resident = result["cache_resident"]
         lines.append(

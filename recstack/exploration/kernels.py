@@ -73,6 +73,98 @@ def disjoint_ucb(m32, rows, x, alpha, out):  # pragma: no cover - compiled
         out[c] = np.float64(m) + alpha * np.sqrt(v)
 
 
+BOUND_RTOL = 1e-4
+"""Relative margin added to the score bounds of ``disjoint_top`` (covers float32 rounding of the
+exact scores, so that pruning never drops an item the full computation would pick)."""
+
+
+@_jit
+def disjoint_top(m32, lmax, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
+    """Disjoint LinUCB for a slate: exact UCB of the ``fixed`` first candidates and the ``slots``
+    best UCBs of the pool ``[fixed, C)``, without scoring every pool item exactly.
+
+    Bound: x^T A^{-1} x <= lambda_max(A^{-1}) |x|^2, so UCB_c <= theta.x + alpha sqrt(lmax |x|^2)
+    (``lmax`` [R] float64 per arm row, an upper bound of A^{-1}'s largest eigenvalue), plus a
+    ``BOUND_RTOL`` margin. Pool items are taken in decreasing bound order and scored exactly (the
+    same float32 arithmetic as ``disjoint_ucb``) until the next bound is below the ``slots``-th
+    best exact score: no item left can enter the top, so the result equals ranking the whole pool
+    by exact score (ties to the lower index). A bound pass reads only theta (one cache line per
+    arm); the d x d blocks are read for the fixed positions and the scored pool items only.
+
+    Writes score[c] (NaN for pool items not scored exactly) and top[:slots] (candidate indices,
+    best first). Returns the number of pool items scored exactly, or -1 when a bound is not
+    finite (NaN/inf in x). Needs 1 <= slots < C - fixed.
+    """
+    c_n, d = x.shape
+    xf = np.empty(d, dtype=np.float32)
+    bound = np.empty(c_n)
+    for c in range(c_n):
+        score[c] = np.nan
+    for c in range(c_n):
+        s = m32[rows[c]]
+        if c < fixed:
+            for j in range(d):
+                xf[j] = x[c, j]
+            m, q = _disjoint_one(s, xf)
+            v = np.float64(q)
+            if v < 0.0:
+                v = 0.0
+            score[c] = np.float64(m) + alpha * np.sqrt(v)
+            continue
+        mean = 0.0
+        mag = 0.0
+        nx = 0.0
+        for j in range(d):
+            t = np.float64(s[d, j]) * x[c, j]
+            mean += t
+            mag += abs(t)
+            nx += x[c, j] * x[c, j]
+        w = alpha * np.sqrt(lmax[rows[c]] * nx)
+        b = mean + w + BOUND_RTOL * (mag + w) + 1e-12
+        if not np.isfinite(b):
+            return -1
+        bound[c] = b
+    best_s = np.full(slots, -np.inf)
+    best_i = np.full(slots, -1, dtype=np.intp)
+    n_best = 0
+    scored = 0
+    while True:
+        j_max = -1
+        b_max = -np.inf
+        for c in range(fixed, c_n):
+            if bound[c] > b_max:
+                b_max = bound[c]
+                j_max = c
+        if j_max < 0 or (n_best == slots and b_max < best_s[slots - 1]):
+            break
+        bound[j_max] = -np.inf
+        for j in range(d):
+            xf[j] = x[j_max, j]
+        m, q = _disjoint_one(m32[rows[j_max]], xf)
+        v = np.float64(q)
+        if v < 0.0:
+            v = 0.0
+        sc = np.float64(m) + alpha * np.sqrt(v)
+        score[j_max] = sc
+        scored += 1
+        # insert into the best list (descending score, ties: lower index first)
+        pos = n_best
+        while pos > 0 and (sc > best_s[pos - 1] or (sc == best_s[pos - 1] and j_max < best_i[pos - 1])):
+            pos -= 1
+        if pos < slots:
+            last = min(n_best, slots - 1)
+            for r in range(last, pos, -1):
+                best_s[r] = best_s[r - 1]
+                best_i[r] = best_i[r - 1]
+            best_s[pos] = sc
+            best_i[pos] = j_max
+            if n_best < slots:
+                n_best += 1
+    for r in range(slots):
+        top[r] = best_i[r]
+    return scored
+
+
 @_jit
 def hybrid_mean_var(ainv, bmat, b, rows, z, x, a0inv, beta, mean, var):  # pragma: no cover
     """Hybrid LinUCB (Li et al. 2010, Algorithm 2). Per arm row: ainv [R, n, n], bmat [R, n, k],
@@ -147,6 +239,11 @@ def warm_up() -> None:
     out_m, out_v = np.empty(1), np.empty(1)
     disjoint_mean_var(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), out_m, out_v)
     disjoint_ucb(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), 1.0, out_m)
+    two = np.zeros(2, dtype=np.intp)
+    top = np.empty(1, dtype=np.intp)
+    disjoint_top(
+        np.zeros((1, 3, 2), np.float32), np.ones(1), two, np.zeros((2, 2)), 1.0, 0, 1, np.empty(2), top
+    )
     hybrid_mean_var(
         np.zeros((1, 2, 2), np.float32),
         np.zeros((1, 2, 2), np.float32),

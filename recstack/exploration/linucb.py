@@ -275,6 +275,12 @@ class _LinearSlatePolicy:
         """Slate of ``k`` items from candidates ``arm_ids`` [C] (upstream order) with features
         ``contexts`` [C, dim]. Raises ``PolicyInputError`` subclasses on bad input (k > C included)."""
         x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim, check_finite=False)
+        return self._select_full(x, arm_ids, k, explore_slots)
+
+    def _select_full(
+        self, x: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        """``select`` on validated shapes: score every candidate, then assemble the slate."""
         score = self.score(x, arm_ids)
         if not np.isfinite(score).all():
             check_finite_contexts(x, arm_ids)  # NaN/inf input -> NonFiniteInputError
@@ -309,8 +315,11 @@ class _LinearSlatePolicy:
 
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
-        m = score.shape[0]
-        greedy = top_indices(score, slots)
+        return self._mix(top_indices(score, slots), score.shape[0], slots)
+
+    def _mix(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epsilon mix over a pool of m items whose best ``slots`` (pool indices, best first)
+        are ``greedy``: (chosen pool indices [s], propensities [s])."""
         if slots >= m:
             return greedy, np.ones(slots)
         uniform = self.epsilon * slots / m
@@ -361,7 +370,13 @@ class LinUCB(_LinearSlatePolicy):
         # m32[row] = [A^{-1}; theta^T] as float32 [d + 1, d]: one gather and one batched
         # mat-vec give A^{-1} x and theta.x for every candidate.
         m32 = np.vstack([np.eye(dim) / ridge, np.zeros((1, dim))]).astype(np.float32)
-        self._arms = _ArmRows({"ainv": np.eye(dim) / ridge, "b": np.zeros(dim), "m32": m32})
+        # lmax[row]: largest eigenvalue of A^{-1} (NaN = not computed since the arm changed), the
+        # score bound that lets ``select`` skip most pool items (``kernels.disjoint_top``).
+        self._arms = _ArmRows(
+            {"ainv": np.eye(dim) / ridge, "b": np.zeros(dim), "m32": m32, "lmax": np.array(1.0 / ridge)}
+        )
+        self.prune = True
+        self.pool_scored = -1  # pool items the last pruned select scored exactly (-1: none yet)
 
     @property
     def arm_ids(self) -> list[str]:
@@ -387,7 +402,53 @@ class LinUCB(_LinearSlatePolicy):
         m32 = self._arms.arrays["m32"][row]
         m32[: self.dim] = ainv
         m32[self.dim] = ainv @ b
-        self._arms.set(row, ainv=ainv, b=b)
+        self._arms.set(row, ainv=ainv, b=b, lmax=np.nan)
+
+    def _lmax(self, rows: np.ndarray) -> np.ndarray:
+        """lambda_max(A^{-1}) of every arm row (computed, in one batch, for the rows whose arm
+        changed since), with a relative margin of 1e-6 for the eigensolver's rounding."""
+        lmax = self._arms.arrays["lmax"]
+        stale = np.unique(rows[np.isnan(lmax[rows])])
+        if stale.size:
+            top = np.linalg.eigvalsh(self._arms.arrays["ainv"][stale])[:, -1]
+            lmax[stale] = np.maximum(top, 0.0) * (1.0 + 1e-6) + 1e-12
+        return lmax
+
+    def select(
+        self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
+    ) -> SlateDecision:
+        """As ``_LinearSlatePolicy.select``; the exploration slots are found with
+        ``kernels.disjoint_top`` (exact top UCBs, most pool items only bounded) instead of scoring
+        the whole pool: the same slate, scores and propensities (``prune = False``: the full
+        computation, for comparison)."""
+        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim, check_finite=False)
+        fixed, m = k - explore_slots, len(arm_ids) - (k - explore_slots)
+        if not self.prune or type(self) is not LinUCB or not 0 < explore_slots < m:
+            return self._select_full(x, arm_ids, k, explore_slots)
+        rows = self._arms.rows(arm_ids)
+        score = np.empty(rows.shape[0])
+        top = np.empty(explore_slots, dtype=np.intp)
+        m32 = self._arms.arrays["m32"]
+        scored = kernels.disjoint_top(
+            m32, self._lmax(rows), rows, x, self.alpha, fixed, explore_slots, score, top
+        )
+        self.pool_scored = scored
+        if scored < 0 or not np.isfinite(score[:fixed]).all():
+            check_finite_contexts(x, arm_ids)  # NaN/inf input -> NonFiniteInputError
+            return self._select_full(x, arm_ids, k, explore_slots)  # finite input, overflowing scores
+        chosen, p = self._mix(top - fixed, m, explore_slots)
+        order = np.arange(k)
+        order[fixed:] = fixed + chosen
+        missing = order[np.isnan(score[order])]  # epsilon branch: random items not scored yet
+        if missing.size:
+            extra = np.empty(missing.size)
+            kernels.disjoint_ucb(m32, rows[missing], x[missing], self.alpha, extra)
+            score[missing] = extra
+        props = np.ones(k)
+        props[fixed:] = p
+        explored = np.zeros(k, dtype=bool)
+        explored[fixed:] = True
+        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, explored)
 
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, d], rewards [N]."""

@@ -56,6 +56,10 @@ def test_bench_reports_latency_and_speedup(capsys) -> None:
     # on a loaded machine; the 100x goal itself is reported, not asserted
     assert result["speedup_vs_seed"] > 5
     assert result["config"]["candidates"] == 200 and result["config"]["d"] == 32
+    # pruned LinUCB decisions are the full computation's, on the young and on the dense state
+    for pruning in (result["pruning"], result["dense"]["pruning"]):
+        assert pruning["identical_slates"] == pruning["sets"] == 256
+        assert 2 <= pruning["pool_scored_mean"] <= pruning["pool_size"]
 
 
 def test_simulation_learning_policies_beat_uniform(tmp_path: Path) -> None:

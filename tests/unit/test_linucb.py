@@ -352,3 +352,37 @@ def test_top_indices_equals_a_stable_sort(n: int) -> None:
         np.full(6, -np.inf),
     ):
         np.testing.assert_array_equal(top_indices(score, n), np.argsort(-score, kind="stable")[:n])
+
+
+@pytest.mark.parametrize("updates_per_arm", [0, 2, 60])
+@pytest.mark.parametrize("epsilon", [0.0, 0.3])
+def test_pruned_select_equals_scoring_every_candidate(updates_per_arm: int, epsilon: float) -> None:
+    """``select`` scores only the pool items whose bound can reach the exploration slots; it must
+    give the slate, scores and propensities of the full computation, for sparse and dense arm
+    statistics, with the epsilon mix, ties and unknown arms."""
+    rng = np.random.default_rng(updates_per_arm)
+    d, n_arms = 8, 60
+    arms = [f"a{j}" for j in range(n_arms)]
+    fast = LinUCB(d, alpha=0.7, epsilon=epsilon, seed=5)
+    full = LinUCB(d, alpha=0.7, epsilon=epsilon, seed=5)
+    full.prune = False
+    n = updates_per_arm * n_arms
+    if n:
+        upd = [arms[j] for j in rng.integers(0, n_arms, size=n)]
+        xs, rs = rng.normal(size=(n, d)), (rng.random(n) < 0.3).astype(float)
+        fast.update_batch(upd, xs, rs)
+        full.update_batch(upd, xs, rs)
+    for trial in range(200):
+        cand = [arms[j] for j in rng.choice(n_arms, 40, replace=False)] + ["new1", "new2"]
+        x = rng.normal(size=(len(cand), d))
+        if trial % 10 == 0:
+            x[25:] = x[24]  # identical contexts: ties among unknown arms
+        k, slots = int(rng.integers(3, 12)), int(rng.integers(1, 4))
+        a, b = fast.select(x, cand, k, slots), full.select(x, cand, k, slots)
+        assert a.items == b.items, trial
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-12)
+        np.testing.assert_allclose(a.propensities, b.propensities, rtol=1e-12)
+    with pytest.raises(NonFiniteInputError, match="row 30"):
+        bad = rng.normal(size=(42, d))
+        bad[30, 2] = np.nan
+        fast.select(bad, [f"a{j}" for j in range(42)], 5, 2)
