@@ -131,6 +131,8 @@ class _ArmRows:
         for name in self.mirror:
             self.priors[name + "32"] = self.priors[name].astype(np.float32)
         self.index: dict[str, int] = {}
+        # row -> (n, hash of the state bytes) of the last load_arm; dropped by local updates
+        self.loaded: dict[int, tuple[int, int]] = {}
         self.counts = np.zeros(capacity, dtype=np.int64)
         self.arrays = {
             name: np.broadcast_to(p, (capacity, *p.shape)).copy() for name, p in self.priors.items()
@@ -161,6 +163,7 @@ class _ArmRows:
                 self.arrays[name + "32"][r] = v
 
     def reset(self, r: int) -> None:
+        self.loaded.pop(r, None)
         for name, p in self.priors.items():
             self.arrays[name][r] = p
         self.counts[r] = 0
@@ -298,12 +301,17 @@ class _LinearSlatePolicy:
 
     def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
-        warning) and returns False. An empty mapping (no key in Redis) changes nothing: True."""
+        warning) and returns False. An empty mapping (no key in Redis) changes nothing: True.
+        The same hash as the last one loaded for this arm (count and state bytes; every Redis
+        update changes both) is not decoded again."""
         if not mapping:
             return True
         row = self._arms.row(arm_id)
         try:
             fields = _fields(mapping, self.kind, self.dim)
+            seen = (fields["n"], hash(bytes(fields["state"])))
+            if self._arms.loaded.get(row) == seen:
+                return True
             blocks = decode_state(fields["state"], self._arm_shapes(), symmetric=[0])
         except CorruptStateError as exc:
             log.warning("bandit state of arm %r is corrupted, reset to the prior: %s", arm_id, exc)
@@ -311,6 +319,7 @@ class _LinearSlatePolicy:
             return False
         self._set_arm(row, *blocks)
         self._arms.counts[row] = fields["n"]
+        self._arms.loaded[row] = seen
         return True
 
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
@@ -456,6 +465,7 @@ class LinUCB(_LinearSlatePolicy):
         arr = self._arms.arrays
         for arm_id, xi, ri in zip(arm_ids, x, r, strict=True):
             row = self._arms.row(arm_id)
+            self._arms.loaded.pop(row, None)
             ainv = _sherman_morrison(arr["ainv"][row], xi)
             b = arr["b"][row] + ri * xi
             self._set_arm(row, ainv, b)
@@ -639,6 +649,7 @@ class HybridLinUCB(_LinearSlatePolicy):
         for arm_id, row_x, ri in zip(arm_ids, feats, r, strict=True):
             z, x = self._split(row_x)
             row = self._arms.row(arm_id)
+            self._arms.loaded.pop(row, None)
             ainv, bmat, b = arr["ainv"][row], arr["B"][row], arr["b"][row]
             d_a0, d_b0 = hybrid_shared_delta(ainv, bmat, b, z, x, ri)
             self.a0 += d_a0

@@ -386,3 +386,27 @@ def test_pruned_select_equals_scoring_every_candidate(updates_per_arm: int, epsi
         bad = rng.normal(size=(42, d))
         bad[30, 2] = np.nan
         fast.select(bad, [f"a{j}" for j in range(42)], 5, 2)
+
+
+def test_reloading_an_unchanged_arm_skips_decoding_but_never_hides_a_change(monkeypatch) -> None:
+    import recstack.exploration.linucb as mod
+
+    src = LinUCB(D)
+    src.update("a", np.ones(D) / D, 1.0)
+    calls = []
+    real = mod.decode_state
+    monkeypatch.setattr(mod, "decode_state", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    dst = LinUCB(D)
+    for _ in range(3):
+        assert dst.load_arm("a", src.arm_hash("a"))
+    assert len(calls) == 1  # decoded once
+    x = np.full((1, D), 0.3)
+    np.testing.assert_allclose(dst.score(x, ["a"]), src.score(x, ["a"]), rtol=1e-6)
+    dst.update("a", np.ones(D), 0.0)  # a local update: the next load must restore Redis' state
+    dst.load_arm("a", src.arm_hash("a"))
+    assert len(calls) == 2
+    np.testing.assert_allclose(dst.score(x, ["a"]), src.score(x, ["a"]), rtol=1e-6)
+    src.update("a", np.ones(D) / D, 0.0)  # Redis moved on: decoded again
+    dst.load_arm("a", src.arm_hash("a"))
+    assert len(calls) == 3
+    np.testing.assert_allclose(dst.score(x, ["a"]), src.score(x, ["a"]), rtol=1e-6)
