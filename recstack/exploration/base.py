@@ -94,6 +94,7 @@ def check_select_args(
     explore_slots: int,
     dim: int,
     check_finite: bool = True,
+    check_distinct: bool = True,
 ) -> np.ndarray:
     """Validate a ``select`` call; returns the contexts as float64 [C, dim].
 
@@ -101,7 +102,8 @@ def check_select_args(
     (NaN/inf), SlateSizeError (k < 1, k > C, explore_slots < 0 or > k), PolicyInputError
     (duplicate arm ids). ``check_finite=False`` leaves the NaN/inf scan to the caller: the
     linear policies check their scores instead (a NaN/inf context always gives a non-finite
-    score, since A^{-1} has a positive diagonal) and call ``check_finite_contexts`` when one is.
+    score, since A^{-1} has a positive diagonal) and call ``check_finite_contexts`` when one is;
+    ``check_distinct=False`` leaves the duplicate check to the caller (``check_distinct_ids``).
     """
     n = len(arm_ids)
     if n == 0:
@@ -119,9 +121,15 @@ def check_select_args(
         raise SlateSizeError(f"k={k} is larger than the number of candidates ({n}); pass k <= {n}")
     if explore_slots < 0 or explore_slots > k:
         raise SlateSizeError(f"explore_slots must be in [0, k={k}], got {explore_slots}")
-    if len(set(arm_ids)) != n:
-        raise PolicyInputError("arm_ids must be distinct item ids")
+    if check_distinct:
+        check_distinct_ids(arm_ids)
     return x
+
+
+def check_distinct_ids(arm_ids: Sequence[str]) -> None:
+    """``PolicyInputError`` when an arm id appears twice."""
+    if len(set(arm_ids)) != len(arm_ids):
+        raise PolicyInputError("arm_ids must be distinct item ids")
 
 
 def check_update_args(

@@ -78,8 +78,13 @@ BOUND_RTOL = 1e-4
 exact scores, so that pruning never drops an item the full computation would pick)."""
 
 
+TOP_NONFINITE = -1
+TOP_STALE = -2
+TOP_DUPLICATE = -3
+
+
 @_jit
-def disjoint_top(m32, lmax, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
+def disjoint_top(m32, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
     """Disjoint LinUCB for a slate: exact UCB of the ``fixed`` first candidates and the ``slots``
     best UCBs of the pool ``[fixed, C)``, without scoring every pool item exactly.
 
@@ -91,11 +96,23 @@ def disjoint_top(m32, lmax, rows, x, alpha, fixed, slots, score, top):  # pragma
     by exact score (ties to the lower index). A bound pass reads only theta (one cache line per
     arm); the d x d blocks are read for the fixed positions and the scored pool items only.
 
-    Writes score[c] (NaN for pool items not scored exactly) and top[:slots] (candidate indices,
-    best first). Returns the number of pool items scored exactly, or -1 when a bound is not
-    finite (NaN/inf in x). Needs 1 <= slots < C - fixed.
+    First pass, over every candidate: a known arm row (> 0) seen twice in this call (``stamp[r] ==
+    tick``; ``tick`` must be new for every call) returns ``TOP_DUPLICATE``; a pool row whose lmax is
+    NaN (not computed since the arm changed) returns ``TOP_STALE``. Rows 0 (arms without
+    statistics) are not checked for duplicates here. Then: NaN/inf in a bound or a fixed score
+    returns ``TOP_NONFINITE``. Otherwise writes score[c] (NaN for pool items not scored exactly)
+    and top[:slots] (candidate indices, best first) and returns the number of pool items scored
+    exactly. Needs 1 <= slots < C - fixed.
     """
     c_n, d = x.shape
+    for c in range(c_n):
+        r = rows[c]
+        if r > 0:
+            if stamp[r] == tick:
+                return TOP_DUPLICATE
+            stamp[r] = tick
+        if c >= fixed and np.isnan(lmax[r]):
+            return TOP_STALE
     xf = np.empty(d, dtype=np.float32)
     bound = np.empty(c_n)
     for c in range(c_n):
@@ -110,6 +127,8 @@ def disjoint_top(m32, lmax, rows, x, alpha, fixed, slots, score, top):  # pragma
             if v < 0.0:
                 v = 0.0
             score[c] = np.float64(m) + alpha * np.sqrt(v)
+            if not np.isfinite(score[c]):
+                return TOP_NONFINITE
             continue
         mean = 0.0
         mag = 0.0
@@ -122,7 +141,7 @@ def disjoint_top(m32, lmax, rows, x, alpha, fixed, slots, score, top):  # pragma
         w = alpha * np.sqrt(lmax[rows[c]] * nx)
         b = mean + w + BOUND_RTOL * (mag + w) + 1e-12
         if not np.isfinite(b):
-            return -1
+            return TOP_NONFINITE
         bound[c] = b
     best_s = np.full(slots, -np.inf)
     best_i = np.full(slots, -1, dtype=np.intp)

@@ -47,6 +47,7 @@ from recstack.exploration.base import (
     NonFiniteInputError,
     PolicyInputError,
     SlateDecision,
+    check_distinct_ids,
     check_finite_contexts,
     check_select_args,
     check_update_args,
@@ -133,6 +134,7 @@ class _ArmRows:
         self.index: dict[str, int] = {}
         # row -> (n, hash of the state bytes) of the last load_arm; dropped by local updates
         self.loaded: dict[int, tuple[int, int]] = {}
+        self.tick = 0  # call counter of kernels.disjoint_top's duplicate stamps
         self.counts = np.zeros(capacity, dtype=np.int64)
         self.arrays = {
             name: np.broadcast_to(p, (capacity, *p.shape)).copy() for name, p in self.priors.items()
@@ -324,20 +326,22 @@ class _LinearSlatePolicy:
 
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
-        return self._mix(top_indices(score, slots), score.shape[0], slots)
+        chosen, props, _ = self._mix(top_indices(score, slots), score.shape[0], slots)
+        return chosen, props
 
-    def _mix(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    def _mix(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """The epsilon mix over a pool of m items whose best ``slots`` (pool indices, best first)
-        are ``greedy``: (chosen pool indices [s], propensities [s])."""
+        are ``greedy``: (chosen pool indices [s], propensities [s], True when the random branch
+        chose them)."""
         if slots >= m:
-            return greedy, np.ones(slots)
+            return greedy, np.ones(slots), False
         uniform = self.epsilon * slots / m
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             chosen = self._rng.choice(m, size=slots, replace=False)
             top = set(greedy.tolist())
             props = [uniform + (1.0 - self.epsilon) * (c in top) for c in chosen.tolist()]
-            return chosen, np.asarray(props)
-        return greedy, np.full(slots, 1.0 - self.epsilon + uniform)
+            return chosen, np.asarray(props), True
+        return greedy, np.full(slots, 1.0 - self.epsilon + uniform), False
 
     def _slate(
         self, arm_ids: Sequence[str], score: np.ndarray, k: int, slots: int, pick: _Picker | None = None
@@ -382,8 +386,15 @@ class LinUCB(_LinearSlatePolicy):
         # lmax[row]: largest eigenvalue of A^{-1} (NaN = not computed since the arm changed), the
         # score bound that lets ``select`` skip most pool items (``kernels.disjoint_top``).
         self._arms = _ArmRows(
-            {"ainv": np.eye(dim) / ridge, "b": np.zeros(dim), "m32": m32, "lmax": np.array(1.0 / ridge)}
+            {
+                "ainv": np.eye(dim) / ridge,
+                "b": np.zeros(dim),
+                "m32": m32,
+                "lmax": np.array(1.0 / ridge),
+                "stamp": np.array(0, dtype=np.int64),  # duplicate detection in disjoint_top
+            }
         )
+
         self.prune = True
         self.pool_scored = -1  # pool items the last pruned select scored exactly (-1: none yet)
 
@@ -413,15 +424,14 @@ class LinUCB(_LinearSlatePolicy):
         m32[self.dim] = ainv @ b
         self._arms.set(row, ainv=ainv, b=b, lmax=np.nan)
 
-    def _lmax(self, rows: np.ndarray) -> np.ndarray:
-        """lambda_max(A^{-1}) of every arm row (computed, in one batch, for the rows whose arm
-        changed since), with a relative margin of 1e-6 for the eigensolver's rounding."""
+    def _refresh_lmax(self, rows: np.ndarray) -> None:
+        """lambda_max(A^{-1}) of the given arm rows whose arm changed since it was last computed
+        (NaN), in one batch, with a relative margin of 1e-6 for the eigensolver's rounding."""
         lmax = self._arms.arrays["lmax"]
         stale = np.unique(rows[np.isnan(lmax[rows])])
         if stale.size:
             top = np.linalg.eigvalsh(self._arms.arrays["ainv"][stale])[:, -1]
             lmax[stale] = np.maximum(top, 0.0) * (1.0 + 1e-6) + 1e-12
-        return lmax
 
     def select(
         self, contexts: np.ndarray, arm_ids: Sequence[str], k: int, explore_slots: int
@@ -430,28 +440,51 @@ class LinUCB(_LinearSlatePolicy):
         ``kernels.disjoint_top`` (exact top UCBs, most pool items only bounded) instead of scoring
         the whole pool: the same slate, scores and propensities (``prune = False``: the full
         computation, for comparison)."""
-        x = check_select_args(contexts, arm_ids, k, explore_slots, self.dim, check_finite=False)
+        x = check_select_args(
+            contexts, arm_ids, k, explore_slots, self.dim, check_finite=False, check_distinct=False
+        )
         fixed, m = k - explore_slots, len(arm_ids) - (k - explore_slots)
         if not self.prune or type(self) is not LinUCB or not 0 < explore_slots < m:
+            check_distinct_ids(arm_ids)
             return self._select_full(x, arm_ids, k, explore_slots)
         rows = self._arms.rows(arm_ids)
+        arr = self._arms.arrays
         score = np.empty(rows.shape[0])
         top = np.empty(explore_slots, dtype=np.intp)
-        m32 = self._arms.arrays["m32"]
-        scored = kernels.disjoint_top(
-            m32, self._lmax(rows), rows, x, self.alpha, fixed, explore_slots, score, top
-        )
-        self.pool_scored = scored
-        if scored < 0 or not np.isfinite(score[:fixed]).all():
+        while True:
+            self._arms.tick += 1  # shared by every policy over these arms: stamps never collide
+            status = kernels.disjoint_top(
+                arr["m32"],
+                arr["lmax"],
+                arr["stamp"],
+                self._arms.tick,
+                rows,
+                x,
+                self.alpha,
+                fixed,
+                explore_slots,
+                score,
+                top,
+            )
+            if status != kernels.TOP_STALE:
+                break
+            self._refresh_lmax(rows)
+            arr = self._arms.arrays
+        unknown = np.flatnonzero(rows == 0)
+        if status == kernels.TOP_DUPLICATE or len({arm_ids[i] for i in unknown.tolist()}) < unknown.size:
+            check_distinct_ids(arm_ids)  # raises PolicyInputError
+            return self._select_full(x, arm_ids, k, explore_slots)  # not reached: stamps are unique
+        if status == kernels.TOP_NONFINITE:
             check_finite_contexts(x, arm_ids)  # NaN/inf input -> NonFiniteInputError
             return self._select_full(x, arm_ids, k, explore_slots)  # finite input, overflowing scores
-        chosen, p = self._mix(top - fixed, m, explore_slots)
+        self.pool_scored = status
+        chosen, p, randomised = self._mix(top - fixed, m, explore_slots)
         order = np.arange(k)
         order[fixed:] = fixed + chosen
-        missing = order[np.isnan(score[order])]  # epsilon branch: random items not scored yet
-        if missing.size:
+        if randomised:  # the epsilon branch: random pool items, maybe not scored yet
+            missing = order[np.isnan(score[order])]
             extra = np.empty(missing.size)
-            kernels.disjoint_ucb(m32, rows[missing], x[missing], self.alpha, extra)
+            kernels.disjoint_ucb(arr["m32"], rows[missing], x[missing], self.alpha, extra)
             score[missing] = extra
         props = np.ones(k)
         props[fixed:] = p

@@ -410,3 +410,17 @@ def test_reloading_an_unchanged_arm_skips_decoding_but_never_hides_a_change(monk
     dst.load_arm("a", src.arm_hash("a"))
     assert len(calls) == 3
     np.testing.assert_allclose(dst.score(x, ["a"]), src.score(x, ["a"]), rtol=1e-6)
+
+
+def test_pruned_select_rejects_duplicates_among_known_and_unknown_arms() -> None:
+    policy = LinUCB(D, epsilon=0.0)
+    policy.update("a", np.ones(D) / D, 1.0)
+    x = np.random.default_rng(0).normal(size=(5, D))
+    for ids in (["a", "b", "a", "c", "d"], ["a", "b", "c", "b", "d"]):
+        with pytest.raises(PolicyInputError, match="distinct"):
+            policy.select(x, ids, 3, 1)
+    twin = LinUCB(D, epsilon=0.0)
+    twin._arms = policy._arms  # a second policy over the same statistics: no false duplicate
+    for _ in range(3):
+        assert len(policy.select(x, ["a", "b", "c", "d", "e"], 3, 1).items) == 3
+        assert len(twin.select(x, ["a", "b", "c", "d", "e"], 3, 1).items) == 3
