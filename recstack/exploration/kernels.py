@@ -84,17 +84,19 @@ TOP_DUPLICATE = -3
 
 
 @_jit
-def disjoint_top(m32, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
+def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
     """Disjoint LinUCB for a slate: exact UCB of the ``fixed`` first candidates and the ``slots``
     best UCBs of the pool ``[fixed, C)``, without scoring every pool item exactly.
 
     Bound: x^T A^{-1} x <= lambda_max(A^{-1}) |x|^2, so UCB_c <= theta.x + alpha sqrt(lmax |x|^2)
     (``lmax`` [R] float64 per arm row, an upper bound of A^{-1}'s largest eigenvalue), plus a
-    ``BOUND_RTOL`` margin. Pool items are taken in decreasing bound order and scored exactly (the
-    same float32 arithmetic as ``disjoint_ucb``) until the next bound is below the ``slots``-th
+    ``BOUND_RTOL`` margin; ``theta`` [R, d] float32 is a compact copy of m32's last rows (2 MB for
+    16k arms: the bound pass stays in the CPU cache). Pool items are taken in decreasing bound
+    order and scored exactly (the same float32 arithmetic as ``disjoint_ucb``) until the next
+    bound is below the ``slots``-th
     best exact score: no item left can enter the top, so the result equals ranking the whole pool
-    by exact score (ties to the lower index). A bound pass reads only theta (one cache line per
-    arm); the d x d blocks are read for the fixed positions and the scored pool items only.
+    by exact score (ties to the lower index). The d x d blocks are read for the fixed positions and
+    the scored pool items only.
 
     First pass, over every candidate: a known arm row (> 0) seen twice in this call (``stamp[r] ==
     tick``; ``tick`` must be new for every call) returns ``TOP_DUPLICATE``; a pool row whose lmax is
@@ -118,11 +120,10 @@ def disjoint_top(m32, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, to
     for c in range(c_n):
         score[c] = np.nan
     for c in range(c_n):
-        s = m32[rows[c]]
         if c < fixed:
             for j in range(d):
                 xf[j] = x[c, j]
-            m, q = _disjoint_one(s, xf)
+            m, q = _disjoint_one(m32[rows[c]], xf)
             v = np.float64(q)
             if v < 0.0:
                 v = 0.0
@@ -133,8 +134,9 @@ def disjoint_top(m32, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, to
         mean = 0.0
         mag = 0.0
         nx = 0.0
+        th = theta[rows[c]]
         for j in range(d):
-            t = np.float64(s[d, j]) * x[c, j]
+            t = np.float64(th[j]) * x[c, j]
             mean += t
             mag += abs(t)
             nx += x[c, j] * x[c, j]
@@ -260,9 +262,8 @@ def warm_up() -> None:
     disjoint_ucb(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), 1.0, out_m)
     two = np.zeros(2, dtype=np.intp)
     top = np.empty(1, dtype=np.intp)
-    disjoint_top(
-        np.zeros((1, 3, 2), np.float32), np.ones(1), two, np.zeros((2, 2)), 1.0, 0, 1, np.empty(2), top
-    )
+    block, theta, stamp = np.zeros((1, 3, 2), np.float32), np.zeros((1, 2), np.float32), np.zeros(1, np.int64)
+    disjoint_top(block, theta, np.ones(1), stamp, 1, two, np.zeros((2, 2)), 1.0, 0, 1, np.empty(2), top)
     hybrid_mean_var(
         np.zeros((1, 2, 2), np.float32),
         np.zeros((1, 2, 2), np.float32),

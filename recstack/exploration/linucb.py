@@ -390,6 +390,7 @@ class LinUCB(_LinearSlatePolicy):
                 "ainv": np.eye(dim) / ridge,
                 "b": np.zeros(dim),
                 "m32": m32,
+                "theta32": np.zeros(dim, dtype=np.float32),  # = m32[:, dim], compact for bounds
                 "lmax": np.array(1.0 / ridge),
                 "stamp": np.array(0, dtype=np.int64),  # duplicate detection in disjoint_top
             }
@@ -422,7 +423,7 @@ class LinUCB(_LinearSlatePolicy):
         m32 = self._arms.arrays["m32"][row]
         m32[: self.dim] = ainv
         m32[self.dim] = ainv @ b
-        self._arms.set(row, ainv=ainv, b=b, lmax=np.nan)
+        self._arms.set(row, ainv=ainv, b=b, theta32=m32[self.dim], lmax=np.nan)
 
     def _refresh_lmax(self, rows: np.ndarray) -> None:
         """lambda_max(A^{-1}) of the given arm rows whose arm changed since it was last computed
@@ -455,6 +456,7 @@ class LinUCB(_LinearSlatePolicy):
             self._arms.tick += 1  # shared by every policy over these arms: stamps never collide
             status = kernels.disjoint_top(
                 arr["m32"],
+                arr["theta32"],
                 arr["lmax"],
                 arr["stamp"],
                 self._arms.tick,

@@ -424,3 +424,17 @@ def test_pruned_select_rejects_duplicates_among_known_and_unknown_arms() -> None
     for _ in range(3):
         assert len(policy.select(x, ["a", "b", "c", "d", "e"], 3, 1).items) == 3
         assert len(twin.select(x, ["a", "b", "c", "d", "e"], 3, 1).items) == 3
+
+
+def test_kernels_warm_up_compiles_every_kernel() -> None:
+    """The bandit service calls warm_up before SERVING: it must match the kernels' signatures."""
+    from recstack.exploration import kernels
+
+    kernels.warm_up()
+    for fn in (
+        kernels.disjoint_mean_var,
+        kernels.disjoint_ucb,
+        kernels.disjoint_top,
+        kernels.hybrid_mean_var,
+    ):
+        assert fn.signatures, fn
