@@ -59,18 +59,25 @@ def disjoint_mean_var(m32, rows, x, mean, var):  # pragma: no cover - compiled
 
 
 @_jit
+def _ucb_one(s, xc, xf, alpha):  # pragma: no cover - compiled (inlined by LLVM)
+    """theta.x + alpha * sqrt(max(x^T A^{-1} x, 0)) of arm block s for features xc (copied into
+    the float32 buffer xf). NaN is not < 0: a NaN quadratic form propagates."""
+    for j in range(xf.shape[0]):
+        xf[j] = xc[j]
+    m, q = _disjoint_one(s, xf)
+    v = np.float64(q)
+    if v < 0.0:
+        v = 0.0
+    return np.float64(m) + alpha * np.sqrt(v)
+
+
+@_jit
 def disjoint_ucb(m32, rows, x, alpha, out):  # pragma: no cover - compiled
     """As ``disjoint_mean_var``, writing out[c] = theta.x + alpha * sqrt(max(x^T A^{-1} x, 0))."""
     c_n, d = x.shape
     xf = np.empty(d, dtype=np.float32)
     for c in range(c_n):
-        for j in range(d):
-            xf[j] = x[c, j]
-        m, q = _disjoint_one(m32[rows[c]], xf)
-        v = np.float64(q)
-        if v < 0.0:  # rounding; NaN is not < 0 and propagates
-            v = 0.0
-        out[c] = np.float64(m) + alpha * np.sqrt(v)
+        out[c] = _ucb_one(m32[rows[c]], x[c], xf, alpha)
 
 
 BOUND_RTOL = 1e-4
@@ -121,13 +128,7 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
         score[c] = np.nan
     for c in range(c_n):
         if c < fixed:
-            for j in range(d):
-                xf[j] = x[c, j]
-            m, q = _disjoint_one(m32[rows[c]], xf)
-            v = np.float64(q)
-            if v < 0.0:
-                v = 0.0
-            score[c] = np.float64(m) + alpha * np.sqrt(v)
+            score[c] = _ucb_one(m32[rows[c]], x[c], xf, alpha)
             if not np.isfinite(score[c]):
                 return TOP_NONFINITE
             continue
@@ -159,13 +160,7 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
         if j_max < 0 or (n_best == slots and b_max < best_s[slots - 1]):
             break
         bound[j_max] = -np.inf
-        for j in range(d):
-            xf[j] = x[j_max, j]
-        m, q = _disjoint_one(m32[rows[j_max]], xf)
-        v = np.float64(q)
-        if v < 0.0:
-            v = 0.0
-        sc = np.float64(m) + alpha * np.sqrt(v)
+        sc = _ucb_one(m32[rows[j_max]], x[j_max], xf, alpha)
         score[j_max] = sc
         scored += 1
         # insert into the best list (descending score, ties: lower index first)
