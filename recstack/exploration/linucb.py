@@ -158,7 +158,9 @@ class _ArmRows:
         return r
 
     def set(self, r: int, **values: np.ndarray) -> None:
-        """Write arrays of row r (and their float32 mirrors)."""
+        """Write arrays of row r (and their float32 mirrors); the row no longer holds what
+        ``load_arm`` last loaded (it re-marks the row after installing a hash)."""
+        self.loaded.pop(r, None)
         for name, v in values.items():
             self.arrays[name][r] = v
             if name in self.mirror:
@@ -380,8 +382,7 @@ class LinUCB(_LinearSlatePolicy):
         seed: int | None = None,
     ):
         super().__init__(dim, alpha, epsilon, ridge, seed)
-        # m32[row] = [A^{-1}; theta^T] as float32 [d + 1, d]: one gather and one batched
-        # mat-vec give A^{-1} x and theta.x for every candidate.
+        # m32[row] = [A^{-1}; theta^T] as float32 [d + 1, d]: the block the scoring kernels read.
         m32 = np.vstack([np.eye(dim) / ridge, np.zeros((1, dim))]).astype(np.float32)
         # lmax[row]: largest eigenvalue of A^{-1} (NaN = not computed since the arm changed), the
         # score bound that lets ``select`` skip most pool items (``kernels.disjoint_top``).
@@ -471,7 +472,6 @@ class LinUCB(_LinearSlatePolicy):
             if status != kernels.TOP_STALE:
                 break
             self._refresh_lmax(rows)
-            arr = self._arms.arrays
         unknown = np.flatnonzero(rows == 0)
         if status == kernels.TOP_DUPLICATE or len({arm_ids[i] for i in unknown.tolist()}) < unknown.size:
             check_distinct_ids(arm_ids)  # raises PolicyInputError
@@ -500,7 +500,6 @@ class LinUCB(_LinearSlatePolicy):
         arr = self._arms.arrays
         for arm_id, xi, ri in zip(arm_ids, x, r, strict=True):
             row = self._arms.row(arm_id)
-            self._arms.loaded.pop(row, None)
             ainv = _sherman_morrison(arr["ainv"][row], xi)
             b = arr["b"][row] + ri * xi
             self._set_arm(row, ainv, b)
@@ -684,7 +683,6 @@ class HybridLinUCB(_LinearSlatePolicy):
         for arm_id, row_x, ri in zip(arm_ids, feats, r, strict=True):
             z, x = self._split(row_x)
             row = self._arms.row(arm_id)
-            self._arms.loaded.pop(row, None)
             ainv, bmat, b = arr["ainv"][row], arr["B"][row], arr["b"][row]
             d_a0, d_b0 = hybrid_shared_delta(ainv, bmat, b, z, x, ri)
             self.a0 += d_a0
@@ -801,22 +799,37 @@ def save_arms(client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str]
     pipe.execute()
 
 
+def queue_state_reads(
+    pipe: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = "", shared: bool = True
+) -> None:
+    """Queue HGETALL of the arms' hashes on a Redis pipeline (sync or asyncio), then, for a hybrid
+    policy with ``shared``, of its shared hash; ``install_state`` reads the replies."""
+    for arm in arm_ids:
+        pipe.hgetall(redis_key(arm, policy.kind, prefix))
+    if shared and isinstance(policy, HybridLinUCB):
+        pipe.hgetall(shared_key(policy.kind, prefix))
+
+
+def install_state(
+    policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], replies: list, shared: bool = True
+) -> list[str]:
+    """Load the replies of ``queue_state_reads`` into ``policy``; returns the arms whose stored
+    state was corrupted and reset to the prior (each logged as a warning)."""
+    if shared and isinstance(policy, HybridLinUCB):
+        policy.load_shared(replies[-1])
+        replies = replies[:-1]
+    return [arm for arm, mapping in zip(arm_ids, replies, strict=True) if not policy.load_arm(arm, mapping)]
+
+
 def load_arms(
     client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = ""
 ) -> list[str]:
-    """Read the arms' hashes in one round trip into ``policy``; returns the arms whose stored
-    state was corrupted and reset to the prior (each logged as a warning). Missing keys keep
-    the prior. ``client`` must return bytes (``decode_responses=False``)."""
+    """Read the arms' hashes (and the hybrid shared hash) in one round trip into ``policy``;
+    returns the arms whose stored state was corrupted and reset to the prior (each logged as a
+    warning). Missing keys keep the prior. ``client`` must return bytes (``decode_responses=False``)."""
     pipe = client.pipeline(transaction=False)
-    for arm in arm_ids:
-        pipe.hgetall(redis_key(arm, policy.kind, prefix))
-    hybrid = isinstance(policy, HybridLinUCB)
-    if hybrid:
-        pipe.hgetall(shared_key(policy.kind, prefix))
-    replies = pipe.execute()
-    if hybrid:
-        policy.load_shared(replies.pop())
-    return [arm for arm, mapping in zip(arm_ids, replies, strict=True) if not policy.load_arm(arm, mapping)]
+    queue_state_reads(pipe, policy, arm_ids, prefix)
+    return install_state(policy, arm_ids, pipe.execute())
 
 
 CONTEXT_FIXED = 3

@@ -38,8 +38,8 @@ from recstack.exploration.linucb import (
     LinTS,
     LinUCB,
     build_context,
-    redis_key,
-    shared_key,
+    install_state,
+    queue_state_reads,
 )
 from recstack.exploration.rewards import ContextRecorder
 
@@ -161,19 +161,15 @@ class LinearStateCache:
         try:
             async with asyncio.timeout(self.timeout_s):
                 pipe = self.redis.pipeline(transaction=False)
-                for item in missing:
-                    pipe.hgetall(redis_key(item, self.policy.kind, self.prefix))
-                if shared:
-                    pipe.hgetall(shared_key(self.policy.kind, self.prefix))
+                queue_state_reads(pipe, self.policy, missing, self.prefix, shared)
                 replies = await pipe.execute()
         except Exception as exc:  # Redis down or slow: keep the last state
             log.warning("%s state unavailable, serving the last loaded state: %r", self.policy.kind, exc)
             return True
+        install_state(self.policy, missing, replies, shared)
         if shared:
-            self.policy.load_shared(replies.pop())
             self._shared_fetched = now
-        for item, mapping in zip(missing, replies, strict=True):
-            self.policy.load_arm(item, mapping)
+        for item in missing:
             self._fetched[item] = now
         return False
 

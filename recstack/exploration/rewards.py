@@ -73,61 +73,6 @@ _LUA_COMMON = r"""
 local prefix = ARGV[1]
 local updates, resets = 0, 0
 local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
-local function sm_update(item, xs, ridge, reward)
-  local d = math.floor(#xs / 4)
-  if d < 1 or #xs ~= 4 * d then return end
-  local fmt = '<' .. string.rep('f', d)
-  local x = {struct.unpack(fmt, xs)}
-  local akey = prefix .. 'bandit:linucb:' .. item
-  local h = redis.call('HMGET', akey, 'format', 'dim', 'n', 'state')
-  local A, b, n = {}, {}, tonumber(h[3])
-  local ok = h[1] == 'linucb-v1' and tonumber(h[2]) == d and type(h[4]) == 'string'
-    and #h[4] == 4 * (d * d + d) and n ~= nil and n >= 0
-  if ok then
-    local pos = 1
-    for i = 1, d do
-      local row = {struct.unpack(fmt, h[4], pos)}
-      pos = row[d + 1]
-      for j = 1, d do
-        if not finite(row[j]) then ok = false end
-      end
-      if not (row[i] > 0) then ok = false end
-      A[i] = row
-    end
-    b = {struct.unpack(fmt, h[4], pos)}
-    for j = 1, d do
-      if not finite(b[j]) then ok = false end
-    end
-  end
-  if not ok then
-    if h[1] or h[4] then resets = resets + 1 end
-    A, b, n = {}, {}, 0
-    for i = 1, d do
-      local row = {}
-      for j = 1, d do row[j] = 0 end
-      row[i] = 1 / ridge
-      A[i] = row
-      b[i] = 0
-    end
-  end
-  local u, den = {}, 1
-  for i = 1, d do
-    local s, row = 0, A[i]
-    for j = 1, d do s = s + row[j] * x[j] end
-    u[i] = s
-    den = den + x[i] * s
-  end
-  local parts = {}
-  for i = 1, d do
-    local row, ui = A[i], u[i] / den
-    for j = 1, d do row[j] = row[j] - ui * u[j] end
-    parts[i] = struct.pack(fmt, unpack(row, 1, d))
-    b[i] = b[i] + reward * x[i]
-  end
-  parts[d + 1] = struct.pack(fmt, unpack(b, 1, d))
-  redis.call('HSET', akey, 'format', 'linucb-v1', 'dim', d, 'n', n + 1, 'state', table.concat(parts))
-  updates = updates + 1
-end
 local function floats(data, pos, n)
   local t = {struct.unpack('<' .. string.rep('f', n), data, pos)}
   local nextpos = t[n + 1]
@@ -174,6 +119,31 @@ local function zeros(n)
   local t = {}
   for i = 1, n do t[i] = 0 end
   return t
+end
+local function sm_update(item, xs, ridge, reward)
+  -- disjoint LinUCB: A^{-1} <- A^{-1} - u u^T / (1 + x.u) with u = A^{-1} x; b <- b + r x
+  local d = math.floor(#xs / 4)
+  if d < 1 or #xs ~= 4 * d then return end
+  local x = {struct.unpack('<' .. string.rep('f', d), xs)}
+  local akey = prefix .. 'bandit:linucb:' .. item
+  local blocks, n = load_state(akey, 'linucb-v1', d, {d * d, d})
+  if blocks ~= nil and not diag_ok(blocks[1], d) then blocks, resets = nil, resets + 1 end
+  if blocks == nil then blocks, n = {scaled_identity(d, 1 / ridge), zeros(d)}, 0 end
+  local A, b = blocks[1], blocks[2]
+  local u, den = {}, 1
+  for i = 1, d do
+    local s, base = 0, (i - 1) * d
+    for j = 1, d do s = s + A[base + j] * x[j] end
+    u[i] = s
+    den = den + x[i] * s
+  end
+  for i = 1, d do
+    local ui, base = u[i] / den, (i - 1) * d
+    for j = 1, d do A[base + j] = A[base + j] - ui * u[j] end
+    b[i] = b[i] + reward * x[i]
+  end
+  redis.call('HSET', akey, 'format', 'linucb-v1', 'dim', d, 'n', n + 1, 'state', pack(A, d * d) .. pack(b, d))
+  updates = updates + 1
 end
 local function hybrid_update(item, xs, ridge, shared, reward)
   -- hybrid LinUCB: arm (A^{-1}, B, b) and shared (A0, b0) with the rank-one shared change
