@@ -28,7 +28,10 @@ from recstack.devstack.up import (
 )
 
 
-def test_plan_ports_applies_offset() -> None:
+def test_plan_ports_applies_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arithmetic only: whether these ports happen to be free on a shared machine is not the point here
+    # (the next test covers busy ports), so availability is pinned.
+    monkeypatch.setattr("recstack.devstack.up.port_is_free", lambda port, host: True)
     plan = plan_ports(StackConfig(port_offset=1000 + 7))
     assert plan["gateway"] == (51058, 10108)
     assert plan["feature_stream"] == (None, 10113)
