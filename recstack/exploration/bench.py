@@ -22,11 +22,15 @@ give the same scores (``agreement_max_abs_diff``): the speedup compares equal wo
 
 JSON: ``p99_ms`` = the worst wall-clock p99 of the four policies (the seed-style one excluded);
 ``speedup_vs_seed`` = seed-style / LinUCB mean process CPU time per decision (the work ratio,
-robust to other processes on the machine), ``speedup_vs_seed_wall_mean`` / ``_wall_p50`` the
-same on wall-clock latency; ``cpu_p99_ms`` the worst p99 of CPU time per decision; ``policies``
-per policy decisions_per_s (wall clock), mean/p50/p99 ms, cpu_mean_ms, cpu_p99_ms; ``goals`` =
-p99 < 1 ms and speedup >= 100; ``cache_resident`` = LinUCB and the seed-style code again on a
-1,000-arm catalogue whose state fits in the CPU cache (see ``_cache_resident``); ``dense`` =
+robust to other processes on the machine), the two measured in alternating blocks
+(``_paired``: 20 rounds of 5 seed-style then 100 LinUCB decisions, each block after untimed
+decisions of its own) so that both sides see the same phases of a shared machine's speed drift;
+``speedup_vs_seed_rounds`` the pooled ratio and the median, min and max of the per-round ratios;
+``speedup_vs_seed_wall_mean`` / ``_wall_p50`` the same on wall-clock latency; ``cpu_p99_ms`` the
+worst p99 of CPU time per decision; ``policies`` per policy decisions_per_s (wall clock),
+mean/p50/p99 ms, cpu_mean_ms, cpu_p99_ms; ``goals`` = p99 < 1 ms and speedup >= 100;
+``cache_resident`` = LinUCB and the seed-style code again on a 1,000-arm catalogue whose state
+fits in the CPU cache (see ``_cache_resident``); ``dense`` =
 LinUCB on a 10,000-arm state where every arm has 3 d observations (looser bounds, more pool
 items scored exactly; see ``_dense``). The main state (20,000 updates over 10,000 arms) is mostly
 young arms, where the bounds are tight. Wall-clock
@@ -106,6 +110,46 @@ def _latencies(decide: Callable[[int], object], n: int, warmup: int = 256) -> tu
     return wall / 1e6, cpu / 1e6
 
 
+def _paired(
+    fast: Callable[[int], object],
+    slow: Callable[[int], object],
+    n_fast: int,
+    n_slow: int,
+    warmup: int = 256,
+    rounds: int = 20,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Steady-state latencies of ``fast`` and ``slow`` measured in alternating blocks: ``rounds``
+    rounds of ``n_slow / rounds`` timed ``slow`` decisions, then ``n_fast / rounds`` timed ``fast``
+    ones, each block after a few untimed decisions of its own (so each side runs with its own
+    working set cached, as in a throughput run of that policy alone). On a shared machine a
+    process's speed drifts by up to 2x over tenths of a second; measured one after the other, the
+    two sides of a ratio can land in different phases of that drift, alternating blocks share them.
+
+    Returns (fast summary, slow summary, speedup): ``speedup`` has ``pooled`` = slow / fast mean
+    CPU time over all rounds, ``round_median`` = the median of the per-round ratios, and
+    ``round_min`` / ``round_max``."""
+    for i in range(warmup):
+        fast(i)
+    rounds = max(1, min(rounds, n_fast, n_slow))
+    per_fast, per_slow = n_fast // rounds, n_slow // rounds
+    settle_fast = min(warmup, max(1, per_fast // 4))
+    fast_lat: list[tuple[np.ndarray, np.ndarray]] = []
+    slow_lat: list[tuple[np.ndarray, np.ndarray]] = []
+    for r in range(rounds):
+        slow_lat.append(_latencies(lambda i, r=r: slow(r * per_slow + i), per_slow, warmup=1))
+        fast_lat.append(_latencies(lambda i, r=r: fast(r * per_fast + i), per_fast, warmup=settle_fast))
+    ratios = np.array([s[1].mean() / f[1].mean() for s, f in zip(slow_lat, fast_lat, strict=True)])
+    fast_all = (np.concatenate([w for w, _ in fast_lat]), np.concatenate([c for _, c in fast_lat]))
+    slow_all = (np.concatenate([w for w, _ in slow_lat]), np.concatenate([c for _, c in slow_lat]))
+    speedup = {
+        "pooled": float(slow_all[1].mean() / fast_all[1].mean()),
+        "round_median": float(np.median(ratios)),
+        "round_min": float(ratios.min()),
+        "round_max": float(ratios.max()),
+    }
+    return _summary(fast_all), _summary(slow_all), speedup
+
+
 def _summary(lat: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     wall, cpu = lat
     return {
@@ -169,8 +213,13 @@ def measure(
         "linucb_hybrid": contextual(hybrid),
         "lints": contextual(lints),
     }
-    results = {name: _summary(_latencies(fn, decisions, warmup=n_sets)) for name, fn in policies.items()}
-    seed_res = _summary(_latencies(contextual(seed_style), seed_decisions, warmup=2))
+    linucb_res, seed_res, paired = _paired(
+        policies["linucb"], contextual(seed_style), decisions, seed_decisions, warmup=n_sets
+    )
+    results = {
+        name: linucb_res if name == "linucb" else _summary(_latencies(fn, decisions, warmup=n_sets))
+        for name, fn in policies.items()
+    }
     cold_policies = [ThompsonSlatePolicy(SLOTS, seed=seed + 1 + j) for j in range(cold_decisions)]
     cold = _summary(
         _latencies(
@@ -181,12 +230,13 @@ def measure(
     )
     resident = _cache_resident(decisions, seed_decisions, warm_updates, seed)
     pruning = _pruning_check(linucb, ctx, cand, seed)
-    dense = _dense(decisions, seed_res, seed)
-    speedup = seed_res["cpu_mean_ms"] / results["linucb"]["cpu_mean_ms"]
+    dense = _dense(decisions, seed_decisions, contextual(seed_style), seed)
+    speedup = paired["pooled"]
     worst = max(r["p99_ms"] for r in results.values())
     return {
         "p99_ms": worst,
         "speedup_vs_seed": speedup,
+        "speedup_vs_seed_rounds": paired,
         "speedup_vs_seed_wall_mean": seed_res["mean_ms"] / results["linucb"]["mean_ms"],
         "speedup_vs_seed_wall_p50": seed_res["p50_ms"] / results["linucb"]["p50_ms"],
         "cpu_p99_ms": max(r["cpu_p99_ms"] for r in results.values()),
@@ -241,11 +291,13 @@ def _pruning_check(linucb: LinUCB, ctx: np.ndarray, cand: list[list[str]], seed:
     }
 
 
-def _dense(decisions: int, seed_res: dict, seed: int, per_arm: int = 3 * D) -> dict:
+def _dense(
+    decisions: int, seed_decisions: int, seed_style: Callable[[int], object], seed: int, per_arm: int = 3 * D
+) -> dict:
     """LinUCB on a 10,000-arm state where every arm has ``per_arm`` observations (3 d: A^{-1}
     well away from the prior, so the score bounds are looser than on the main state's mostly
-    young arms). Speedup against the main run's seed-style time: the seed-style cost (an inverse
-    per candidate) does not depend on the state."""
+    young arms). Speedup against the main run's seed-style decisions (``seed_style``), interleaved
+    again: the seed-style cost (an inverse per candidate) does not depend on the state."""
     rng = np.random.default_rng(seed + 13)
     catalogue = [f"i{j}" for j in range(CATALOGUE)]
     linucb = LinUCB(D, alpha=1.0, epsilon=0.05, seed=seed)
@@ -262,13 +314,18 @@ def _dense(decisions: int, seed_res: dict, seed: int, per_arm: int = 3 * D) -> d
     n_sets = 256
     cand = [[catalogue[j] for j in rng.choice(CATALOGUE, CANDIDATES, replace=False)] for _ in range(n_sets)]
     ctx = rng.normal(size=(n_sets, CANDIDATES, D)) / np.sqrt(D)
-    fast = _summary(
-        _latencies(lambda i: linucb.select(ctx[i % n_sets], cand[i % n_sets], K, SLOTS), decisions, n_sets)
+    fast, _, paired = _paired(
+        lambda i: linucb.select(ctx[i % n_sets], cand[i % n_sets], K, SLOTS),
+        seed_style,
+        decisions,
+        seed_decisions,
+        warmup=n_sets,
     )
     return {
         "observations_per_arm": per_arm,
         "linucb": fast,
-        "speedup_vs_seed": seed_res["cpu_mean_ms"] / fast["cpu_mean_ms"],
+        "speedup_vs_seed": paired["pooled"],
+        "speedup_vs_seed_rounds": paired,
         "pruning": _pruning_check(linucb, ctx, cand, seed),
     }
 
@@ -300,14 +357,14 @@ def _cache_resident(decisions: int, seed_decisions: int, warm_updates: int, seed
     def decide(policy) -> Callable[[int], object]:
         return lambda i: policy.select(ctx[i % n_sets], cand[i % n_sets], K, SLOTS)
 
-    fast = _summary(_latencies(decide(linucb), decisions, warmup=n_sets))
-    slow = _summary(_latencies(decide(seed_style), seed_decisions, warmup=2))
+    fast, slow, paired = _paired(decide(linucb), decide(seed_style), decisions, seed_decisions, warmup=n_sets)
     return {
         "catalogue": CACHE_RESIDENT_CATALOGUE,
         "state_mb": CACHE_RESIDENT_CATALOGUE * (D + 1) * D * 4 / 1e6,
         "linucb": fast,
         "seed_style_linucb": slow,
-        "speedup_vs_seed": slow["cpu_mean_ms"] / fast["cpu_mean_ms"],
+        "speedup_vs_seed": paired["pooled"],
+        "speedup_vs_seed_rounds": paired,
     }
 
 

@@ -90,8 +90,31 @@ TOP_STALE = -2
 TOP_DUPLICATE = -3
 
 
+_SEEN_EMPTY = -1
+
+
 @_jit
-def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, score, top):  # pragma: no cover
+def _first_duplicate_row(rows, seen):  # pragma: no cover - compiled (inlined by LLVM)
+    """True when a row > 0 appears twice in ``rows``; ``seen`` is scratch space, an open-addressing
+    set whose size is a power of two larger than ``2 * len(rows)``."""
+    mask = seen.shape[0] - 1
+    for i in range(seen.shape[0]):
+        seen[i] = _SEEN_EMPTY
+    for c in range(rows.shape[0]):
+        r = rows[c]
+        if r <= 0:
+            continue
+        h = (r * 0x9E3779B1) & mask
+        while seen[h] != _SEEN_EMPTY:
+            if seen[h] == r:
+                return True
+            h = (h + 1) & mask
+        seen[h] = r
+    return False
+
+
+@_jit
+def disjoint_top(m32, theta, lmax, rows, x, alpha, fixed, slots, score, top, unknown):  # pragma: no cover
     """Disjoint LinUCB for a slate: exact UCB of the ``fixed`` first candidates and the ``slots``
     best UCBs of the pool ``[fixed, C)``, without scoring every pool item exactly.
 
@@ -105,23 +128,31 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
     by exact score (ties to the lower index). The d x d blocks are read for the fixed positions and
     the scored pool items only.
 
-    First pass, over every candidate: a known arm row (> 0) seen twice in this call (``stamp[r] ==
-    tick``; ``tick`` must be new for every call) returns ``TOP_DUPLICATE``; a pool row whose lmax is
-    NaN (not computed since the arm changed) returns ``TOP_STALE``. Rows 0 (arms without
-    statistics) are not checked for duplicates here. Then: NaN/inf in a bound or a fixed score
-    returns ``TOP_NONFINITE``. Otherwise writes score[c] (NaN for pool items not scored exactly)
-    and top[:slots] (candidate indices, best first) and returns the number of pool items scored
-    exactly. Needs 1 <= slots < C - fixed.
+    Returns ``(status, n_unknown)``. First, over every candidate: a known arm row (> 0) given twice
+    returns status ``TOP_DUPLICATE``; a pool row whose lmax is NaN (not computed since the arm
+    changed) returns ``TOP_STALE``. Candidates on row 0 (arms without statistics: the caller checks
+    their ids for duplicates) are written to ``unknown[:n_unknown]`` (candidate indices, [C]).
+    Then: NaN/inf in a bound or a fixed score returns ``TOP_NONFINITE``. Otherwise writes score[c]
+    (NaN for pool items not scored exactly) and top[:slots] (candidate indices, best first); status
+    is the number of pool items scored exactly. Needs 1 <= slots < C - fixed.
     """
     c_n, d = x.shape
+    n_unknown = 0
+    stale = False
     for c in range(c_n):
         r = rows[c]
-        if r > 0:
-            if stamp[r] == tick:
-                return TOP_DUPLICATE
-            stamp[r] = tick
+        if r == 0:
+            unknown[n_unknown] = c
+            n_unknown += 1
         if c >= fixed and np.isnan(lmax[r]):
-            return TOP_STALE
+            stale = True
+    size = 1
+    while size < 2 * c_n + 2:
+        size *= 2
+    if _first_duplicate_row(rows, np.empty(size, dtype=np.intp)):
+        return TOP_DUPLICATE, n_unknown
+    if stale:
+        return TOP_STALE, n_unknown
     xf = np.empty(d, dtype=np.float32)
     bound = np.empty(c_n)
     for c in range(c_n):
@@ -130,7 +161,7 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
         if c < fixed:
             score[c] = _ucb_one(m32[rows[c]], x[c], xf, alpha)
             if not np.isfinite(score[c]):
-                return TOP_NONFINITE
+                return TOP_NONFINITE, n_unknown
             continue
         mean = 0.0
         mag = 0.0
@@ -144,7 +175,7 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
         w = alpha * np.sqrt(lmax[rows[c]] * nx)
         b = mean + w + BOUND_RTOL * (mag + w) + 1e-12
         if not np.isfinite(b):
-            return TOP_NONFINITE
+            return TOP_NONFINITE, n_unknown
         bound[c] = b
     best_s = np.full(slots, -np.inf)
     best_i = np.full(slots, -1, dtype=np.intp)
@@ -178,7 +209,7 @@ def disjoint_top(m32, theta, lmax, stamp, tick, rows, x, alpha, fixed, slots, sc
                 n_best += 1
     for r in range(slots):
         top[r] = best_i[r]
-    return scored
+    return scored, n_unknown
 
 
 @_jit
@@ -257,8 +288,9 @@ def warm_up() -> None:
     disjoint_ucb(np.zeros((1, 3, 2), np.float32), rows, np.zeros((1, 2)), 1.0, out_m)
     two = np.zeros(2, dtype=np.intp)
     top = np.empty(1, dtype=np.intp)
-    block, theta, stamp = np.zeros((1, 3, 2), np.float32), np.zeros((1, 2), np.float32), np.zeros(1, np.int64)
-    disjoint_top(block, theta, np.ones(1), stamp, 1, two, np.zeros((2, 2)), 1.0, 0, 1, np.empty(2), top)
+    block, theta = np.zeros((1, 3, 2), np.float32), np.zeros((1, 2), np.float32)
+    unknown = np.empty(2, dtype=np.intp)
+    disjoint_top(block, theta, np.ones(1), two, np.zeros((2, 2)), 1.0, 0, 1, np.empty(2), top, unknown)
     hybrid_mean_var(
         np.zeros((1, 2, 2), np.float32),
         np.zeros((1, 2, 2), np.float32),

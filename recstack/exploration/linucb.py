@@ -134,7 +134,6 @@ class _ArmRows:
         self.index: dict[str, int] = {}
         # row -> (n, hash of the state bytes) of the last load_arm; dropped by local updates
         self.loaded: dict[int, tuple[int, int]] = {}
-        self.tick = 0  # call counter of kernels.disjoint_top's duplicate stamps
         self.counts = np.zeros(capacity, dtype=np.int64)
         self.arrays = {
             name: np.broadcast_to(p, (capacity, *p.shape)).copy() for name, p in self.priors.items()
@@ -328,22 +327,32 @@ class _LinearSlatePolicy:
 
     def _pick_slots(self, score: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen pool indices [s], propensities [s]) for the epsilon-mixed greedy rule."""
-        chosen, props, _ = self._mix(top_indices(score, slots), score.shape[0], slots)
-        return chosen, props
+        return self._mix(top_indices(score, slots), score.shape[0], slots)
 
-    def _mix(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    def _mix(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """The epsilon mix over a pool of m items whose best ``slots`` (pool indices, best first)
-        are ``greedy``: (chosen pool indices [s], propensities [s], True when the random branch
-        chose them)."""
+        are ``greedy``: (chosen pool indices [s], propensities [s])."""
         if slots >= m:
-            return greedy, np.ones(slots), False
+            return greedy, np.ones(slots)
+        if self._explores():
+            return self._uniform_slots(greedy, m, slots)
+        return greedy, np.full(slots, self._greedy_propensity(m, slots))
+
+    def _explores(self) -> bool:
+        """The epsilon coin of one decision: True = fill the slots uniformly at random."""
+        return self.epsilon > 0 and self._rng.random() < self.epsilon
+
+    def _greedy_propensity(self, m: int, slots: int) -> float:
+        """P(a greedy pick is served) = 1 - epsilon + epsilon * slots / m."""
+        return 1.0 - self.epsilon + self.epsilon * slots / m
+
+    def _uniform_slots(self, greedy: np.ndarray, m: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        """The random branch: ``slots`` distinct pool items, uniformly; (pool indices, propensities)."""
+        chosen = self._rng.choice(m, size=slots, replace=False)
+        top = set(greedy.tolist())
         uniform = self.epsilon * slots / m
-        if self.epsilon > 0 and self._rng.random() < self.epsilon:
-            chosen = self._rng.choice(m, size=slots, replace=False)
-            top = set(greedy.tolist())
-            props = [uniform + (1.0 - self.epsilon) * (c in top) for c in chosen.tolist()]
-            return chosen, np.asarray(props), True
-        return greedy, np.full(slots, 1.0 - self.epsilon + uniform), False
+        props = [uniform + (1.0 - self.epsilon) * (c in top) for c in chosen.tolist()]
+        return chosen, np.asarray(props)
 
     def _slate(
         self, arm_ids: Sequence[str], score: np.ndarray, k: int, slots: int, pick: _Picker | None = None
@@ -357,9 +366,14 @@ class _LinearSlatePolicy:
             props[fixed:] = p
         else:
             order, props = np.arange(k), np.ones(k)
-        explored = np.zeros(k, dtype=bool)
-        explored[fixed:] = True
-        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, explored)
+        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, _explored(k, fixed))
+
+
+def _explored(k: int, fixed: int) -> np.ndarray:
+    """The ``explored`` mask of a slate: False for the ``fixed`` first positions, then True [k]."""
+    mask = np.ones(k, dtype=bool)
+    mask[:fixed] = False
+    return mask
 
 
 class LinUCB(_LinearSlatePolicy):
@@ -393,7 +407,6 @@ class LinUCB(_LinearSlatePolicy):
                 "m32": m32,
                 "theta32": np.zeros(dim, dtype=np.float32),  # = m32[:, dim], compact for bounds
                 "lmax": np.array(1.0 / ridge),
-                "stamp": np.array(0, dtype=np.int64),  # duplicate detection in disjoint_top
             }
         )
 
@@ -453,46 +466,33 @@ class LinUCB(_LinearSlatePolicy):
         arr = self._arms.arrays
         score = np.empty(rows.shape[0])
         top = np.empty(explore_slots, dtype=np.intp)
-        while True:
-            self._arms.tick += 1  # shared by every policy over these arms: stamps never collide
-            status = kernels.disjoint_top(
-                arr["m32"],
-                arr["theta32"],
-                arr["lmax"],
-                arr["stamp"],
-                self._arms.tick,
-                rows,
-                x,
-                self.alpha,
-                fixed,
-                explore_slots,
-                score,
-                top,
-            )
-            if status != kernels.TOP_STALE:
-                break
+        unknown = np.empty(rows.shape[0], dtype=np.intp)
+        args = (x, self.alpha, fixed, explore_slots, score, top, unknown)
+        status, n_unknown = kernels.disjoint_top(arr["m32"], arr["theta32"], arr["lmax"], rows, *args)
+        if status == kernels.TOP_STALE:
             self._refresh_lmax(rows)
-        unknown = np.flatnonzero(rows == 0)
-        if status == kernels.TOP_DUPLICATE or len({arm_ids[i] for i in unknown.tolist()}) < unknown.size:
+            status, n_unknown = kernels.disjoint_top(arr["m32"], arr["theta32"], arr["lmax"], rows, *args)
+        if status == kernels.TOP_DUPLICATE or (
+            n_unknown > 1 and len(set(map(arm_ids.__getitem__, unknown[:n_unknown].tolist()))) < n_unknown
+        ):
             check_distinct_ids(arm_ids)  # raises PolicyInputError
-            return self._select_full(x, arm_ids, k, explore_slots)  # not reached: stamps are unique
+            return self._select_full(x, arm_ids, k, explore_slots)  # not reached: equal rows = equal ids
         if status == kernels.TOP_NONFINITE:
             check_finite_contexts(x, arm_ids)  # NaN/inf input -> NonFiniteInputError
             return self._select_full(x, arm_ids, k, explore_slots)  # finite input, overflowing scores
         self.pool_scored = status
-        chosen, p, randomised = self._mix(top - fixed, m, explore_slots)
-        order = np.arange(k)
-        order[fixed:] = fixed + chosen
-        if randomised:  # the epsilon branch: random pool items, maybe not scored yet
+        order, props = np.arange(k), np.ones(k)
+        if self._explores():  # the epsilon branch: random pool items, maybe not scored yet
+            chosen, props[fixed:] = self._uniform_slots(top - fixed, m, explore_slots)
+            order[fixed:] = fixed + chosen
             missing = order[np.isnan(score[order])]
             extra = np.empty(missing.size)
             kernels.disjoint_ucb(arr["m32"], rows[missing], x[missing], self.alpha, extra)
             score[missing] = extra
-        props = np.ones(k)
-        props[fixed:] = p
-        explored = np.zeros(k, dtype=bool)
-        explored[fixed:] = True
-        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, explored)
+        else:
+            order[fixed:] = top
+            props[fixed:] = self._greedy_propensity(m, explore_slots)
+        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, _explored(k, fixed))
 
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, d], rewards [N]."""

@@ -55,6 +55,10 @@ def test_bench_reports_latency_and_speedup(capsys) -> None:
     # the vectorised policy must beat 200 matrix inversions per decision by a wide margin even
     # on a loaded machine; the 100x goal itself is reported, not asserted
     assert result["speedup_vs_seed"] > 5
+    rounds = result["speedup_vs_seed_rounds"]  # seed-style and LinUCB measured in alternating blocks
+    assert rounds["pooled"] == result["speedup_vs_seed"]
+    assert rounds["round_min"] <= rounds["round_median"] <= rounds["round_max"]
+    assert result["seed_style_linucb"]["decisions"] == 3 and result["policies"]["linucb"]["decisions"] == 30
     assert result["config"]["candidates"] == 200 and result["config"]["d"] == 32
     # pruned LinUCB decisions are the full computation's, on the young and on the dense state
     for pruning in (result["pruning"], result["dense"]["pruning"]):
