@@ -655,9 +655,17 @@ class HybridLinUCB(_LinearSlatePolicy):
         self.beta = np.zeros(kd)
         self._a0inv32 = self.a0inv.astype(np.float32)
         self._beta32 = self.beta.astype(np.float32)
+        # The decision path reads float32 A_a^{-1}, M_a = A_a^{-1} B_a and h_a = A_a^{-1} b_a
+        # (``kernels.hybrid_mean_var``); updates work on float64 A_a^{-1}, B_a, b_a.
         self._arms = _ArmRows(
-            {"ainv": np.eye(dd) / ridge, "B": np.zeros((dd, kd)), "b": np.zeros(dd)},
-            mirror=("ainv", "B", "b"),
+            {
+                "ainv": np.eye(dd) / ridge,
+                "B": np.zeros((dd, kd)),
+                "b": np.zeros(dd),
+                "M32": np.zeros((dd, kd), dtype=np.float32),
+                "h32": np.zeros(dd, dtype=np.float32),
+            },
+            mirror=("ainv",),
         )
 
     def _split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -672,7 +680,7 @@ class HybridLinUCB(_LinearSlatePolicy):
         arr = self._arms.arrays
         mean, var = np.empty(rows.shape[0]), np.empty(rows.shape[0])
         kernels.hybrid_mean_var(
-            arr["ainv32"], arr["B32"], arr["b32"], rows, z, x, self._a0inv32, self._beta32, mean, var
+            arr["ainv32"], arr["M32"], arr["h32"], rows, z, x, self._a0inv32, self._beta32, mean, var
         )
         return mean, np.sqrt(np.maximum(var, 0.0))
 
@@ -733,7 +741,7 @@ class HybridLinUCB(_LinearSlatePolicy):
         return arr["ainv"][row], arr["B"][row], arr["b"][row]
 
     def _set_arm(self, row: int, ainv: np.ndarray, bmat: np.ndarray, b: np.ndarray) -> None:
-        self._arms.set(row, ainv=ainv, B=bmat, b=b)
+        self._arms.set(row, ainv=ainv, B=bmat, b=b, M32=ainv @ bmat, h32=ainv @ b)
 
 
 def _state_hash(kind: str, dim: int, n: int, *blocks: np.ndarray) -> dict[str, bytes]:
