@@ -261,6 +261,64 @@ def hybrid_mean_var(ainv, m, h, rows, z, x, a0inv, beta, mean, var):  # pragma: 
         var[c] = quad_w + quad_x
 
 
+@_jit
+def top_inclusion(noise, mean, width, slots, counts):  # pragma: no cover - compiled
+    """Monte Carlo inclusion counts of a Thompson draw: for every row r of ``noise`` [n_draws, m]
+    (N(0, 1), float32), the ``slots`` largest of mean + width * noise[r] (float32, mean/width [m])
+    each add 1 to counts[j] (int64 [m], accumulated). Ties go to the lower index, as repeated
+    argmax does. One pass per draw, no [n_draws, m] temporary. Needs 1 <= slots <= m."""
+    n_draws, m = noise.shape
+    best_s = np.empty(slots, dtype=np.float32)
+    best_i = np.empty(slots, dtype=np.intp)
+    for r in range(n_draws):
+        n_best = 0
+        for j in range(m):
+            sc = mean[j] + width[j] * noise[r, j]
+            if n_best == slots and not sc > best_s[slots - 1]:
+                continue
+            pos = n_best if n_best < slots else slots - 1
+            while pos > 0 and sc > best_s[pos - 1]:
+                best_s[pos] = best_s[pos - 1]
+                best_i[pos] = best_i[pos - 1]
+                pos -= 1
+            best_s[pos] = sc
+            best_i[pos] = j
+            if n_best < slots:
+                n_best += 1
+        for q in range(n_best):
+            counts[best_i[q]] += 1
+
+
+@_jit
+def rows_top_inclusion(samples, rows, slots, counts):  # pragma: no cover - compiled
+    """Monte Carlo inclusion counts over cached draws: pool item j's draws are the row
+    samples[rows[j]] ([R, n_draws] float32); in every draw (column) the ``slots`` largest items
+    each add 1 to counts[j] (int64 [P], accumulated). Ties go to the lower pool index, as
+    repeated argmax does. Items outer, draws inner: every cached row is read once, in order.
+    Needs 1 <= slots <= len(rows)."""
+    n_draws = samples.shape[1]
+    best_s = np.empty((n_draws, slots), dtype=np.float32)
+    best_i = np.empty((n_draws, slots), dtype=np.intp)
+    filled = min(slots, rows.shape[0])
+    for j in range(rows.shape[0]):
+        s = samples[rows[j]]
+        n_best = min(j, slots)  # the same in every draw: the first `slots` items fill every list
+        for d in range(n_draws):
+            sc = s[d]
+            if n_best == slots and not sc > best_s[d, slots - 1]:
+                continue
+            pos = n_best if n_best < slots else slots - 1
+            while pos > 0 and sc > best_s[d, pos - 1]:
+                best_s[d, pos] = best_s[d, pos - 1]
+                best_i[d, pos] = best_i[d, pos - 1]
+                pos -= 1
+            best_s[d, pos] = sc
+            best_i[d, pos] = j
+    for d in range(n_draws):
+        for q in range(filled):
+            counts[best_i[d, q]] += 1
+
+
 def warm_up() -> None:
     """Compile the kernels (first call of each) so that no request pays for it."""
     rows = np.zeros(1, dtype=np.intp)
@@ -284,3 +342,7 @@ def warm_up() -> None:
         out_m,
         out_v,
     )
+    counts = np.zeros(2, dtype=np.int64)
+    bank_window = np.zeros((1, 4), np.float32)[:, 1:3]  # LinTS passes a window of its noise bank
+    top_inclusion(bank_window, np.zeros(2, np.float32), np.ones(2, np.float32), 1, counts)
+    rows_top_inclusion(np.zeros((2, 3), np.float32), two, 1, counts)

@@ -605,15 +605,9 @@ class LinTS(LinUCB):
             chosen = self._rng.choice(m, size=slots, replace=False)
         else:
             chosen = top_indices(score, slots)
-        sims = np.multiply(self._noise(m), (self.alpha * width).astype(np.float32))
-        sims += mean.astype(np.float32)  # [n_draws, m]
         counts = np.zeros(m, dtype=np.int64)
-        draws = np.arange(self.n_draws)
-        for r in range(slots):  # few slots: argmax per draw, remove the winner, repeat
-            top = np.argmax(sims, axis=1)
-            counts += np.bincount(top, minlength=m)
-            if r + 1 < slots:
-                sims[draws, top] = -np.inf
+        w32, m32 = (self.alpha * width).astype(np.float32), mean.astype(np.float32)
+        kernels.top_inclusion(self._noise(m), m32, w32, slots, counts)
         inclusion = counts / self.n_draws
         p_ts = np.maximum(inclusion[chosen], 1.0 / self.n_draws)
         return chosen, (1.0 - self.epsilon) * p_ts + self.epsilon * slots / m

@@ -37,6 +37,7 @@ from itertools import repeat
 
 import numpy as np
 
+from recstack.exploration import kernels
 from recstack.exploration.segments import segment_beta_params, stack_arms
 
 
@@ -193,14 +194,8 @@ class ThompsonSlatePolicy:
         if p > self._draws.max_items:  # a pool larger than the cache: fresh draws
             return self.inclusion_probabilities(alpha, beta, slots)
         rows = self._draws.rows(pool, alpha, beta)
-        sims = self._draws.samples[rows]  # [P, n_draws]
         counts = np.zeros(p, dtype=np.int64)
-        draws = np.arange(self.n_draws)
-        for r in range(slots):  # slots is small: argmax per draw, remove the winner, repeat
-            top = np.argmax(sims, axis=0)  # [n_draws]
-            counts += np.bincount(top, minlength=p)
-            if r + 1 < slots:
-                sims[top, draws] = -np.inf
+        kernels.rows_top_inclusion(self._draws.samples, rows, slots, counts)
         return counts / self.n_draws
 
     def select(

@@ -436,5 +436,53 @@ def test_kernels_warm_up_compiles_every_kernel() -> None:
         kernels.disjoint_ucb,
         kernels.disjoint_top,
         kernels.hybrid_mean_var,
+        kernels.top_inclusion,
+        kernels.rows_top_inclusion,
     ):
         assert fn.signatures, fn
+
+
+@pytest.mark.parametrize("slots", [1, 2, 5])
+def test_top_inclusion_counts_equal_repeated_argmax(slots: int) -> None:
+    """LinTS's Monte Carlo inclusion kernel = argmax per draw, remove the winner, repeat."""
+    from recstack.exploration import kernels
+
+    rng = np.random.default_rng(slots)
+    m, draws = 40, 300
+    noise = rng.standard_normal((draws, 3 * m)).astype(np.float32)[:, m : 2 * m]  # a bank window
+    mean = rng.normal(size=m).astype(np.float32)
+    mean[5:9] = mean[4]  # ties (width 0): the lower index wins, as argmax
+    width = rng.random(m).astype(np.float32)
+    width[4:9] = 0.0
+    counts = np.zeros(m, dtype=np.int64)
+    kernels.top_inclusion(noise, mean, width, slots, counts)
+    sims = mean + width * noise
+    expected = np.zeros(m, dtype=np.int64)
+    for _ in range(slots):
+        top = np.argmax(sims, axis=1)
+        expected += np.bincount(top, minlength=m)
+        sims[np.arange(draws), top] = -np.inf
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == draws * slots
+
+
+@pytest.mark.parametrize("slots", [1, 2, 5])
+def test_rows_top_inclusion_counts_equal_repeated_argmax(slots: int) -> None:
+    """Thompson's kernel over cached draw rows = argmax over the pool per draw, repeated."""
+    from recstack.exploration import kernels
+
+    rng = np.random.default_rng(10 + slots)
+    samples = rng.random((60, 250)).astype(np.float32)
+    samples[7] = samples[3]  # an exact tie between two pool items: the lower pool index wins
+    rows = rng.permutation(60)[:40]
+    rows[[2, 9]] = [3, 7]
+    counts = np.zeros(40, dtype=np.int64)
+    kernels.rows_top_inclusion(samples, rows, slots, counts)
+    sims = samples[rows].copy()
+    expected = np.zeros(40, dtype=np.int64)
+    for _ in range(slots):
+        top = np.argmax(sims, axis=0)
+        expected += np.bincount(top, minlength=40)
+        sims[top, np.arange(250)] = -np.inf
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[9] <= counts[2]  # item 9 only enters a draw together with its tie, item 2
