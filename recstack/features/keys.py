@@ -10,8 +10,9 @@
 | items:popularity          | zset | item id -> time-decayed popularity, scaled to epoch  |
 | items:popularity:epoch    | str  | unix s the popularity scores are scaled to           |
 | bandit:ts:{item}          | hash | alpha, beta of the item's Beta posterior             |
-| bandit:ts:seg:{seg}:{item}| hash | alpha, beta of the item's posterior in segment seg   |
-|                           |      | (both include the Beta(1, 1) prior)                  |
+| bandit:tsseg:{seg}|{item} | hash | alpha, beta of the item's posterior in segment seg   |
+|                           |      | (both include the Beta(1, 1) prior; '|' never occurs |
+|                           |      | in a segment id, so no item id or segment collides)  |
 | event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
 | imp:{request_id}          | hash | served item -> 0 (no reward yet) / 1 (rewarded)      |
 | imp:pending               | zset | request_id -> unix s when its reward window closes   |
@@ -60,8 +61,9 @@ class Keys:
 
     def bandit_segment_arm(self, segment: str, item_id: str) -> str:
         """The Thompson arm of an item in one segment (a valid segment id, see
-        recstack/exploration/segments.py)."""
-        return f"{self.prefix}bandit:ts:seg:{segment}:{item_id}"
+        recstack/exploration/segments.py: it never contains '|', so the first '|' ends it and no
+        (segment, item) pair, nor any global arm ``bandit:ts:{item}``, shares the key)."""
+        return f"{self.prefix}bandit:tsseg:{segment}|{item_id}"
 
     def event_seen(self, event_id: str) -> str:
         return f"{self.prefix}event:{event_id}"

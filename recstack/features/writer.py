@@ -16,7 +16,7 @@ the same script, so a batch replayed after a crash is a no-op):
     time (see "Popularity" below).
   - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
     once per (request_id, item) while the impression is pending; when that impression carried a
-    bandit segment, the segment arm ``bandit:ts:seg:{segment}:{item}`` gets the same increment.
+    bandit segment, the segment arm ``bandit:tsseg:{segment}|{item}`` gets the same increment.
 * impressions: ``item:{id}:stats`` ``impression`` += 1 for every served item; with a request_id,
   ``imp:{request_id}`` records the slate (item -> 0) and ``imp:pending`` its window end
   (event ts + reward_window_s). A valid segment id in the context entry ``bandit_segment`` (set
@@ -127,7 +127,7 @@ local function bump_arms(ikey, item, field)
   redis.call('HINCRBYFLOAT', akey, field, 1)
   local seg = redis.call('GET', ikey .. ':seg')
   if seg then
-    local skey = prefix .. 'bandit:ts:seg:' .. seg .. ':' .. item
+    local skey = prefix .. 'bandit:tsseg:' .. seg .. '|' .. item
     arm_prior(skey)
     redis.call('HINCRBYFLOAT', skey, field, 1)
   end
@@ -269,7 +269,7 @@ for _, req in ipairs(reqs) do
   for i = 1, #flat, 2 do
     if flat[i + 1] == '0' then
       zero(prefix .. 'bandit:ts:' .. flat[i])
-      if seg then zero(prefix .. 'bandit:ts:seg:' .. seg .. ':' .. flat[i]) end
+      if seg then zero(prefix .. 'bandit:tsseg:' .. seg .. '|' .. flat[i]) end
       zeros = zeros + 1
     end
   end

@@ -265,8 +265,8 @@ def test_thompson_segments_learn_opposite_preferences_through_the_stream(online:
     asyncio.run(produce(online["bootstrap"], online["topic"], [(b"u-seg", event_to_json(e)) for e in events]))
 
     def settled() -> bool:
-        tv = r.hget(f"{prefix}bandit:ts:seg:device:tv:m0", "beta")
-        mobile = r.hget(f"{prefix}bandit:ts:seg:device:mobile:m1", "beta")
+        tv = r.hget(f"{prefix}bandit:tsseg:device:tv|m0", "beta")
+        mobile = r.hget(f"{prefix}bandit:tsseg:device:mobile|m1", "beta")
         return tv is not None and mobile is not None and float(tv) == 11 and float(mobile) == 11
 
     wait_for(settled, "zero rewards in both segments", online["procs"], online["log"], timeout=DEADLINE_S)
@@ -275,7 +275,7 @@ def test_thompson_segments_learn_opposite_preferences_through_the_stream(online:
             b"alpha": 11.0,
             b"beta": 11.0,
         }
-    assert float(r.hget(f"{prefix}bandit:ts:seg:device:tv:m1", "alpha")) == 11
+    assert float(r.hget(f"{prefix}bandit:tsseg:device:tv|m1", "alpha")) == 11
     time.sleep(0.3)  # past the bandit's arm cache TTL (0.2 s)
     tv = [thompson_pick(stub, served, "device:tv") for _ in range(20)]
     mobile = [thompson_pick(stub, served, "device:mobile") for _ in range(20)]

@@ -63,6 +63,17 @@ def test_unsafe_values_map_to_distinct_valid_segments(raw: str) -> None:
     assert safe_segment("") == ""
 
 
+def test_segment_arm_keys_never_collide_with_each_other_or_global_arms() -> None:
+    keys = Keys("p:")
+    pairs = [("device:tv", "m0"), ("device", "tv:m0"), ("device:tv:4k", "m0"), ("device:tv", "4k:m0")]
+    segment_keys = {keys.bandit_segment_arm(seg, item) for seg, item in pairs}
+    assert len(segment_keys) == len(pairs)
+    # an item id that spells out another arm's key suffix still gets its own key
+    tricky_items = ["seg:device:tv:m0", "seg:device:tv|m0", "device:tv|m0"]
+    assert not segment_keys & {keys.bandit_arm(item) for item in tricky_items}
+    assert all(is_valid_segment(seg) and "|" not in seg for seg, _ in pairs)
+
+
 def test_parse_segment_by() -> None:
     assert parse_segment_by("none") == "" and parse_segment_by("") == ""
     assert parse_segment_by("top_genre") == "top_genre"

@@ -335,7 +335,7 @@ async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_o
     # global: i1 rewarded in r1 (alpha) and zero in r2; i2 zero in r1 and rewarded in r2
     assert glob == {"i1": (2.0, 2.0), "i2": (2.0, 2.0)}
     assert in_seg == {"i1": (2.0, 1.0), "i2": (1.0, 2.0)}  # only r1's outcomes
-    assert await client.hgetall("p:bandit:ts:seg:device:tv:i1") == {"alpha": "2", "beta": "1"}
+    assert await client.hgetall("p:bandit:tsseg:device:tv|i1") == {"alpha": "2", "beta": "1"}
     assert await client.exists("p:imp:r1", "p:imp:r1:seg", "p:imp:r1:exp") == 0
     assert await store.get_segment_arms([], "device:tv") == ({}, {})
 
@@ -351,13 +351,13 @@ async def test_invalid_segment_in_an_impression_is_ignored(client: aioredis.Redi
     )
     assert result.applied == 2 and result.rewards == 1 and not result.failed
     assert await client.exists("imp:r:seg") == 0
-    assert await client.keys("bandit:ts:seg:*") == []
+    assert await client.keys("bandit:tsseg:*") == []
     assert await client.hget("bandit:ts:i1", "alpha") == "2"
 
 
 async def test_segment_arms_are_read_in_one_round_trip(client: aioredis.Redis) -> None:
     await client.hset("bandit:ts:i1", mapping={"alpha": 3, "beta": 4})
-    await client.hset("bandit:ts:seg:s:i2", mapping={"alpha": 5, "beta": 1})
+    await client.hset("bandit:tsseg:s|i2", mapping={"alpha": 5, "beta": 1})
     executes = []
     pipeline = client.pipeline
 
