@@ -16,7 +16,9 @@ the same script, so a batch replayed after a crash is a no-op):
     time (see "Popularity" below).
   - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
     once per (request_id, item) while the impression is pending; when that impression carried a
-    bandit segment, the segment arm ``bandit:tsseg:{segment}|{item}`` gets the same increment.
+    bandit segment, the segment arm ``bandit:tsseg:{segment}|{item}`` gets the same increment and
+    its expiry is pushed to ``segment_arm_ttl_s`` (default 30 days; 0 = never): a segment arm
+    nobody was served for that long drops back to its borrowed prior.
 * impressions: ``item:{id}:stats`` ``impression`` += 1 for every served item; with a request_id,
   ``imp:{request_id}`` records the slate (item -> 0) and ``imp:pending`` its window end
   (event ts + reward_window_s). A valid segment id in the context entry ``bandit_segment`` (set
@@ -76,6 +78,7 @@ log = logging.getLogger(__name__)
 # covers replays after a crash or rebalance (uncommitted offsets) and producer retries.
 DEFAULT_DEDUP_TTL_S = 3600
 DEFAULT_REWARD_WINDOW_S = 1800.0
+DEFAULT_SEGMENT_ARM_TTL_S = 30 * 86400
 DEFAULT_POPULARITY_HALF_LIFE_S = 86400.0
 POPULARITY_RESCALE_AT = 50.0
 
@@ -88,6 +91,7 @@ local window = tonumber(ARGV[5])
 local batch = cjson.decode(ARGV[6])
 local tau = tonumber(ARGV[7])
 local rescale_at = tonumber(ARGV[8])
+local seg_ttl = tonumber(ARGV[9])
 local applied, dup, rewards = 0, 0, 0
 local function fmt(x) return string.format('%.12g', x) end
 local function fmt17(x) return string.format('%.17g', x) end
@@ -130,6 +134,7 @@ local function bump_arms(ikey, item, field)
     local skey = prefix .. 'bandit:tsseg:' .. seg .. '|' .. item
     arm_prior(skey)
     redis.call('HINCRBYFLOAT', skey, field, 1)
+    if seg_ttl > 0 then redis.call('EXPIRE', skey, seg_ttl) end
   end
 end
 local function apply_one(ev)
@@ -254,6 +259,7 @@ _SETTLE_LUA = r"""
 local prefix = ARGV[1]
 local now = ARGV[2]
 local limit = tonumber(ARGV[3])
+local seg_ttl = tonumber(ARGV[4])
 local pkey = prefix .. 'imp:pending'
 local reqs = redis.call('ZRANGEBYSCORE', pkey, '-inf', now, 'LIMIT', 0, limit)
 local zeros = 0
@@ -269,7 +275,11 @@ for _, req in ipairs(reqs) do
   for i = 1, #flat, 2 do
     if flat[i + 1] == '0' then
       zero(prefix .. 'bandit:ts:' .. flat[i])
-      if seg then zero(prefix .. 'bandit:tsseg:' .. seg .. '|' .. flat[i]) end
+      if seg then
+        local skey = prefix .. 'bandit:tsseg:' .. seg .. '|' .. flat[i]
+        zero(skey)
+        if seg_ttl > 0 then redis.call('EXPIRE', skey, seg_ttl) end
+      end
       zeros = zeros + 1
     end
   end
@@ -375,11 +385,14 @@ class FeatureWriter:
         reward_window_s: float = DEFAULT_REWARD_WINDOW_S,
         popularity_half_life_s: float = DEFAULT_POPULARITY_HALF_LIFE_S,
         popularity_rescale_at: float = POPULARITY_RESCALE_AT,
+        segment_arm_ttl_s: int = DEFAULT_SEGMENT_ARM_TTL_S,
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be within (0, 1], got {alpha}")
         if recent_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
             raise ValueError("recent_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0")
+        if segment_arm_ttl_s < 0:
+            raise ValueError(f"segment_arm_ttl_s must be >= 0 (0: never expire), got {segment_arm_ttl_s}")
         if popularity_half_life_s < 0 or popularity_rescale_at <= 0:
             raise ValueError(
                 "popularity_half_life_s must be >= 0 (0: no decay) and popularity_rescale_at > 0"
@@ -396,6 +409,7 @@ class FeatureWriter:
         self.reward_window_s = reward_window_s
         self.popularity_half_life_s = popularity_half_life_s
         self.popularity_rescale_at = popularity_rescale_at
+        self.segment_arm_ttl_s = int(segment_arm_ttl_s)
         self._apply = redis.register_script(_APPLY_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
         # --- contextual bandit rewards (owned by recstack/exploration, a separate Lua script):
@@ -436,6 +450,7 @@ class FeatureWriter:
                 payload,
                 popularity_tau(self.popularity_half_life_s),
                 self.popularity_rescale_at,
+                self.segment_arm_ttl_s,
             ],
         )
         errors = tuple((int(failed[i]) - 1, str(failed[i + 1])) for i in range(0, len(failed), 2))
@@ -448,6 +463,7 @@ class FeatureWriter:
         """Close impression windows that ended before ``now``: zero reward (beta += 1) for every
         served item that was not clicked/liked/purchased. Returns the counts."""
         now = time.time() if now is None else now
-        requests, zeros = await self._settle(keys=[], args=[self.keys.prefix, repr(float(now)), limit])
+        args = [self.keys.prefix, repr(float(now)), limit, self.segment_arm_ttl_s]
+        requests, zeros = await self._settle(keys=[], args=args)
         await self.linear_rewards.settle(now, limit)  # contextual bandit zero rewards
         return SettleResult(int(requests), int(zeros))

@@ -96,6 +96,7 @@ def create_app(settings: StreamSettings) -> faust.App:
         dedup_ttl_s=settings.dedup_ttl_s,
         reward_window_s=settings.reward_window_s,
         popularity_half_life_s=settings.popularity_half_life_s,
+        segment_arm_ttl_s=settings.segment_arm_ttl_s,
     )
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:

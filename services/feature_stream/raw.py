@@ -54,6 +54,7 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
         dedup_ttl_s=settings.dedup_ttl_s,
         reward_window_s=settings.reward_window_s,
         popularity_half_life_s=settings.popularity_half_life_s,
+        segment_arm_ttl_s=settings.segment_arm_ttl_s,
     )
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:

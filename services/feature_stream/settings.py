@@ -49,6 +49,9 @@ class StreamSettings(BaseSettings):
         10.0, gt=0, validation_alias=_env("RECSTACK_CATALOG_CHECK_S", "catalog_check_s")
     )
     dedup_ttl_s: int = Field(3600, ge=1, validation_alias=_env("RECSTACK_DEDUP_TTL_S", "dedup_ttl_s"))
+    segment_arm_ttl_s: int = Field(
+        30 * 86400, ge=0, validation_alias=_env("RECSTACK_SEGMENT_ARM_TTL_S", "segment_arm_ttl_s")
+    )
     session_timeout_s: float = Field(
         10.0, gt=1, validation_alias=_env("RECSTACK_STREAM_SESSION_TIMEOUT_S", "session_timeout_s")
     )

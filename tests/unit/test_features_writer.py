@@ -336,8 +336,29 @@ async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_o
     assert glob == {"i1": (2.0, 2.0), "i2": (2.0, 2.0)}
     assert in_seg == {"i1": (2.0, 1.0), "i2": (1.0, 2.0)}  # only r1's outcomes
     assert await client.hgetall("p:bandit:tsseg:device:tv|i1") == {"alpha": "2", "beta": "1"}
+    # segment arms expire after segment_arm_ttl_s without updates (a reward or a zero reward)
+    day = 86400
+    assert 29 * day < await client.ttl("p:bandit:tsseg:device:tv|i1") <= 30 * day
+    assert 29 * day < await client.ttl("p:bandit:tsseg:device:tv|i2") <= 30 * day
+    assert await client.ttl("p:bandit:ts:i1") == -1  # global arms never expire
     assert await client.exists("p:imp:r1", "p:imp:r1:seg", "p:imp:r1:exp") == 0
     assert await store.get_segment_arms([], "device:tv") == ({}, {})
+
+
+async def test_segment_arm_ttl_zero_keeps_segment_arms(client: aioredis.Redis) -> None:
+    with pytest.raises(ValueError, match="segment_arm_ttl_s"):
+        FeatureWriter(client, segment_arm_ttl_s=-1)
+    writer = FeatureWriter(client, reward_window_s=10, segment_arm_ttl_s=0)
+    ctx = {"bandit_segment": "device:tv"}
+    await writer.apply(
+        [
+            ev("u", "impression", items=["i1", "i2"], request_id="r", context=ctx),
+            ev("u", "click", "i1", T0 + 1, request_id="r"),
+        ]
+    )
+    await writer.settle(now=T0 + 100)
+    assert await client.ttl("bandit:tsseg:device:tv|i1") == -1
+    assert await client.ttl("bandit:tsseg:device:tv|i2") == -1
 
 
 async def test_invalid_segment_in_an_impression_is_ignored(client: aioredis.Redis) -> None:
