@@ -31,15 +31,23 @@ _jit = numba.njit(cache=_CACHE, fastmath=_FLAGS, nogil=True, boundscheck=False)
 
 
 @_jit
+def _quad_form(a, v):  # pragma: no cover - compiled (inlined by LLVM)
+    """v^T a v over a's first len(v) rows and columns (float32 accumulation)."""
+    n = v.shape[0]
+    q = np.float32(0.0)
+    for i in range(n):
+        acc = np.float32(0.0)
+        for j in range(n):
+            acc += a[i, j] * v[j]
+        q += acc * v[i]
+    return q
+
+
+@_jit
 def _disjoint_one(s, xf):  # pragma: no cover - compiled (inlined by LLVM)
     """(theta.x, x^T A^{-1} x) of one arm block s [d + 1, d] and features xf [d] (float32)."""
     d = xf.shape[0]
-    q = np.float32(0.0)
-    for i in range(d):
-        acc = np.float32(0.0)
-        for j in range(d):
-            acc += s[i, j] * xf[j]
-        q += acc * xf[i]
+    q = _quad_form(s, xf)
     m = np.float32(0.0)
     for j in range(d):
         m += s[d, j] * xf[j]
@@ -238,27 +246,17 @@ def hybrid_mean_var(ainv, m, h, rows, z, x, a0inv, beta, mean, var):  # pragma: 
             xf[j] = x[c, j]
         for j in range(k):
             w[j] = z[c, j]
-        quad_x = np.float32(0.0)
         xh = np.float32(0.0)
         for i in range(n):
-            acc = np.float32(0.0)
-            for j in range(n):
-                acc += a[i, j] * xf[j]
             xi = xf[i]
-            quad_x += acc * xi
             xh += ha[i] * xi
             for j in range(k):
                 w[j] -= ma[i, j] * xi
-        quad_w = np.float32(0.0)
         wb = np.float32(0.0)
         for i in range(k):
-            acc = np.float32(0.0)
-            for j in range(k):
-                acc += a0inv[i, j] * w[j]
-            quad_w += acc * w[i]
             wb += w[i] * beta[i]
         mean[c] = xh + wb
-        var[c] = quad_w + quad_x
+        var[c] = _quad_form(a0inv, w) + _quad_form(a, xf)
 
 
 @_jit
