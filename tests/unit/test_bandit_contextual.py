@@ -22,6 +22,7 @@ from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2
 from services.bandit.servicer import BanditServicer
+from tests.grpc_support import in_process_channel
 
 D = 11  # g = 4 genre buckets: a 6-genre vocabulary folds
 VOCAB = ["Action", "Comedy", "Drama", "Horror", "Romance", "SciFi"]
@@ -123,14 +124,8 @@ async def stub(redis_url: str) -> AsyncIterator[bandit_pb2_grpc.BanditStub]:
         ArmCache(store.get_arms),
         _explorer(client, ContextBuilder(VOCAB, GENRES, D)),
     )
-    server = grpc.aio.server()
-    bandit_pb2_grpc.add_BanditServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield bandit_pb2_grpc.BanditStub(channel)
-    await channel.close()
-    await server.stop(0)
+    async with in_process_channel((bandit_pb2_grpc.add_BanditServicer_to_server, servicer)) as channel:
+        yield bandit_pb2_grpc.BanditStub(channel)
     await client.aclose()
 
 

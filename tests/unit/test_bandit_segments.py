@@ -35,6 +35,7 @@ from recstack.serving.stages import LocalBandit, StageResult, build_stages
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2
 from services.bandit.servicer import BanditServicer
 from services.gateway.servicer import Recommender, impression_context
+from tests.grpc_support import in_process_channel
 from tests.unit.test_gateway_chain import POPULAR, FakeRanking, FakeRerank, FakeRetrieval, FakeStore
 
 NAN = (math.nan, math.nan)
@@ -224,15 +225,9 @@ async def bandit_stub() -> AsyncIterator[bandit_pb2_grpc.BanditStub]:
     store.global_arms = {f"i{j}": (1.0, 50.0) for j in range(8)}
     store.segments = {"device:tv": {"i6": (90.0, 1.0)}}
     cache = ArmCache(store.get_arms, ttl_s=60, segment_reader=store.get_segment_arms)
-    server = grpc.aio.server()
-    policy = ThompsonSlatePolicy(explore_slots=1, seed=0)
-    bandit_pb2_grpc.add_BanditServicer_to_server(BanditServicer(policy, cache), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield bandit_pb2_grpc.BanditStub(channel)
-    await channel.close()
-    await server.stop(0)
+    servicer = BanditServicer(ThompsonSlatePolicy(explore_slots=1, seed=0), cache)
+    async with in_process_channel((bandit_pb2_grpc.add_BanditServicer_to_server, servicer)) as channel:
+        yield bandit_pb2_grpc.BanditStub(channel)
 
 
 async def test_servicer_explores_the_segment_and_rejects_invalid_segments(bandit_stub) -> None:  # noqa: ANN001

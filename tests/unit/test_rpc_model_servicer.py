@@ -12,6 +12,7 @@ import pytest
 from recstack.features.types import UserFeatures
 from recstack.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from services.ranking.servicer import RankingServicer
+from tests.grpc_support import in_process_channel
 
 
 class FakeRanker:
@@ -29,14 +30,8 @@ class FakeRanker:
 @pytest.fixture
 async def stub_and_servicer() -> AsyncIterator[tuple[ranking_pb2_grpc.RankingStub, RankingServicer]]:
     servicer = RankingServicer()
-    server = grpc.aio.server()
-    ranking_pb2_grpc.add_RankingServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield ranking_pb2_grpc.RankingStub(channel), servicer
-    await channel.close()
-    await server.stop(0)
+    async with in_process_channel((ranking_pb2_grpc.add_RankingServicer_to_server, servicer)) as channel:
+        yield ranking_pb2_grpc.RankingStub(channel), servicer
 
 
 def request(*items: str) -> ranking_pb2.RankRequest:

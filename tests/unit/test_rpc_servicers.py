@@ -24,6 +24,7 @@ from recstack.v1 import (
 from services.bandit.servicer import BanditServicer
 from services.rerank.servicer import RerankServicer
 from services.retrieval.servicer import RetrievalServicer
+from tests.grpc_support import in_process_channel
 
 
 class FakeRetriever:
@@ -63,19 +64,15 @@ class Arms:
 
 @pytest.fixture
 async def channel() -> AsyncIterator[tuple[grpc.aio.Channel, FakeRetriever, Arms]]:
-    server = grpc.aio.server()
     retriever = FakeRetriever()
     arms = Arms()
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(retriever, "v1"), server)
-    rerank_pb2_grpc.add_RerankServicer_to_server(RerankServicer(FakeReranker(), "v1"), server)
     policy = ThompsonSlatePolicy(explore_slots=1, seed=0)
-    bandit_pb2_grpc.add_BanditServicer_to_server(BanditServicer(policy, ArmCache(arms, ttl_s=60)), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield ch, retriever, arms
-    await ch.close()
-    await server.stop(0)
+    async with in_process_channel(
+        (retrieval_pb2_grpc.add_RetrievalServicer_to_server, RetrievalServicer(retriever, "v1")),
+        (rerank_pb2_grpc.add_RerankServicer_to_server, RerankServicer(FakeReranker(), "v1")),
+        (bandit_pb2_grpc.add_BanditServicer_to_server, BanditServicer(policy, ArmCache(arms, ttl_s=60))),
+    ) as ch:
+        yield ch, retriever, arms
 
 
 def items(*ids: str) -> list[common_pb2.ScoredItem]:
