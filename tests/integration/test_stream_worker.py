@@ -117,16 +117,25 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     assert proc.wait(30) == 0, log.read_text()[-3000:]
 
 
+def _env_with_own_redis(
+    kafka_broker: str, kafka_topic: Callable[..., str], artifacts: Path, tmp_path: Path
+) -> tuple[EmbeddedRedis, dict[str, str]]:
+    """A started Redis of the test's own (the test stops and restarts it) and a worker environment
+    on fresh topics that writes to it."""
+    server = EmbeddedRedis(log_dir=tmp_path).start()
+    env = worker_env(
+        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), server.url, artifacts, free_port()
+    )
+    return server, env
+
+
 def test_offsets_commit_only_after_redis_writes(
     kafka_broker: str, kafka_topic: Callable[..., str], artifacts: Path, tmp_path: Path
 ) -> None:
     """Redis goes down: the worker retries and commits nothing; stopped meanwhile (SIGTERM, exit 0)
     it loses nothing, because its replacement (same group) re-reads the unwritten events."""
-    server = EmbeddedRedis(log_dir=tmp_path).start()
+    server, env = _env_with_own_redis(kafka_broker, kafka_topic, artifacts, tmp_path)
     port = server.port
-    env = worker_env(
-        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), server.url, artifacts, free_port()
-    )
     p, metrics_port = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"])
     log = tmp_path / "worker.log"
     first = start_worker(env, log)
@@ -178,11 +187,8 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
 ) -> None:
     """Redis goes away and comes back on the same port: the same worker retries with backoff,
     stays alive, then writes everything that arrived meanwhile, in order, once."""
-    server = EmbeddedRedis(log_dir=tmp_path).start()
+    server, env = _env_with_own_redis(kafka_broker, kafka_topic, artifacts, tmp_path)
     port = server.port
-    env = worker_env(
-        kafka_broker, kafka_topic(1, "events"), kafka_topic(1, "dlq"), server.url, artifacts, free_port()
-    )
     p, metrics_port = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"])
     log = tmp_path / "worker.log"
     proc = start_worker(env, log)
