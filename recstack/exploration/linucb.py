@@ -601,7 +601,7 @@ class LinTS(LinUCB):
         m = score.shape[0]
         if slots >= m:
             return np.argsort(-score, kind="stable"), np.ones(m)
-        if self.epsilon > 0 and self._rng.random() < self.epsilon:
+        if self._explores():
             chosen = self._rng.choice(m, size=slots, replace=False)
         else:
             chosen = top_indices(score, slots)
