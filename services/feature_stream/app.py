@@ -22,9 +22,7 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from recstack.devstack.embedded import EmbeddedError, ensure_topics
-from recstack.features.catalog import CatalogError, ItemCatalog, load_catalog_or_empty
-from recstack.features.keys import Keys
-from recstack.features.writer import FeatureWriter
+from recstack.features.catalog import CatalogError, ItemCatalog
 from services.feature_stream import metrics, transport
 from services.feature_stream.processor import (
     BatchProcessor,
@@ -32,7 +30,7 @@ from services.feature_stream.processor import (
     RawMessage,
     dead_letter_headers,
 )
-from services.feature_stream.settings import StreamSettings
+from services.feature_stream.settings import StreamSettings, writer_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +87,7 @@ def create_app(settings: StreamSettings) -> faust.App:
     dlq_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    writer = FeatureWriter(
-        redis,
-        keys=Keys(settings.redis_prefix),
-        catalog=load_catalog_or_empty(settings.artifacts),
-        dedup_ttl_s=settings.dedup_ttl_s,
-        reward_window_s=settings.reward_window_s,
-        popularity_half_life_s=settings.popularity_half_life_s,
-        segment_arm_ttl_s=settings.segment_arm_ttl_s,
-    )
+    writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
         delivered = await dlq_topic.send(

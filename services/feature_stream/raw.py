@@ -21,11 +21,8 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from recstack.features.catalog import load_catalog_or_empty
-from recstack.features.keys import Keys
-from recstack.features.writer import FeatureWriter
 from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_headers
-from services.feature_stream.settings import StreamSettings
+from services.feature_stream.settings import StreamSettings, writer_from_settings
 from services.feature_stream.transport import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
@@ -47,15 +44,7 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    writer = FeatureWriter(
-        redis,
-        keys=Keys(settings.redis_prefix),
-        catalog=load_catalog_or_empty(settings.artifacts),
-        dedup_ttl_s=settings.dedup_ttl_s,
-        reward_window_s=settings.reward_window_s,
-        popularity_half_life_s=settings.popularity_half_life_s,
-        segment_arm_ttl_s=settings.segment_arm_ttl_s,
-    )
+    writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
         headers = list(dead_letter_headers(message, reason, detail).items())

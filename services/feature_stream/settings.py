@@ -1,9 +1,14 @@
-"""Feature-stream settings, read once from the environment."""
+"""Feature-stream settings, read once from the environment, and the writer they configure."""
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recstack.features.catalog import load_catalog_or_empty
+from recstack.features.keys import Keys
+from recstack.features.writer import FeatureWriter
 
 
 def _env(name: str, field_name: str) -> AliasChoices:
@@ -74,3 +79,16 @@ class StreamSettings(BaseSettings):
         if not hosts:
             raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty; set it to host:port[,host:port]")
         return [f"{scheme}://{h}" for h in hosts]
+
+
+def writer_from_settings(redis: aioredis.Redis, settings: StreamSettings) -> FeatureWriter:
+    """The FeatureWriter both stream transports (Faust and raw aiokafka) write with."""
+    return FeatureWriter(
+        redis,
+        keys=Keys(settings.redis_prefix),
+        catalog=load_catalog_or_empty(settings.artifacts),
+        dedup_ttl_s=settings.dedup_ttl_s,
+        reward_window_s=settings.reward_window_s,
+        popularity_half_life_s=settings.popularity_half_life_s,
+        segment_arm_ttl_s=settings.segment_arm_ttl_s,
+    )
