@@ -394,3 +394,59 @@ def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:
             f"({'::'.join(names)})"
         )
     return pd.DataFrame(rows, columns=names, dtype=str)
+
+
+
+def load_sequences(path: str | Path) -> Dataset:
+    """Sequential-recommendation benchmark files: whitespace-separated ids, either one line per user,
+    ``user item item ...`` (the ICLRec / CoSeRec layout), or one ``user item`` pair per line (the
+    SASRec layout, a user's pairs in time order). A file whose lines all hold exactly two ids is read
+    as pairs (one line per user with one item each means the same), any other as one user per line.
+    Order is time: every interaction gets an ordinal timestamp, its position in the file.
+
+    Blank lines are skipped. A line with a single id, or a user repeated on another line of a
+    one-line-per-user file, is a DataError naming the line number.
+    """
+    p = _require_file(Path(path), "expected a sequence file: 'user item item ...' or 'user item' per line")
+    users: list[str] = []
+    items: list[str] = []
+    first_line: dict[str, int] = {}
+    repeated: tuple[int, str, int] | None = None  # (line, user, first line) of the first repeat
+    longest = 0
+    try:
+        with open(p, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                ids = line.split()
+                if not ids:
+                    continue
+                if len(ids) < 2:
+                    raise DataError(
+                        f"{p}: line {number} holds {len(ids)} id ({line.strip()[:60]!r}); expected "
+                        "'user item item ...' or 'user item', separated by whitespace"
+                    )
+                first = first_line.setdefault(ids[0], number)
+                if first != number and repeated is None:
+                    repeated = (number, ids[0], first)
+                longest = max(longest, len(ids))
+                users.extend([ids[0]] * (len(ids) - 1))
+                items.extend(ids[1:])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not a UTF-8 text file ({e})") from e
+    if not items:
+        raise DataError(f"{p}: the file holds no interactions")
+    if longest > 2 and repeated is not None:
+        number, user, first = repeated
+        raise DataError(
+            f"{p}: line {number} repeats user {user!r} of line {first}; a file with lines of more than "
+            "one item must hold each user's items on one line ('user item item ...')"
+        )
+    inter = pd.DataFrame(
+        {
+            "user_id": np.asarray(users, dtype=object),
+            "item_id": np.asarray(items, dtype=object),
+            "timestamp": np.arange(len(items), dtype=np.int64),
+            "event_type": np.full(len(items), IMPLICIT_EVENT, dtype=object),
+            "rating": np.full(len(items), np.nan),
+        }
+    )
+    return finalize(f"seq:{p.name}", inter, None)

@@ -2,20 +2,23 @@
 
 synthetic                      the default synthetic generator
 synthetic:n_users=50,seed=3    with SyntheticConfig fields overridden (typed)
-ml-100k:DIR                    MovieLens 100K (u.data, u.item, u.genre)
+ml-100k[:DIR]                  MovieLens 100K (u.data, u.item, u.genre); no DIR: fetched into a cache
 movielens:DIR                  MovieLens latest/small/20M/25M (csv) or 1M/10M (dat)
 csv:INTERACTIONS[,ITEMS]       generic schema, CSV or Parquet
+seq:PATH                       sequence file: 'user item item ...' or 'user item' per line
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from recstack.data.loaders import load_csv, load_ml100k, load_movielens
+from recstack.data.loaders import load_csv, load_ml100k, load_movielens, load_sequences
 from recstack.data.schema import DataError, Dataset
 from recstack.data.synthetic import SyntheticConfig, generate
 
-SPEC_HELP = "synthetic[:key=value,...], ml-100k:DIR, movielens:DIR or csv:INTERACTIONS[,ITEMS]"
+SPEC_HELP = (
+    "synthetic[:key=value,...], ml-100k[:DIR], movielens:DIR, csv:INTERACTIONS[,ITEMS] or seq:PATH"
+)
 
 
 def _parse_value(key: str, text: str, kind: type) -> object:
@@ -53,12 +56,18 @@ def load_dataset(spec: str) -> Dataset:
     kind = kind.strip().lower()
     if kind == "synthetic":
         return generate(synthetic_config(arg))
+    if kind in ("ml-100k", "ml100k"):
+        if not arg.strip():
+            from recstack.data.fetch import ml100k_dir
+
+            return load_ml100k(ml100k_dir())
+        return load_ml100k(arg)
     if not arg:
         raise DataError(f"dataset spec {spec!r} needs a path after ':'; expected {SPEC_HELP}")
-    if kind in ("ml-100k", "ml100k"):
-        return load_ml100k(arg)
     if kind == "movielens":
         return load_movielens(arg)
+    if kind in ("seq", "sequences"):
+        return load_sequences(arg)
     if kind in ("csv", "parquet"):
         inter, _, items = arg.partition(",")
         return load_csv(inter, items or None)
