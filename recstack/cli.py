@@ -35,44 +35,96 @@ def _fail(message: str) -> None:
 @app.command("train")
 def train_command(
     data: str = typer.Option(
-        ..., "--data", help="Dataset spec: synthetic[:k=v,...], ml-100k:DIR, movielens:DIR, csv:..."
+        ...,
+        "--data",
+        help="Dataset spec: ml-100k[:DIR], movielens:DIR, csv:FILE[,ITEMS], seq:FILE, synthetic[:k=v,...].",
     ),
     out: Path = typer.Option(
         Path("artifacts"), "--out", help="Artifacts directory (a new version + CURRENT)."
     ),
     profile: str = typer.Option(
-        "small", "--profile", help="small (synthetic, < 1 min) or full (MovieLens-size)."
+        "auto",
+        "--profile",
+        help="auto (default: sizes and budgets from the data) or small (synthetic smoke runs).",
     ),
     models: str | None = typer.Option(
         None, "--models", help="Comma-separated subset, e.g. two_tower,multitask."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch threads (default 1: fastest on a shared CPU)."
+        None, "--threads", min=1, help="torch threads (default 1: reproducible, fastest on a shared CPU)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same metrics)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same data and seed, same metrics)."),
+    valid_users: int | None = typer.Option(
+        None, "--valid-users", min=1, help="Early-stopping validation sample (default 10000 users)."
+    ),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes", min=0.1, help="Per-model wall-clock safety net (default 90; warns when hit)."
+    ),
+    params: Path | None = typer.Option(
+        None, "--params", help="Parameters found by `recstack tune` (its JSON file) to train with."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
 ) -> None:
-    """Train all models of a profile on a dataset and write a versioned bundle."""
+    """Train every model on a dataset, configure the serving pipeline on validation, write a bundle."""
     import logging
 
     from recstack.data import DataError
     from recstack.training import TrainConfig, train_bundle
     from recstack.training.pipeline import UnknownModelNameError
+    from recstack.training.tune import ParamsError, read_params
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if profile not in ("small", "full"):
-        _fail(f"--profile must be 'small' or 'full', got {profile!r}")
-    config = TrainConfig.small() if profile == "small" else TrainConfig.full()
-    config.seed, config.progress = seed, progress
-    if threads is not None:
-        config.threads = threads
+    if profile == "full":
+        typer.secho("--profile full is now the default 'auto' profile", err=True)
+        profile = "auto"
     try:
+        config = TrainConfig.named(profile)
+        config.seed, config.progress = seed, progress
+        if threads is not None:
+            config.threads = threads
+        if valid_users is not None:
+            config.valid_users = valid_users
+        if max_minutes is not None:
+            config.max_minutes = max_minutes
+        if params is not None:
+            config.params = read_params(params)
         if models:
             config = config.select([m.strip() for m in models.split(",") if m.strip()])
         version_dir = train_bundle(data, out, config)
-    except (DataError, UnknownModelNameError) as exc:
+    except (DataError, UnknownModelNameError, ParamsError) as exc:
         _fail(str(exc))
     typer.echo(str(version_dir))
+
+
+@app.command("tune")
+def tune_command(
+    data: str = typer.Option(..., "--data", help="Dataset spec (as for train)."),
+    budget_minutes: float = typer.Option(
+        ..., "--budget-minutes", min=0.5, help="Search time for all models together (minutes)."
+    ),
+    out: Path = typer.Option(Path("tuned.json"), "--out", help="Where the chosen parameters go (JSON)."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated subset (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the samplers and of every trial."),
+    valid_users: int | None = typer.Option(None, "--valid-users", min=1, help="Validation sample size."),
+) -> None:
+    """Search each model's key parameters on the validation split (Optuna, pruned) within a budget;
+    train with them: `recstack train --data SPEC --params tuned.json`."""
+    import json
+    import logging
+
+    from recstack.data import DataError
+    from recstack.training.tune import ParamsError, tune
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    try:
+        result = tune(data, budget_minutes, names, seed=seed, valid_users=valid_users)
+    except (DataError, ParamsError, ValueError) as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    typer.echo(json.dumps(result["params"], indent=1))
+    typer.echo(f"written to {out}; train with: recstack train --data {data} --params {out}")
 
 
 @app.command("evaluate")
@@ -280,7 +332,43 @@ def bench_stream_cmd(
 
 ab_app = typer.Typer(help="A/B experiments: reports with trustworthy statistics.", no_args_is_help=True)
 app.add_typer(ab_app, name="ab")
-DEFAULT_ML100K = "ml-100k:../shared/datasets/ml-100k"
+DEFAULT_ML100K = "ml-100k"  # fetched into the cache when no directory is given
+
+
+@bench_app.command("quality")
+def bench_quality_cmd(
+    data: list[str] = typer.Option(
+        None,
+        "--data",
+        help="Dataset spec (repeat for several). Default: ml-100k, and the Amazon Beauty and Toys "
+        "sequence files when $RECSTACK_DATASETS holds them.",
+    ),
+    out: Path = typer.Option(Path("reports/bench/quality"), "--out", help="Where the bundles go."),
+    png: Path = typer.Option(Path("reports/bench/quality.png"), "--png", help="The plot."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+) -> None:
+    """Every model and the pipeline on each dataset with the default `recstack train`: test HR@10,
+    NDCG@10, train seconds, peak RSS, against the published references."""
+    import json
+    import logging
+
+    from recstack.data import DataError
+    from recstack.training.bench import plot, run, table
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        report = run(list(data) if data else None, out, seed)
+    except DataError as exc:
+        _fail(str(exc))
+    report["plot"] = str(plot(report, png))
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=float))
+        return
+    from rich.console import Console
+
+    Console().print(table(report))
+    typer.echo(f"plot: {png}")
 
 
 @bench_app.command("diversity")

@@ -80,6 +80,25 @@ def write_current(root: Path, version: str) -> None:
         raise
 
 
+def catalog_dict(
+    item_ids: list[str],
+    item_genres: Mapping[str, list[str]],
+    titles: Mapping[str, str],
+    genre_vocab: list[str],
+    popularity: list[str],
+    created_at: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The content of catalog.json (see the module docstring)."""
+    return {
+        "item_ids": list(item_ids),
+        "genres": {i: list(item_genres.get(i, [])) for i in item_ids},
+        "titles": {i: titles.get(i, "") for i in item_ids},
+        "genre_vocab": list(genre_vocab),
+        "popularity": list(popularity),
+        "created_at": {i: int(created_at[i]) for i in item_ids if i in (created_at or {})},
+    }
+
+
 def save_bundle(
     out_dir: Path,
     *,
@@ -126,14 +145,7 @@ def save_bundle(
             }
         _write_json(
             tmp / "catalog.json",
-            {
-                "item_ids": list(item_ids),
-                "genres": {i: list(item_genres.get(i, [])) for i in item_ids},
-                "titles": {i: titles.get(i, "") for i in item_ids},
-                "genre_vocab": list(genre_vocab),
-                "popularity": list(popularity),
-                "created_at": {i: int(created_at[i]) for i in item_ids if i in (created_at or {})},
-            },
+            catalog_dict(item_ids, item_genres, titles, genre_vocab, popularity, created_at),
         )
         _write_json(tmp / "users.json", {"user_ids": list(user_ids)})
         _write_json(tmp / "metrics.json", metrics)
@@ -205,7 +217,7 @@ def _created_at_map(raw: Any, path: Path) -> dict[str, int]:
 class Bundle:
     """A loaded bundle. ``model(name)`` builds and caches the module (eval mode)."""
 
-    path: Path
+    path: Path | None  # None: an in-memory bundle (see in_memory)
     manifest: dict
     catalog: dict
     user_ids: list[str]
@@ -223,6 +235,28 @@ class Bundle:
         self._created_at = _created_at_map(self.catalog.get("created_at"), self.path)
         self._models: dict[str, torch.nn.Module] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def in_memory(
+        cls,
+        models: Mapping[str, torch.nn.Module],
+        catalog: dict,
+        user_ids: list[str],
+        serving: Mapping[str, Any] | None = None,
+        version: str = "in-memory",
+    ) -> Bundle:
+        """A bundle over modules held in memory (training evaluates the serving cores on the models
+        it has just trained, before anything is written). The modules are used as they are."""
+        manifest = {
+            "format": FORMAT_VERSION,
+            "version": version,
+            "models": {n: {"class": type(m).__name__} for n, m in models.items()},
+            "serving": dict(serving or {}),
+        }
+        bundle = cls(path=None, manifest=manifest, catalog=catalog, user_ids=list(user_ids), metrics={})
+        for name, module in models.items():
+            bundle._models[name] = module.eval()
+        return bundle
 
     @property
     def version(self) -> str:
@@ -250,7 +284,11 @@ class Bundle:
         """Model name -> ``{"class", "config"}``, plus the manifest's serving settings (e.g. "rerank")."""
         out: dict[str, Any] = dict(self.manifest.get("serving", {}))
         for name in self.model_names:
-            out[name] = _read_json(self.path / f"{name}.json")
+            out[name] = (
+                model_spec(self._models[name])
+                if self.path is None
+                else _read_json(self.path / f"{name}.json")
+            )
         return out
 
     def model(self, name: str) -> torch.nn.Module:

@@ -70,7 +70,9 @@ def ml100k_dir() -> Path:
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as reply, open(archive, "wb") as f:
                 shutil.copyfileobj(reply, f)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DataError(f"MovieLens 100K is not available: downloading {url} failed ({exc}); {how}") from exc
+            raise DataError(
+                f"MovieLens 100K is not available: downloading {url} failed ({exc}); {how}"
+            ) from exc
         unpacked = Path(tmp) / "unpacked"
         try:
             with zipfile.ZipFile(archive) as z:

@@ -396,7 +396,6 @@ def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=names, dtype=str)
 
 
-
 def load_sequences(path: str | Path) -> Dataset:
     """Sequential-recommendation benchmark files: whitespace-separated ids, either one line per user,
     ``user item item ...`` (the ICLRec / CoSeRec layout), or one ``user item`` pair per line (the

@@ -16,9 +16,7 @@ from recstack.data.loaders import load_csv, load_ml100k, load_movielens, load_se
 from recstack.data.schema import DataError, Dataset
 from recstack.data.synthetic import SyntheticConfig, generate
 
-SPEC_HELP = (
-    "synthetic[:key=value,...], ml-100k[:DIR], movielens:DIR, csv:INTERACTIONS[,ITEMS] or seq:PATH"
-)
+SPEC_HELP = "synthetic[:key=value,...], ml-100k[:DIR], movielens:DIR, csv:INTERACTIONS[,ITEMS] or seq:PATH"
 
 
 def _parse_value(key: str, text: str, kind: type) -> object:

@@ -23,6 +23,8 @@ from recstack.models.sequential_common import (
     attention_mask,
     embed_scale,
     init_weights,
+    right_positions,
+    trim_padding,
 )
 
 
@@ -69,7 +71,7 @@ class BERT4Rec(SequentialRecommender):
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Output states (B, L, D) for tokens (B, L) (items and [MASK]); attention is bidirectional."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        positions = right_positions(tokens.shape[1], self.config.max_len, tokens.device)
         x = self.item_emb(tokens) * self._scale + self.pos_emb(positions)
         x = self.drop(self.in_norm(x))
         allowed = attention_mask(tokens, causal=False)
@@ -80,5 +82,6 @@ class BERT4Rec(SequentialRecommender):
     def represent(self, history: torch.Tensor | np.ndarray) -> torch.Tensor:
         """User representation (B, D): the state at [MASK] appended after the newest max_len-1 items."""
         tokens = as_history_tensor(history, self.n_items, self.max_len - 1).to(self.item_emb.weight.device)
+        tokens = trim_padding(tokens)
         mask = torch.full((tokens.shape[0], 1), self.mask_token, dtype=torch.long, device=tokens.device)
         return self.encode(torch.cat([tokens, mask], dim=1))[:, -1]

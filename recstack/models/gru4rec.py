@@ -37,9 +37,8 @@ class GRU4RecConfig:
 class GRU4Rec(SequentialRecommender):
     """GRU over item indices (B, L) -> hidden states projected to (B, L, D).
 
-    Left padding (index 0, a zero embedding) only precedes the real items, so the state after the
-    newest item depends on the real items and on the number of padding steps in front of them;
-    training sees the same left-padded windows as serving.
+    Left padding (index 0) only precedes the real items and is skipped (packed sequences): the
+    state after the newest item depends on the real items alone, whatever the batch's width.
     """
 
     def __init__(self, config: GRU4RecConfig):
@@ -61,6 +60,26 @@ class GRU4Rec(SequentialRecommender):
         init_weights(self, std=0.1)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, D) for tokens (B, L); position t depends on tokens <= t only."""
-        states, _ = self.gru(self.in_drop(self.item_emb(tokens)))  # (B, L, H)
+        """Hidden states (B, W, D) for left-padded tokens (B, W); position t depends on the real tokens
+        <= t only (padding positions get the projection of a zero state)."""
+        b, width = tokens.shape
+        lengths = (tokens != 0).sum(dim=1)
+        shift = width - lengths  # leading padding per row
+        cols = torch.arange(width, device=tokens.device)
+        # left-align the real items, run the GRU over exactly `lengths` steps, align back to the right
+        left = tokens.gather(1, (cols[None, :] + shift[:, None]).clamp(max=width - 1))
+        left = left.masked_fill(cols[None, :] >= lengths[:, None], 0)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.in_drop(self.item_emb(left)),
+            lengths.clamp(min=1).cpu(),
+            batch_first=True,
+            enforce_sorted=False,
+        )
+        states, _ = self.gru(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(
+            states, batch_first=True, total_length=width
+        )  # (B, W, H)
+        back = (cols[None, :] - shift[:, None]).clamp(min=0)
+        states = states.gather(1, back[:, :, None].expand(-1, -1, states.shape[-1]))
+        states = states.masked_fill((cols[None, :] < shift[:, None])[:, :, None], 0.0)
         return self.proj(self.out_drop(states))

@@ -21,6 +21,7 @@ from recstack.models.sequential_common import (
     attention_mask,
     embed_scale,
     init_weights,
+    right_positions,
 )
 
 
@@ -67,8 +68,9 @@ class SASRec(SequentialRecommender):
         init_weights(self)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, D) for tokens (B, L), L = max_len; position t sees tokens <= t only."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        """Hidden states (B, W, D) for left-padded tokens (B, W), W <= max_len; position t sees tokens
+        <= t only."""
+        positions = right_positions(tokens.shape[1], self.config.max_len, tokens.device)
         x = self.item_emb(tokens) * self._scale + self.pos_emb(positions)
         x = self.drop(x) * (tokens != 0).unsqueeze(-1)
         allowed = attention_mask(tokens, causal=True)

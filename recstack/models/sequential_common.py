@@ -50,6 +50,29 @@ def as_history_tensor(history: torch.Tensor | np.ndarray, n_items: int, max_len:
     return history
 
 
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns that are padding (0) in every row of a left-padded batch (B, L).
+
+    At least one column is kept. The models place positions from the right (the newest item is
+    always at position ``max_len - 1``) and never let a real item see padding, so a trimmed batch
+    gives the same states at its real positions as the full-width one, at a fraction of the cost
+    when histories are short.
+    """
+    if tokens.shape[1] <= 1:
+        return tokens
+    real = (tokens != 0).any(dim=0)
+    first = int(real.to(torch.int8).argmax()) if bool(real.any()) else tokens.shape[1] - 1
+    return tokens[:, first:]
+
+
+def right_positions(width: int, max_len: int, device: torch.device) -> torch.Tensor:
+    """Position indices (width,) of the last ``width`` of ``max_len`` columns: the newest item of a
+    left-padded (possibly trimmed) batch always sits at position ``max_len - 1``."""
+    if width > max_len:
+        raise ValueError(f"a batch of {width} columns exceeds max_len {max_len}")
+    return torch.arange(max_len - width, max_len, device=device)
+
+
 class Dropout(nn.Module):
     """Inverted dropout drawn with ``torch.rand`` (on CPU ~2x faster than nn.Dropout's bernoulli_)."""
 
@@ -134,13 +157,14 @@ class SequentialRecommender(nn.Module):
         return int(self.config.max_len)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, D) for a token batch (B, L) of exactly ``max_len`` columns."""
+        """Hidden states (B, W, D) for a left-padded token batch (B, W), W <= ``max_len`` (the last W
+        positions; see :func:`trim_padding`)."""
         raise NotImplementedError
 
     def represent(self, history: torch.Tensor | np.ndarray) -> torch.Tensor:
         """User representation (B, D) from history (B, L): the state after the newest item."""
         tokens = as_history_tensor(history, self.n_items, self.max_len).to(self.item_emb.weight.device)
-        return self.encode(tokens)[:, -1]
+        return self.encode(trim_padding(tokens))[:, -1]
 
     def output_embeddings(self) -> torch.Tensor:
         """Output item embeddings (n_items+1, D); row 0 is padding."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,14 +37,34 @@ def scored_items(
     components: Mapping[str, np.ndarray | Sequence[float]] | None = None,
     propensities: Sequence[float] | None = None,
 ) -> list[common_pb2.ScoredItem]:
-    """Build ScoredItem messages; ``components`` maps a name to a per-item score array [N]."""
+    """Build ScoredItem messages; ``components`` maps a name to a per-item score array [N] (a
+    non-finite entry, e.g. NaN for "no such score", is left out of that item's map)."""
     out = []
     for i, item_id in enumerate(item_ids):
         msg = common_pb2.ScoredItem(item_id=item_id, score=float(scores[i]))
         if components:
             for name, values in components.items():
-                msg.scores[name] = float(values[i])
+                value = float(values[i])
+                if math.isfinite(value):
+                    msg.scores[name] = value
         if propensities is not None:
             msg.propensity = float(propensities[i])
         out.append(msg)
     return out
+
+
+def components_by_name(
+    item_ids: Sequence[str], per_item: Mapping[str, Mapping[str, float]]
+) -> dict[str, np.ndarray]:
+    """{item: {name: score}} -> {name: scores [N] aligned with item_ids, NaN where an item lacks it}."""
+    names = sorted({name for i in item_ids for name in per_item.get(i, {})})
+    out = {name: np.full(len(item_ids), np.nan) for name in names}
+    for k, item in enumerate(item_ids):
+        for name, value in per_item.get(item, {}).items():
+            out[name][k] = value
+    return out
+
+
+def components_from_proto(items: Sequence[common_pb2.ScoredItem]) -> dict[str, np.ndarray]:
+    """The ``scores`` maps of ScoredItem messages as {name: scores [N]}, NaN where one lacks it."""
+    return components_by_name([x.item_id for x in items], {x.item_id: dict(x.scores) for x in items})

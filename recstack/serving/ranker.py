@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 RANKING_MODELS = ("multitask", "ncf")
 
 
+def ranking_components(scores: np.ndarray, per_task: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ranker's named scores for later stages: "ranking" (combined) and "p_<task>" per task."""
+    out = {"ranking": np.asarray(scores, dtype=np.float64)}
+    out.update(
+        {t if t.startswith("p_") else f"p_{t}": np.asarray(v, np.float64) for t, v in per_task.items()}
+    )
+    return out
+
+
 class Ranker:
     """Ranks candidate item ids for one user with a bundle's ranking model."""
 
@@ -61,23 +70,49 @@ class Ranker:
         weights: Mapping[str, float] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(combined scores float64 [C], {task: probabilities [C]}) in candidate order."""
+        return self.score_batch([user], [candidates], model, weights)[0]
+
+    def score_batch(
+        self,
+        users: Sequence[UserFeatures],
+        candidates: Sequence[Sequence[str]],
+        model: str | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """:meth:`score` for many requests in one forward pass (lists may differ in length)."""
+        if len(users) != len(candidates):
+            raise ValueError(f"{len(users)} users but {len(candidates)} candidate lists")
         module = self.model(model or self.default_model)
-        idx = torch.from_numpy(self.candidate_indices(candidates))
-        if len(idx) == 0:
-            return np.zeros(0), {}
-        u, h, g = user_features_to_arrays([user], self.bundle, getattr(module.cfg, "max_len", 1))
+        idx = [self.candidate_indices(c) for c in candidates]
+        width = max((len(i) for i in idx), default=0)
+        if width == 0:
+            return [(np.zeros(0), {}) for _ in idx]
+        grid = np.ones((len(idx), width), dtype=np.int64)  # padding rows score item 1, sliced off below
+        for row, i in enumerate(idx):
+            grid[row, : len(i)] = i
+        items = torch.from_numpy(grid)
+        u, h, g = user_features_to_arrays(list(users), self.bundle, getattr(module.cfg, "max_len", 1))
         with torch.inference_mode():
             if isinstance(module, NeuMF):
-                p = torch.sigmoid(module.score_matrix(torch.from_numpy(u), idx)[0]).double().numpy()
-                return p, {"click": p}
-            logits = module.score_matrix(torch.from_numpy(u), torch.from_numpy(h), torch.from_numpy(g), idx)
-            probs = {t: torch.sigmoid(v[0]).double().numpy() for t, v in logits.items()}
-        w = (
-            module.cfg.task_weights
-            if not weights
-            else {k.removeprefix("p_"): float(v) for k, v in weights.items()}
-        )
-        return np.asarray(combine(probs, w), dtype=np.float64), probs
+                users_t = torch.from_numpy(u).repeat_interleave(width)
+                logit = module(users_t, items.reshape(-1)).view(len(idx), width)
+                probs = {"click": torch.sigmoid(logit).double().numpy()}
+            else:
+                logits = module.score_grid(
+                    torch.from_numpy(u), torch.from_numpy(h), torch.from_numpy(g), items
+                )
+                probs = {t: torch.sigmoid(v).double().numpy() for t, v in logits.items()}
+        if isinstance(module, NeuMF):
+            w: Mapping[str, float] = {"click": 1.0}
+        elif weights:
+            w = {k.removeprefix("p_"): float(v) for k, v in weights.items()}
+        else:
+            w = module.cfg.task_weights
+        combined = np.asarray(combine(probs, w), dtype=np.float64)
+        return [
+            (combined[row, : len(i)].copy(), {t: p[row, : len(i)].copy() for t, p in probs.items()})
+            for row, i in enumerate(idx)
+        ]
 
     def rank(
         self,

@@ -1,22 +1,25 @@
-"""Sequential re-ranking core (no grpc): scores candidates with SASRec / GRU4Rec / BERT4Rec.
+"""Re-ranking core (no grpc): the final order of a request's candidates.
 
-``Reranker(bundle).rerank(user, candidates, upstream)`` builds the user's history from
-``user.recent_items`` (newest first, as in Redis) with the shared features adapter, scores the
-candidates with the model's ``score_candidates`` (the same function the offline evaluation uses
-through ``score_all``) and returns the candidates sorted by the final score.
+``Reranker(bundle).rerank(user, candidates, upstream, components=...)`` orders the candidates by
+the method training chose on the validation split (the bundle's ``serving.rerank``):
 
-Blend: with weight ``w`` (``blend``), the final score of candidate c is
+- ``"fusion"``: a learned :class:`~recstack.serving.fusion.Fusion` over every stage's scores: the
+  retrieval sources' and the ranker's (``components``, carried along the chain), the sequence
+  models' (computed here from ``user.recent_items``, newest first as in Redis, with the shared
+  features adapter and the model's ``score_candidates``, the function offline evaluation uses
+  through ``score_all``) and the items' popularity;
+- ``"order"``: one of those scores alone (``serving.rerank.order``), e.g. ``"retrieval"`` when no
+  later stage beat the first one on validation;
+- ``"blend"`` (bundles written before fusion, and requests that name a sequence model): the
+  blend of one sequence model with the upstream score,
 
-    final(c) = w * z(seq)(c) + (1 - w) * z(upstream)(c)
+      final(c) = w * z(seq)(c) + (1 - w) * z(upstream)(c)
 
-where z standardises a score vector over the request's candidates (mean 0, standard deviation 1;
-a constant vector becomes all zeros), so that model logits and upstream scores of any scale mix
-in a fixed proportion. ``w = 1`` (the default) ranks by the sequence model alone, ``w = 0`` keeps
-the upstream order. :func:`select_blend_weight` picks ``w`` on validation lists. Ties keep the
-upstream order.
+  where z standardises over the request's candidates (a constant vector becomes zeros) and ``w``
+  is the bundle's per-model weight (1 = the sequence model alone, 0 = the upstream order).
 
-Users without a known recent item get the upstream order unchanged (candidates as given, upstream
-scores as given).
+Ties keep the upstream order. A user without a known recent item has no sequence scores: fusion
+uses the other scores, the blend keeps the upstream order.
 """
 
 from __future__ import annotations
@@ -32,18 +35,13 @@ import torch
 from recstack.features.types import UserFeatures
 from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
+from recstack.serving.fusion import Fusion, standardize
 
 logger = logging.getLogger(__name__)
 
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
-
-
-def standardize(x: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over the last axis, float64; rows with zero spread become zeros."""
-    x = np.asarray(x, dtype=np.float64)
-    centered = x - x.mean(axis=-1, keepdims=True)
-    std = x.std(axis=-1, keepdims=True)
-    return np.divide(centered, std, out=np.zeros_like(centered), where=std > 1e-12)
+RERANK_METHODS = ("fusion", "order", "blend")
+Scores = dict[str, np.ndarray]
 
 
 def blend_scores(seq: np.ndarray, upstream: np.ndarray, weight: float) -> np.ndarray:
@@ -53,48 +51,29 @@ def blend_scores(seq: np.ndarray, upstream: np.ndarray, weight: float) -> np.nda
     return weight * standardize(seq) + (1.0 - weight) * standardize(upstream)
 
 
-def select_blend_weight(
-    seq: Sequence[np.ndarray],
-    upstream: Sequence[np.ndarray],
-    target_pos: Sequence[int],
-    grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11)),
-    k: int = 10,
-) -> tuple[float, dict[float, float]]:
-    """Blend weight with the best mean NDCG@k over validation candidate lists.
-
-    seq[n], upstream[n]: scores (C_n,) of list n's candidates; target_pos[n]: index of the
-    validation target in list n, or -1 when it is not among the candidates (counts as 0).
-    Returns (best weight, {weight: NDCG@k}); ties go to the larger weight.
-    """
-    if not (len(seq) == len(upstream) == len(target_pos)) or not len(seq):
-        raise ValueError("seq, upstream and target_pos must be non-empty and of equal length")
-    result: dict[float, float] = {}
-    for w in grid:
-        gains = []
-        for s, u, t in zip(seq, upstream, target_pos, strict=True):
-            if t < 0:
-                gains.append(0.0)
-                continue
-            final = blend_scores(s, u, float(w))
-            # pessimistic rank: ties with the target count against it
-            rank = int((final > final[t]).sum()) + int((final == final[t]).sum())
-            gains.append(1.0 / np.log2(rank + 1) if rank <= k else 0.0)
-        result[float(w)] = float(np.mean(gains))
-    best = max(result, key=lambda w: (result[w], w))
-    return best, result
+def popularity_feature(bundle: Any) -> np.ndarray:
+    """-log(1 + popularity rank) per item index (n_items + 1,), float64; unranked items rank last."""
+    n = len(bundle.item_map)
+    ranks = np.full(n + 1, float(n))
+    order = bundle.item_map.index(getattr(bundle, "popularity", []) or [])
+    order = order[order > 0]
+    ranks[order] = np.arange(len(order), dtype=np.float64)
+    return -np.log1p(ranks)
 
 
 class Reranker:
-    """Re-ranks candidate lists with a sequential model of a bundle.
+    """Orders candidate lists (see the module docstring).
 
-    bundle: a loaded bundle (``model(name)``, ``item_map``, ``configs``, ``version``, plus what
-    the features adapter reads: ``user_map``, ``genre_vocab``).
-    default_model: model used when ``rerank(model=None)``; None reads
-    ``bundle.configs["rerank"]["model"]`` (chosen on validation by training) when set, else "sasrec";
-    when that setting is present but null, ``rerank(model=None)`` keeps the upstream order.
-    max_len: history length fed to the model; None = the model's configured ``max_len``.
-    blend: sequence-score weight, a float for every model or {model: weight}; None reads
-    ``bundle.configs["rerank"]["blend"]`` when present, else 1.0 (sequence model only).
+    bundle: a loaded bundle (``model(name)``, ``item_map``, ``configs``, ``version``, ``popularity``,
+    plus what the features adapter reads: ``user_map``, ``genre_vocab``).
+    default_model: sequence model of the blend when ``rerank(model=None)``; None reads
+    ``bundle.configs["rerank"]["model"]`` when set, else "sasrec"; when that setting is present but
+    null, the blend keeps the upstream order. Naming ``default_model`` selects the blend method.
+    max_len: history length fed to the sequence models; None = each model's ``max_len``.
+    blend: sequence-score weight of the blend, a float for every model or {model: weight}; None
+    reads ``bundle.configs["rerank"]["blend"]`` when present, else 1.0 (sequence model only).
+    settings: rerank settings to use instead of the bundle's ``serving.rerank`` (offline evaluation
+    of a method before it is written to the bundle).
     """
 
     def __init__(
@@ -103,11 +82,19 @@ class Reranker:
         default_model: str | None = None,
         max_len: int | None = None,
         blend: float | Mapping[str, float] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ):
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.bundle = bundle
-        settings = self._rerank_settings()
+        settings = self._rerank_settings() if settings is None else settings
+        self.method = "blend" if default_model is not None else settings.get("method", "blend")
+        if self.method not in RERANK_METHODS:
+            raise ValueError(f"serving.rerank.method must be one of {RERANK_METHODS}, got {self.method!r}")
+        self.fusion = Fusion.from_dict(settings.get("fusion")) if self.method == "fusion" else None
+        self.order_by = str(settings.get("order", "")) if self.method == "order" else ""
+        if self.method == "order" and not self.order_by:
+            raise ValueError("serving.rerank.order must name the score to order by")
         self.default_model = default_model or settings.get("model") or "sasrec"
         # Training found that no sequence model improves the ranking on validation ("model": None):
         # requests without an explicit model then keep the upstream order (weight 0).
@@ -119,7 +106,19 @@ class Reranker:
                 raise ValueError(f"blend weight must lie in [0, 1], got {w}")
         self._models: dict[str, torch.nn.Module] = {}
         self._lock = threading.Lock()
-        self.model(self.default_model)  # fail at start, not at the first request
+        self._popularity: np.ndarray | None = None
+        if self.method != "blend":
+            check = [m for m in self.needed_scores() if m in SEQUENTIAL_MODELS]
+        else:
+            check = [] if self.passthrough_default else [self.default_model]
+        for name in check:
+            self.model(name)  # fail at start, not at the first request
+
+    def needed_scores(self) -> list[str]:
+        """The scores the default method reads (fusion features, the order's score, or none)."""
+        if self.fusion is not None:
+            return self.fusion.needs()
+        return [self.order_by] if self.order_by else []
 
     def _rerank_settings(self) -> Mapping[str, Any]:
         """The bundle's serving settings for rerank: {"model": name | None, "blend": w | {name: w}}."""
@@ -213,17 +212,56 @@ class Reranker:
                 out[k] = scores[row, : len(idx[k])].copy()
         return out
 
+    def popularity(self, idx: np.ndarray) -> np.ndarray:
+        """The popularity feature (C,) of item indices."""
+        if self._popularity is None:
+            self._popularity = popularity_feature(self.bundle)
+        return self._popularity[idx]
+
+    def stage_scores(
+        self,
+        users: Sequence[UserFeatures],
+        candidates: Sequence[Sequence[str]],
+        components: Sequence[Mapping[str, np.ndarray]],
+        names: Sequence[str],
+    ) -> list[Scores]:
+        """Per request, the scores ``names`` of its candidates: sequence models computed here (one
+        forward per model for the whole batch; absent for a user without a known recent item),
+        ``popularity`` from the bundle, anything else taken from the request's ``components``."""
+        out: list[Scores] = [{} for _ in users]
+        for name in names:
+            if name in SEQUENTIAL_MODELS:
+                for row, seq in enumerate(self.score_batch(users, candidates, name)):
+                    if seq is not None:
+                        out[row][name] = seq
+            elif name == "popularity":
+                for row, cand in enumerate(candidates):
+                    out[row][name] = self.popularity(self.candidate_indices(cand))
+            else:
+                for row, comp in enumerate(components):
+                    if name in comp:
+                        out[row][name] = np.asarray(comp[name], dtype=np.float64)
+        return out
+
+    def final_scores(self, scores: Scores, upstream: np.ndarray) -> np.ndarray:
+        """The default method's final scores (C,) from ``stage_scores`` of one request."""
+        if self.fusion is not None:
+            return self.fusion.score(scores, len(upstream))
+        return scores.get(self.order_by, upstream)
+
     def rerank(
         self,
         user: UserFeatures,
         candidates: list[str],
         upstream: np.ndarray,
         model: str | None = None,
+        components: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[list[str], np.ndarray]:
         """(candidates sorted by final score desc, final scores (C,) float64).
 
-        upstream: the previous stage's scores (C,), aligned with candidates. Without a known recent
-        item the candidates come back as given with the upstream scores.
+        upstream: the previous stage's scores (C,), aligned with candidates; components: the
+        earlier stages' named scores, each (C,) aligned with candidates (NaN where missing).
+        ``model`` names a sequence model for the blend; None uses the bundle's method.
         """
         upstream = np.asarray(upstream, dtype=np.float64)
         if upstream.shape != (len(candidates),):
@@ -233,15 +271,25 @@ class Reranker:
             )
         if not np.isfinite(upstream).all():
             raise ValueError("upstream scores must be finite")
-        name = model or self.default_model
-        if not candidates:
-            self.model(name)
-            return [], upstream
-        seq = self.score(user, candidates, name)
-        if seq is None:
-            logger.debug("user %s has no known recent item: upstream order kept", user.user_id)
-            return list(candidates), upstream
-        weight = 0.0 if model is None and self.passthrough_default else self.blend_weight(name)
-        final = blend_scores(seq, upstream, weight)
+        for name, values in (components or {}).items():
+            if np.shape(values) != (len(candidates),):
+                raise ValueError(f"component {name!r} must have one score per candidate")
+        if model is None and self.method != "blend":
+            if not candidates:
+                return [], upstream
+            scores = self.stage_scores([user], [candidates], [components or {}], self.needed_scores())[0]
+            final = self.final_scores(scores, upstream)
+        elif model is None and self.passthrough_default:
+            final = upstream
+        else:
+            name = model or self.default_model
+            if not candidates:
+                self.model(name)
+                return [], upstream
+            seq = self.score(user, candidates, name)
+            if seq is None:
+                logger.debug("user %s has no known recent item: upstream order kept", user.user_id)
+                return list(candidates), upstream
+            final = blend_scores(seq, upstream, self.blend_weight(name))
         order = np.argsort(-final, kind="stable")
         return [candidates[i] for i in order], final[order]

@@ -1,14 +1,28 @@
-"""Candidate retrieval core (no grpc): two-tower user tower + exact FAISS inner-product search.
+"""Candidate retrieval core (no grpc): exact FAISS inner-product search over one or more sources.
 
-The index is ``IndexIDMap(IndexFlatIP)`` over the two-tower item vectors, with the item indices
-1..n as FAISS ids, so the similarity is the inner product the model was trained with (unit vectors
-when the model normalises: cosine).
+A source is a model that scores items by an inner product of a user vector and item vectors:
+
+- ``two_tower``: the user tower over (user id, recent items, genre profile) and the item tower;
+- a sequence model (``sasrec``, ``gru4rec``, ``bert4rec``): its representation of the recent items
+  against its output item embeddings, with the per-item bias as one more dimension (user side 1),
+  so that the index returns exactly the model's top items.
+
+Each index is ``IndexIDMap(IndexFlatIP)`` with the item indices 1..n as FAISS ids. The bundle's
+``serving.retrieval.sources`` gives every source a share of the list (``{"two_tower": 0.5,
+"sasrec": 0.5}``; without it, two_tower alone). The lists are merged by :func:`merge_ranked`: a
+candidate at rank r (0-based) of a source with share s has the key (r + 1) / s, and the n smallest
+keys win, so each source places about ``share * n`` of its best items and its first item is always
+in. A source with share 0 retrieves nothing but still scores every candidate; it retrieves only
+for a user that no source with a share can serve (a sequence source needs recent items). Every candidate
+comes back with its merged score (1 / key, also ``components["retrieval"]``) and each source's own
+score (``components[source]``): later stages fuse them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -20,47 +34,167 @@ from recstack.serving.features_adapter import user_features_to_arrays
 
 logger = logging.getLogger(__name__)
 
+SEQUENTIAL_SOURCES = ("sasrec", "gru4rec", "bert4rec")
+Retrieved = tuple[list[str], np.ndarray, dict[str, np.ndarray]]
 
-class Retriever:
-    """``retrieve(user, n, exclude) -> (item ids, scores)`` over a bundle's two-tower model."""
 
-    def __init__(self, bundle, model: str = "two_tower"):
-        self.bundle = bundle
-        try:
-            self.model = bundle.model(model)
-        except KeyError as exc:
-            raise UnknownModelError(
-                f"bundle {bundle.version} has no retrieval model {model!r} ({exc}); retrain it with two_tower"
-            ) from exc
-        self.max_len = int(self.model.cfg.max_len)
+def merge_ranked(
+    ranked: Mapping[str, np.ndarray], shares: Mapping[str, float], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-source ranked item arrays into at most ``n`` distinct items, best first.
+
+    ranked[s]: item indices best first (no duplicates within a source). An item's key is the
+    minimum over sources with share > 0 of (rank + 1) / share; equal keys keep the order of first
+    appearance (sources in ``ranked`` order). Returns (items int64 [<= n], keys float64 [<= n]).
+    """
+    best: dict[int, float] = {}
+    for name, items in ranked.items():
+        share = float(shares.get(name, 0.0))
+        if share <= 0:
+            continue
+        for r, item in enumerate(items.tolist()):
+            key = (r + 1) / share
+            if key < best.get(item, math.inf):
+                best[item] = key
+    order = sorted(best, key=best.__getitem__)[:n]
+    return np.asarray(order, dtype=np.int64), np.asarray([best[i] for i in order], dtype=np.float64)
+
+
+def merged_score(keys: np.ndarray) -> np.ndarray:
+    """The retrieval score of merged candidates: 1 / key (decreasing along the merged order)."""
+    return 1.0 / np.asarray(keys, dtype=np.float64)
+
+
+class _Source:
+    """User vectors and an exact inner-product index over item vectors (FAISS ids = item indices)."""
+
+    def __init__(self, name: str, item_vectors: np.ndarray):
+        self.name = name
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)  # [n_items, D]
+        self.index = faiss.IndexIDMap(faiss.IndexFlatIP(self.item_vectors.shape[1]))
+        self.index.add_with_ids(self.item_vectors, np.arange(1, len(self.item_vectors) + 1, dtype=np.int64))
+
+    def user_vectors(self, users: list[UserFeatures], bundle) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors float32 [B, D], usable bool [B])."""
+        raise NotImplementedError
+
+
+class _TwoTowerSource(_Source):
+    def __init__(self, model):
+        self.model = model
+        self.max_len = int(model.cfg.max_len)
         with torch.inference_mode():
-            emb = self.model.item_embeddings()[1:].float().numpy()  # [n_items, D]
-        self.item_vectors = np.ascontiguousarray(emb)
-        self.n_items = emb.shape[0]
-        self.index = faiss.IndexIDMap(faiss.IndexFlatIP(emb.shape[1]))
-        self.index.add_with_ids(self.item_vectors, np.arange(1, self.n_items + 1, dtype=np.int64))
-        self._ids = bundle.item_map.ids
+            super().__init__("two_tower", model.item_embeddings()[1:].float().numpy())
 
-    def user_vectors(self, users: list[UserFeatures]) -> np.ndarray:
-        """User-tower vectors float32 [B, D]; unknown users get index 0 (history/genres only)."""
-        u, h, g = user_features_to_arrays(users, self.bundle, self.max_len)
+    def user_vectors(self, users, bundle):
+        u, h, g = user_features_to_arrays(users, bundle, self.max_len)
         with torch.inference_mode():
             vec = self.model.user_embedding(torch.from_numpy(u), torch.from_numpy(h), torch.from_numpy(g))
-        return np.ascontiguousarray(vec.float().numpy())
+        return np.ascontiguousarray(vec.float().numpy()), np.ones(len(users), dtype=bool)
 
-    def retrieve(
-        self, user: UserFeatures, n: int, exclude: Collection[str] = ()
-    ) -> tuple[list[str], np.ndarray]:
-        """Top ``n`` items by inner product, skipping ``exclude``: (ids [<= n], scores float32 [<= n]).
+
+class _SequenceSource(_Source):
+    """A sequence model's scores rep . emb + bias as an inner product of [rep, 1] and [emb, bias]."""
+
+    def __init__(self, name: str, model):
+        self.model = model
+        with torch.inference_mode():
+            emb = model.output_embeddings()[1:].float()
+            bias = model.out_bias[1:].float()[:, None]
+            super().__init__(name, torch.cat([emb, bias], dim=1).numpy())
+
+    def user_vectors(self, users, bundle):
+        _, hist, _ = user_features_to_arrays(users, bundle, int(self.model.max_len))
+        usable = hist.any(axis=1)
+        out = np.zeros((len(users), self.item_vectors.shape[1]), dtype=np.float32)
+        if usable.any():
+            with torch.inference_mode():
+                rep = self.model.represent(torch.from_numpy(hist[usable])).float().numpy()
+            out[usable, :-1] = rep
+            out[usable, -1] = 1.0
+        return out, usable
+
+
+def retrieval_shares(bundle, default: str = "two_tower") -> dict[str, float]:
+    """The bundle's ``serving.retrieval.sources`` ({source: share}), else ``{default: 1.0}``."""
+    configs = getattr(bundle, "configs", None) or {}
+    settings = configs.get("retrieval") if isinstance(configs, Mapping) else None
+    sources = settings.get("sources") if isinstance(settings, Mapping) else None
+    if not sources:
+        return {default: 1.0}
+    if not isinstance(sources, Mapping) or not all(
+        isinstance(v, int | float) and v >= 0 and math.isfinite(v) for v in sources.values()
+    ):
+        raise ValueError(f"serving.retrieval.sources must map source names to shares >= 0, got {sources!r}")
+    if not any(v > 0 for v in sources.values()):
+        raise ValueError("serving.retrieval.sources gives no source a share > 0")
+    return {str(k): float(v) for k, v in sources.items()}
+
+
+class Retriever:
+    """``retrieve(user, n, exclude) -> (item ids, scores, {source: scores})`` over a bundle's sources."""
+
+    def __init__(self, bundle, model: str = "two_tower", shares: Mapping[str, float] | None = None):
+        self.bundle = bundle
+        self.shares = dict(shares) if shares is not None else retrieval_shares(bundle, model)
+        self.sources: dict[str, _Source] = {}
+        for name in self.shares:
+            try:
+                module = bundle.model(name)
+            except KeyError as exc:
+                raise UnknownModelError(
+                    f"bundle {bundle.version} has no retrieval model {name!r} ({exc}); retrain it"
+                ) from exc
+            if name == "two_tower":
+                self.sources[name] = _TwoTowerSource(module)
+            elif name in SEQUENTIAL_SOURCES:
+                self.sources[name] = _SequenceSource(name, module)
+            else:
+                raise UnknownModelError(
+                    f"{name!r} cannot be a retrieval source; use two_tower or one of {SEQUENTIAL_SOURCES}"
+                )
+        self.n_items = len(bundle.item_map)
+        self._ids = bundle.item_map.ids
+
+    def _row_shares(self, usable: Mapping[str, bool]) -> dict[str, float]:
+        """The shares for one user: the configured ones, or, when no source with a share can serve
+        the user (a sequence source without recent items), equal shares of the usable sources."""
+        shares = {n: s for n, s in self.shares.items() if usable[n] and s > 0}
+        return shares or {n: 1.0 for n, ok in usable.items() if ok}
+
+    def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str] = ()) -> Retrieved:
+        """Top ``n`` items skipping ``exclude``: (ids [<= n], scores float32 [<= n], {source: scores}).
 
         Fewer than ``n`` come back only when the catalogue minus ``exclude`` is smaller than ``n``.
         """
         return self.retrieve_batch([user], n, [exclude])[0]
 
     def retrieve_batch(
-        self, users: list[UserFeatures], n: int, excludes: list[Collection[str]] | None = None
-    ) -> list[tuple[list[str], np.ndarray]]:
-        """:meth:`retrieve` for a batch of users (one tower forward, one FAISS search)."""
+        self, users: list[UserFeatures], n: int, excludes: Sequence[Collection[str]] | None = None
+    ) -> list[Retrieved]:
+        """:meth:`retrieve` for a batch of users (one forward and one FAISS search per source)."""
+        vectors, ranked, row_shares = self._rank(users, n, excludes, every_source=False)
+        out = []
+        for row in range(len(users)):
+            cand, keys = merge_ranked(ranked[row], row_shares[row], n)
+            score = merged_score(keys)
+            components = {"retrieval": score}
+            for name, (vec, usable) in vectors.items():
+                if usable[row] and len(cand):
+                    components[name] = self.sources[name].item_vectors[cand - 1] @ vec[row]
+            ids = [self._ids[i - 1] for i in cand.tolist()]
+            out.append((ids, score.astype(np.float32), components))
+        return out
+
+    def rank_sources(
+        self, users: list[UserFeatures], n: int, excludes: Sequence[Collection[str]] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Per user, every usable source's own top ``n`` item indices (before any merge): what
+        training compares shares on."""
+        return self._rank(users, n, excludes, every_source=True)[1]
+
+    def _rank(self, users, n, excludes, every_source: bool):
+        """(user vectors by source, per-user {source: ranked item indices}, per-user shares)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         excludes = excludes if excludes is not None else [()] * len(users)
@@ -68,9 +202,22 @@ class Retriever:
             raise ValueError(f"excludes has {len(excludes)} entries for {len(users)} users")
         ex_idx = [set(self.bundle.item_map.index(e).tolist()) - {0} for e in excludes]
         k = min(self.n_items, n + max((len(e) for e in ex_idx), default=0))
-        scores, ids = self.index.search(self.user_vectors(users), k)
-        out = []
-        for row_s, row_i, ex in zip(scores, ids, ex_idx, strict=True):
-            keep = [j for j, i in enumerate(row_i) if i > 0 and i not in ex][:n]
-            out.append(([self._ids[row_i[j] - 1] for j in keep], row_s[keep].astype(np.float32)))
-        return out
+        vectors = {name: source.user_vectors(users, self.bundle) for name, source in self.sources.items()}
+        row_shares = [
+            self._row_shares({name: bool(u[row]) for name, (_, u) in vectors.items()})
+            for row in range(len(users))
+        ]
+        ranked: list[dict[str, np.ndarray]] = [{} for _ in users]
+        for name, source in self.sources.items():
+            vec, usable = vectors[name]
+            rows = np.flatnonzero(
+                usable if every_source else [row_shares[r].get(name, 0.0) > 0 for r in range(len(users))]
+            )
+            if not len(rows):
+                continue
+            _, ids = source.index.search(vec[rows], k)
+            for row, found in zip(rows.tolist(), ids, strict=True):
+                ranked[row][name] = np.asarray(
+                    [i for i in found.tolist() if i > 0 and i not in ex_idx[row]][:n], dtype=np.int64
+                )
+        return vectors, ranked, row_shares

@@ -27,7 +27,7 @@ from recstack.exploration.segments import is_valid_segment
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
 from recstack.rpc.client import call
-from recstack.rpc.convert import scored_items, user_to_proto
+from recstack.rpc.convert import components_by_name, scored_items, user_to_proto
 from recstack.serving.chain import FALLBACKS, RecommendState
 from recstack.v1 import (
     bandit_pb2,
@@ -78,7 +78,12 @@ class RankingBackend(Protocol):
 
 class RerankBackend(Protocol):
     async def rerank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        components: Mapping[str, Mapping[str, float]] | None = None,
     ) -> StageResult: ...
 
 
@@ -129,7 +134,7 @@ class RetrievalStage:
 
     async def __call__(self, state: RecommendState) -> None:
         result = await self.backend.retrieve(state.features, self.n, sorted(state.never_show))
-        state.set_ranking(result.items, result.scores)
+        state.set_ranking(result.items, result.scores, result.components)
         state.model_versions[self.name] = result.version
 
 
@@ -211,7 +216,7 @@ class RerankStage:
 
     async def __call__(self, state: RecommendState) -> None:
         result = await self.backend.rerank(
-            state.features, state.candidates, state.scores, state.pipeline.rerank_model
+            state.features, state.candidates, state.scores, state.pipeline.rerank_model, state.components
         )
         state.set_ranking(result.items, result.scores, result.components)
         state.model_versions[self.name] = result.version
@@ -382,10 +387,18 @@ class GrpcRerank(_GrpcBackend):
     stub_class = rerank_pb2_grpc.RerankStub
 
     async def rerank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self,
+        user: UserFeatures,
+        items: Sequence[str],
+        scores: np.ndarray,
+        model: str,
+        components: Mapping[str, Mapping[str, float]] | None = None,
     ) -> StageResult:
+        """Sends the candidates with the scores of earlier stages (``components``: {item: {name:
+        score}}), which the bundle's fusion reads."""
+        per_name = components_by_name(items, components or {})
         request = rerank_pb2.RerankRequest(
-            user=user_to_proto(user), candidates=scored_items(items, scores), model=model
+            user=user_to_proto(user), candidates=scored_items(items, scores, per_name), model=model
         )
         reply = await call(self.stub.Rerank, request, self.timeout_s)
         return _result(reply.items, reply.model_version)

@@ -1,9 +1,19 @@
-"""``train_bundle``: load a dataset, split it, train every model with the one trainer, evaluate the
-models and the whole serving pipeline, write a versioned bundle and point CURRENT at it.
+"""``train_bundle``: load a dataset, split it, train every model with the one trainer, configure and
+evaluate the whole serving pipeline, write a versioned bundle and point CURRENT at it.
 
 Model names: "two_tower", "multitask" (shared bottom, or MMoE with ``mmoe=True`` in its model
 settings), "ncf" (NeuMF), "bpr_mf", and the sequential models "sasrec", "gru4rec", "bert4rec"
 (built by ``recstack.training.sequential_tasks.build_task``).
+
+Order of work, stage by stage as the pipeline serves:
+
+1. the models that score every item (two_tower, bpr_mf, the sequence models), early-stopped on
+   validation NDCG@10 over a fixed sample of users;
+2. the retrieval stage: two_tower plus the best sequence model as a second candidate source, with
+   the share of each chosen on validation recall (:func:`choose_retrieval`);
+3. the pair-scoring rankers (multitask, ncf), validated and tested over those candidates;
+4. the final order: every stage's own order and a learned fusion of all their scores, compared on
+   validation (``recstack.training.bundle_eval.select_rerank``).
 """
 
 from __future__ import annotations
@@ -24,6 +34,13 @@ logger = logging.getLogger(__name__)
 OWN_MODELS = ("two_tower", "multitask", "ncf", "bpr_mf")
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
 ALL_MODELS = OWN_MODELS + SEQUENTIAL_MODELS
+RANKERS = ("multitask", "ncf")
+# Training order: retrieval-capable models, then bpr_mf (ncf starts from it), then the rankers.
+TRAIN_ORDER = ("two_tower", "sasrec", "gru4rec", "bert4rec", "bpr_mf", "multitask", "ncf")
+PROFILES = ("auto", "small")
+SEQUENCE_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the sequence source in the retrieval list
+DEFAULT_VALID_USERS = 10_000
+DEFAULT_MAX_MINUTES = 90.0
 
 
 class UnknownModelNameError(ValueError):
@@ -46,106 +63,93 @@ class ModelPlan:
 
 @dataclass
 class TrainConfig:
-    """Which models to train and how. ``small()``: synthetic data, < 60 s; ``full()``: MovieLens-size."""
+    """Which models to train and how.
+
+    ``auto()`` (the default): plans chosen from the data when training starts
+    (``recstack.training.profiles``); ``small()``: the synthetic smoke profile; or explicit
+    ``models`` plans. ``valid_users``: size of the fixed validation sample used for early
+    stopping (None = every user); ``max_minutes``: per-model wall-clock safety net (None = none).
+    """
 
     models: dict[str, ModelPlan] = field(default_factory=dict)
     max_len: int = 50  # history length of the feature-based models (Redis keeps 50 recent items)
     seed: int = 0
-    threads: int | None = (
-        1  # 1 is fastest for these small models on a shared 2-core CPU; None = torch's default
-    )
+    threads: int | None = 1  # 1: reproducible and fastest for these models on a shared CPU
     progress: bool = True
-    pipeline: bool = True  # evaluate the whole serving pipeline (needs two_tower + multitask)
+    pipeline: bool = True  # configure and evaluate the whole serving pipeline (needs two_tower)
     retrieve_n: int = 200
+    profile: str = "custom"  # "auto": models are planned from the data by resolve()
+    only: tuple[str, ...] | None = None  # auto: the models to train (None = all)
+    valid_users: int | None = DEFAULT_VALID_USERS
+    max_minutes: float | None = DEFAULT_MAX_MINUTES
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # from `recstack tune`, over the plans
 
     def select(self, names: list[str]) -> TrainConfig:
-        """A copy training only ``names`` (each must be in this config)."""
-        unknown = [n for n in names if n not in self.models]
+        """A copy training only ``names``."""
+        known = list(ALL_MODELS) if self.profile == "auto" else list(self.models)
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise UnknownModelNameError(
-                f"unknown model(s) {unknown} for this profile; choose from {list(self.models)}"
-            )
+            raise UnknownModelNameError(f"unknown model(s) {unknown} for this profile; choose from {known}")
+        if self.profile == "auto":
+            return dataclasses.replace(self, only=tuple(names))
         return dataclasses.replace(self, models={n: self.models[n] for n in names})
+
+    def resolve(self, stats) -> TrainConfig:
+        """The config with its plans: ``auto`` plans every (selected) model from ``stats``; then
+        ``params`` (tuned values) are applied over the plans."""
+        from recstack.training.tune import apply_params
+
+        models = self.models
+        if self.profile == "auto":
+            from recstack.training.profiles import auto_plans
+
+            plans = auto_plans(stats)
+            models = {n: plans[n] for n in self.only or tuple(plans)}
+        models = {n: apply_params(p, n, self.params.get(n, {})) for n, p in models.items()}
+        return dataclasses.replace(self, models=models)
+
+    @classmethod
+    def auto(cls) -> TrainConfig:
+        """Plans chosen from the data's size when training starts (the CLI default)."""
+        return cls(profile="auto")
 
     @classmethod
     def small(cls) -> TrainConfig:
         """Quick profile for the synthetic default data (two_tower, multitask, sasrec)."""
-        from recstack.training.tasks import RankerTaskConfig, TwoTowerTaskConfig
+        from recstack.training.profiles import small_plans
 
-        plans = {
-            "two_tower": ModelPlan(
-                {"dim": 32, "hidden": 64, "pooling": "attention"},
-                TwoTowerTaskConfig(batch_size=256),
-                TrainerConfig(epochs=15, lr=3e-3, patience=3, max_minutes=0.3),
-            ),
-            "multitask": ModelPlan(
-                {"dim": 16, "bottom": (64, 32), "tower": 16, "pooling": "attention"},
-                RankerTaskConfig(batch_size=512, n_negatives=4, neg_power=0.75, softmax_weight=1.0),
-                TrainerConfig(epochs=8, lr=3e-3, patience=2, max_minutes=0.2),
-            ),
-        }
-        plans.update(_sequential_plans(["sasrec"], "small"))
-        return cls(models=plans, max_len=20)
+        return cls(models=small_plans(), max_len=20, profile="small")
 
     @classmethod
-    def full(cls) -> TrainConfig:
-        """Profile for MovieLens-size data (ml-100k .. ml-1m), all models, budgeted per model."""
-        from recstack.training.tasks import PairTaskConfig, RankerTaskConfig, TwoTowerTaskConfig
-
-        plans = {
-            "two_tower": ModelPlan(
-                {"dim": 64, "hidden": 128, "pooling": "attention"},
-                TwoTowerTaskConfig(batch_size=512),
-                TrainerConfig(epochs=40, lr=1e-3, patience=3, max_minutes=1.5),
-            ),
-            "multitask": ModelPlan(
-                {"dim": 32, "bottom": (128, 64), "tower": 32, "pooling": "attention"},
-                # popularity^0.75 negatives: the ranker sees retrieval candidates, which lean popular
-                RankerTaskConfig(batch_size=1024, n_negatives=8, neg_power=0.75, softmax_weight=1.0),
-                TrainerConfig(epochs=30, lr=3e-3, patience=3, eval_every=2, max_minutes=2.5),
-            ),
-            "bpr_mf": ModelPlan(
-                {"dim": 64},
-                PairTaskConfig(batch_size=2048, n_negatives=1),
-                TrainerConfig(epochs=80, lr=5e-3, patience=5, eval_every=2, max_minutes=1.0),
-            ),
-            "ncf": ModelPlan(  # GMF branch pre-trained from bpr_mf (He et al. 2017, sec. 3.4.1)
-                {"mf_dim": 64, "mlp_dims": (128, 64)},
-                PairTaskConfig(batch_size=2048, n_negatives=4, loss="bce"),
-                TrainerConfig(epochs=30, lr=1e-3, patience=3, max_minutes=2.0),
-                init_from="bpr_mf",
-            ),
-        }
-        plans.update(_sequential_plans(list(SEQUENTIAL_MODELS), "full"))
-        # keep the whole profile under ~17 min of wall clock on 2 cores (the caps are per model)
-        for name, minutes in (("sasrec", 4.0), ("gru4rec", 2.5), ("bert4rec", 2.5)):
-            if name in plans and hasattr(plans[name].task, "max_minutes"):
-                plans[name].task.max_minutes = minutes
-        return cls(models=plans)
+    def named(cls, profile: str) -> TrainConfig:
+        """``auto`` or ``small``; anything else is an UnknownModelNameError naming the choices."""
+        if profile == "auto":
+            return cls.auto()
+        if profile == "small":
+            return cls.small()
+        raise UnknownModelNameError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
 
 
-def _sequential_plans(names: list[str], profile: str) -> dict[str, ModelPlan]:
-    """Plans for the sequential models that ``recstack.training.sequential_tasks`` provides."""
-    try:
-        from recstack.training import sequential_tasks
-    except ImportError as exc:  # the module is another team's; train without it and say so
-        logger.warning("sequential models unavailable (%s); training without %s", exc, names)
-        return {}
-    return {n: ModelPlan(task=getattr(sequential_tasks.CONFIGS[n], profile)()) for n in names}
-
-
-def _trainer_config(name: str, plan: ModelPlan, cfg: TrainConfig) -> TrainerConfig:
+def trainer_config(plan: ModelPlan, cfg: TrainConfig) -> TrainerConfig:
+    """The plan's TrainerConfig with the run's seed, threads, progress and wall-clock safety net."""
     if plan.trainer is not None:
         base = plan.trainer
     elif hasattr(plan.task, "trainer_overrides"):
         base = TrainerConfig(**plan.task.trainer_overrides())
     else:
         base = TrainerConfig()
-    return dataclasses.replace(base, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress)
+    return dataclasses.replace(
+        base,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        max_minutes=base.max_minutes if base.max_minutes is not None else cfg.max_minutes,
+    )
 
 
-def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = None):
-    """The TrainTask for model ``name`` (``trained``: models trained earlier in this run)."""
+def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = None, candidates=None):
+    """The TrainTask for model ``name`` (``trained``: models trained earlier in this run;
+    ``candidates``: retrieval candidates the rankers are validated over)."""
     from recstack.models.mf import BPRMF, BPRMFConfig
     from recstack.models.multitask import MultiTaskConfig, build_ranker
     from recstack.models.ncf import NeuMF, NeuMFConfig
@@ -160,7 +164,7 @@ def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = 
         return tasks.TwoTowerTask(model, feats, plan.task)
     if name == "multitask":
         model = build_ranker(MultiTaskConfig(nu, ni, g, max_len=max_len, **m), feats.genres.matrix)
-        return tasks.RankerTask(model, feats, plan.task, name=name)
+        return tasks.RankerTask(model, feats, plan.task, name=name, candidates=candidates)
     if name == "ncf":
         model = NeuMF(NeuMFConfig(nu, ni, **m))
         source = (trained or {}).get(plan.init_from) if plan.init_from else None
@@ -170,7 +174,7 @@ def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = 
             logger.warning(
                 "ncf: %s was not trained in this run; NeuMF starts from random weights", plan.init_from
             )
-        return tasks.NeuMFTask(model, feats, plan.task)
+        return tasks.NeuMFTask(model, feats, plan.task, candidates=candidates)
     if name == "bpr_mf":
         return tasks.BPRTask(BPRMF(BPRMFConfig(nu, ni, **m)), feats, plan.task)
     if name in SEQUENTIAL_MODELS:
@@ -186,85 +190,206 @@ def _fit_record(r: FitResult) -> dict:
         "test": r.test,
         "best_epoch": r.best_epoch,
         "epochs_run": len(r.history),
+        "stopped_by": r.stopped_by,
         "train_seconds": round(r.train_seconds, 2),
         "peak_rss_mb": round(r.peak_rss_mb, 1),
     }
 
 
+def validation_sample(split, size: int | None, seed: int) -> np.ndarray | None:
+    """A fixed, seeded sample of ``size`` users with a validation target (None: all of them)."""
+    users = np.flatnonzero(split.valid_target > 0)
+    if size is None or len(users) <= size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(users, size, replace=False))
+
+
+def choose_retrieval(
+    bundle, split, feats, n: int, users: np.ndarray | None, seq_scores: dict[str, float]
+) -> dict:
+    """Retrieval settings ``{"sources": {name: share}}`` with the best validation recall@n.
+
+    Sources: two_tower and the sequence model with the best validation NDCG@10 (``seq_scores``);
+    the sequence model's share is tried at each of :data:`SEQUENCE_SHARES`.
+    """
+    from recstack.serving.retriever import Retriever, merge_ranked
+    from recstack.training.bundle_eval import stage_users
+
+    if not seq_scores:
+        return {"sources": {"two_tower": 1.0}}
+    seq = max(seq_scores, key=lambda m: seq_scores[m])
+    retriever = Retriever(bundle, shares={"two_tower": 1.0, seq: 1.0})
+    users, feats_list, seen = stage_users(split, feats, "valid", users)
+    targets = split.targets("valid")[users]
+    ranked: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(users), 512):
+        ranked += retriever.rank_sources(feats_list[start : start + 512], n, seen[start : start + 512])
+    recall = {}
+    for share in SEQUENCE_SHARES:
+        shares = {"two_tower": 1.0 - share, seq: share}
+        hits = [
+            t in set(merge_ranked(r, shares, n)[0].tolist()) for t, r in zip(targets, ranked, strict=True)
+        ]
+        recall[share] = float(np.mean(hits)) if hits else 0.0
+    best = max(SEQUENCE_SHARES, key=lambda s: (recall[s], -abs(s - 0.5)))
+    logger.info(
+        "retrieval: validation recall@%d by %s share %s -> %s",
+        n,
+        seq,
+        {s: round(r, 4) for s, r in recall.items()},
+        best,
+    )
+    return {
+        "sources": {"two_tower": 1.0 - best, seq: best},
+        "valid_recall": {str(k): v for k, v in recall.items()},
+    }
+
+
+def ranker_candidates(bundle, split, feats, n: int, valid_users: np.ndarray | None):
+    """Retrieval candidates of the validation sample and of every test user (for the rankers)."""
+    from recstack.training.bundle_eval import pipeline_lists
+    from recstack.training.tasks import Candidates
+
+    lists = {}
+    for stage, users in (("valid", valid_users), ("test", None)):
+        got = pipeline_lists(bundle, split, feats, stage, n, users=users, ranker_model=None, rerank=False)
+        lists[stage] = (got.users, got.candidates)
+    return Candidates(lists)
+
+
+@dataclass
+class Catalog:
+    """What the bundle records besides the models: ids, genres, titles, popularity, creation times."""
+
+    content: dict
+    user_ids: list[str]
+
+    @classmethod
+    def of(cls, dataset, split, feats) -> Catalog:
+        from recstack.artifacts.bundle import catalog_dict
+        from recstack.data.schema import item_created_at
+
+        counts = split.train_item_counts()
+        order = np.argsort(-counts[1:], kind="stable") + 1
+        items = dataset.items.drop_duplicates("item_id").set_index("item_id")
+        ids = split.item_map.ids
+        content = catalog_dict(
+            ids,
+            {i: list(g) for i, g in zip(ids, split.item_genres[1:], strict=True)},
+            {i: str(items["title"].get(i, "")) for i in ids} if "title" in items else {},
+            feats.genres.genre_vocab,
+            [ids[i - 1] for i in order],
+            item_created_at(dataset.items),
+        )
+        return cls(content, split.user_map.ids)
+
+    def bundle(self, models: dict, serving: dict | None = None):
+        from recstack.artifacts.bundle import Bundle
+
+        return Bundle.in_memory(models, self.content, self.user_ids, serving)
+
+
 def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
-    """Train ``config.models`` on ``data_spec`` (leave-one-out split), write a bundle under ``out``,
-    point ``out/CURRENT`` at it and return the version directory."""
-    from recstack.artifacts import load_bundle, save_bundle, write_current
+    """Train ``config``'s models on ``data_spec`` (leave-one-out split), configure the serving
+    pipeline on validation, write a bundle under ``out``, point ``out/CURRENT`` at it and return
+    the version directory."""
+    from recstack.artifacts import save_bundle, write_current
     from recstack.data import load_dataset
-    from recstack.data.schema import item_created_at
     from recstack.evaluation import leave_one_out
     from recstack.training.bundle_eval import evaluate_pipeline
     from recstack.training.examples import build_features
+    from recstack.training.profiles import DataStats
 
-    if not config.models:
-        raise TrainingError("TrainConfig.models is empty; name at least one model to train")
     t0 = time.perf_counter()
     dataset = load_dataset(data_spec)
     split = leave_one_out(dataset)
+    stats = DataStats.of(split)
+    config = config.resolve(stats)
+    if not config.models:
+        raise TrainingError("TrainConfig.models is empty; name at least one model to train")
     feats = build_features(split, config.max_len)
+    catalog = Catalog.of(dataset, split, feats)
+    valid_users = validation_sample(split, config.valid_users, config.seed)
     logger.info(
-        "%s: %d users, %d items, %d training rows",
+        "%s: %d users, %d items, %d training rows; profile %s; validation on %s users",
         data_spec,
         split.n_users,
         split.n_items,
-        len(feats.examples),
+        stats.n_train,
+        config.profile,
+        "all" if valid_users is None else len(valid_users),
     )
-    trained, records = {}, {}
-    for name, plan in config.models.items():
+    trained: dict = {}
+    records: dict = {}
+    serving: dict = {}
+    candidates = None
+    for name in sorted(
+        config.models, key=lambda n: TRAIN_ORDER.index(n) if n in TRAIN_ORDER else len(TRAIN_ORDER)
+    ):
+        plan = config.models[name]
+        if name in RANKERS and candidates is None and "two_tower" in trained:
+            seq_scores = {
+                m: records[m]["valid"].get("NDCG@10", 0.0) for m in SEQUENTIAL_MODELS if m in trained
+            }
+            serving["retrieval"] = choose_retrieval(
+                catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, seq_scores
+            )
+            candidates = ranker_candidates(
+                catalog.bundle(trained, serving), split, feats, config.retrieve_n, valid_users
+            )
         seed_everything(config.seed)  # initial weights are drawn from the seeded global generator
-        task = build_task(name, plan, split, feats, trained)
-        result = fit(task, split, _trainer_config(name, plan, config))
+        task = build_task(name, plan, split, feats, trained, candidates if name in RANKERS else None)
+        result = fit(task, split, trainer_config(plan, config), valid_users)
         trained[name] = task.model
         records[name] = _fit_record(result)
-        logger.info("%s test %s (%.1f s)", name, result.test, result.train_seconds)
-    counts = split.train_item_counts()
-    order = np.argsort(-counts[1:], kind="stable") + 1
-    items = dataset.items.drop_duplicates("item_id").set_index("item_id")
-    ids = split.item_map.ids
-    metrics = {
+        if name in RANKERS and candidates is not None:
+            records[name]["over"] = f"retrieval candidates ({config.retrieve_n})"
+        logger.info(
+            "%s test %s (%.1f s, stopped by %s)", name, result.test, result.train_seconds, result.stopped_by
+        )
+    if "two_tower" in trained and "retrieval" not in serving:
+        seq_scores = {m: records[m]["valid"].get("NDCG@10", 0.0) for m in SEQUENTIAL_MODELS if m in trained}
+        serving["retrieval"] = choose_retrieval(
+            catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, seq_scores
+        )
+    metrics: dict = {
         "data_spec": data_spec,
         "split_fingerprint": split.fingerprint(),
         "n_users": split.n_users,
         "n_items": split.n_items,
+        "profile": config.profile,
+        "params": config.params,
+        "data_stats": stats.to_dict(),
         "models": records,
     }
+    warnings = [
+        f"{n} was stopped by the wall-clock safety net"
+        for n, r in records.items()
+        if r["stopped_by"] == "wall_clock"
+    ]
+    if config.pipeline and "two_tower" in trained:
+        t1 = time.perf_counter()
+        pipe, rerank, _ = evaluate_pipeline(catalog.bundle(trained, serving), split, feats, config.retrieve_n)
+        pipe["eval_seconds"] = round(time.perf_counter() - t1, 2)
+        metrics["pipeline"] = pipe
+        serving["rerank"] = rerank
+    metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+    if warnings:
+        metrics["warnings"] = warnings
     vdir = save_bundle(
         out,
         models=trained,
-        item_ids=ids,
-        item_genres={i: list(g) for i, g in zip(ids, split.item_genres[1:], strict=True)},
-        titles={i: str(items["title"].get(i, "")) for i in ids} if "title" in items else {},
-        genre_vocab=feats.genres.genre_vocab,
-        popularity=[ids[i - 1] for i in order],
-        user_ids=split.user_map.ids,
+        item_ids=catalog.content["item_ids"],
+        item_genres=catalog.content["genres"],
+        titles=catalog.content["titles"],
+        genre_vocab=catalog.content["genre_vocab"],
+        popularity=catalog.content["popularity"],
+        user_ids=catalog.user_ids,
         metrics=metrics,
         data_spec=data_spec,
-        created_at=item_created_at(dataset.items),
+        serving=serving,
+        created_at=catalog.content["created_at"],
         update_current=False,
     )
-    if config.pipeline and {"two_tower", "multitask"} <= set(trained):
-        t1 = time.perf_counter()
-        pipe, rerank = evaluate_pipeline(load_bundle(vdir), split, feats, config.retrieve_n)
-        pipe["eval_seconds"] = round(time.perf_counter() - t1, 2)
-        metrics["pipeline"] = pipe
-        _update_bundle_json(vdir, metrics, {"rerank": rerank})
-    metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
-    _update_bundle_json(vdir, metrics, None)
     write_current(Path(out), vdir.name)
     return vdir
-
-
-def _update_bundle_json(vdir: Path, metrics: dict, serving: dict | None) -> None:
-    """Rewrite metrics.json (and merge ``serving`` into the manifest) before CURRENT points here."""
-    import json
-
-    (vdir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-    if serving:
-        manifest = json.loads((vdir / "manifest.json").read_text())
-        manifest.setdefault("serving", {}).update(serving)
-        (vdir / "manifest.json").write_text(json.dumps(manifest, indent=1))

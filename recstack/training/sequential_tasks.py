@@ -19,9 +19,9 @@ Scoring for the protocol: stage "valid" scores from the training items, stage "t
 training items plus the validation target (``recstack.evaluation.history_matrix``).
 
 ``build_task(name, split, catalog, cfg)`` builds a task from the registry ("sasrec", "gru4rec",
-"bert4rec"). Each task config has ``small()`` (synthetic data, seconds) and ``full()``
-(MovieLens-size data, a few CPU minutes) profiles and ``trainer_overrides()``, the
-:class:`~recstack.training.trainer.TrainerConfig` fields the profile is tuned with.
+"bert4rec"). Each task config has a ``small()`` profile (synthetic data, seconds; the data-sized
+plans are in :mod:`recstack.training.profiles`) and ``trainer_overrides()``, the
+:class:`~recstack.training.trainer.TrainerConfig` fields it is trained with.
 """
 
 from __future__ import annotations
@@ -55,14 +55,18 @@ class _TrainingProfile:
     weight_decay: float = 0.0
     patience: int = 10
     eval_every: int = 1
-    max_minutes: float | None = 4.0
+    max_minutes: float | None = None  # wall-clock safety net (TrainConfig.max_minutes when None)
     # Task settings shared by the three models (not TrainerConfig fields):
-    # steps_per_epoch caps an "epoch" at that many batches (None = one pass over all windows), so
-    # that large datasets still get regular validation and early stopping within the time budget;
-    # loss_items caps the softmax: full CE over all items when n_items <= loss_items, else sampled
-    # softmax against loss_items uniformly drawn negatives shared by the batch.
-    steps_per_epoch: int | None = 400
+    # steps_per_epoch: an "epoch" (one validation) is that many batches taken from a running stream
+    # of passes over the windows (None = one pass), so that small and large datasets alike are
+    # validated every few hundred steps; loss_items caps the softmax: full CE over all items when
+    # n_items <= loss_items, else sampled softmax against loss_items uniformly drawn negatives
+    # shared by the batch.
+    steps_per_epoch: int | None = None
     loss_items: int = 8192
+    # crop: each pass cuts windows ending at random points of the histories (cropped_windows)
+    # instead of the fixed windows cut from the newest end (training_windows).
+    crop: bool = False
 
     def trainer_overrides(self) -> dict[str, Any]:
         """Keyword arguments for ``TrainerConfig(**overrides)``."""
@@ -104,13 +108,7 @@ class SASRecTaskConfig(_TrainingProfile):
     @classmethod
     def small(cls) -> SASRecTaskConfig:
         return cls(max_len=20, dim=32, n_layers=1, n_heads=1, dropout=0.1, batch_size=64, epochs=30, lr=3e-3,
-                   patience=5, max_minutes=0.3)  # fmt: skip
-
-    @classmethod
-    def full(cls) -> SASRecTaskConfig:
-        """MovieLens-size data: ml-100k test HR@10 ~0.205 in 3 CPU minutes (bench/train_sequential.py);
-        attention dropout curbs the overfitting that sets in after ~15 epochs without it."""
-        return cls(lr=2e-3, batch_size=64, dropout=0.3, attn_dropout=0.3, patience=30, max_minutes=3.0)
+                   patience=5)  # fmt: skip
 
 
 @dataclass
@@ -136,13 +134,7 @@ class GRU4RecTaskConfig(_TrainingProfile):
 
     @classmethod
     def small(cls) -> GRU4RecTaskConfig:
-        return cls(max_len=20, dim=32, hidden=64, dropout=0.1, batch_size=64, epochs=30, lr=3e-3, patience=5,
-                   max_minutes=0.3)  # fmt: skip
-
-    @classmethod
-    def full(cls) -> GRU4RecTaskConfig:
-        """MovieLens-size data: ml-100k test HR@10 ~0.2 in 2.5 CPU minutes."""
-        return cls(lr=3e-3, batch_size=64, dropout=0.3, max_minutes=2.5)
+        return cls(max_len=20, dim=32, hidden=64, dropout=0.1, batch_size=64, epochs=30, lr=3e-3, patience=5)
 
 
 @dataclass
@@ -173,15 +165,7 @@ class BERT4RecTaskConfig(_TrainingProfile):
     @classmethod
     def small(cls) -> BERT4RecTaskConfig:
         return cls(max_len=20, dim=32, n_layers=1, n_heads=1, ffn_mult=2, dropout=0.2, mask_prob=0.3,
-                   batch_size=64, epochs=150, lr=3e-3, patience=20, max_minutes=0.3)  # fmt: skip
-
-    @classmethod
-    def full(cls) -> BERT4RecTaskConfig:
-        """MovieLens-size data: ml-100k test HR@10 ~0.18 in 4 CPU minutes. Its validation curve is
-        noisy and still rising at the budget, hence the long patience."""
-        return cls(
-            lr=3e-3, batch_size=64, ffn_mult=2, mask_prob=0.3, dropout=0.3, patience=20, max_minutes=4.0
-        )
+                   batch_size=64, epochs=150, lr=3e-3, patience=20)  # fmt: skip
 
 
 def training_windows(seqs: list[np.ndarray], length: int) -> np.ndarray:
@@ -210,6 +194,31 @@ def training_windows(seqs: list[np.ndarray], length: int) -> np.ndarray:
     return np.stack(rows)
 
 
+def cropped_windows(seqs: list[np.ndarray], length: int, rng: np.random.Generator) -> np.ndarray:
+    """As many windows per sequence as :func:`training_windows` cuts, each ending at a random
+    point of the sequence (its last ``length`` items up to there, left-padded with 0).
+
+    Every prefix of a history then ends a window now and then, at the newest position, where
+    serving reads the representation (RecBole trains on every prefix; this samples them).
+    """
+    if length < 2:
+        raise ValueError(f"window length must be >= 2, got {length}")
+    rows: list[np.ndarray] = []
+    for seq in seqs:
+        seq = np.asarray(seq, dtype=np.int64)
+        t = len(seq)
+        if t < 2:
+            continue
+        for end in rng.integers(2, t + 1, size=-(-(t - 1) // (length - 1))).tolist():
+            row = np.zeros(length, dtype=np.int64)
+            part = seq[max(0, end - length) : end]
+            row[length - len(part) :] = part
+            rows.append(row)
+    if not rows:
+        raise ValueError("no training sequence has 2 or more items; the split is too small to train on")
+    return np.stack(rows)
+
+
 class _SequentialTask:
     """Shared batching and protocol scoring; subclasses define the loss."""
 
@@ -223,6 +232,7 @@ class _SequentialTask:
         batch_size: int,
         steps_per_epoch: int | None = None,
         loss_items: int | None = None,
+        crop: bool = False,
     ):
         if split.n_items < 1:
             raise ValueError("the split has no items")
@@ -237,21 +247,45 @@ class _SequentialTask:
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
         self.loss_items = loss_items
-        self._queue = np.zeros(0, dtype=np.int64)
+        self.crop = crop
+        self.window_length = 0  # set by the subclass with its windows
+        self.windows = np.zeros((0, 2), dtype=np.int64)
+        self._queue = np.zeros((0, 2), dtype=np.int64)
         self._histories: dict[str, np.ndarray] = {}
 
-    def _window_batches(self, windows: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        """Shuffled batches (B, L') of windows: one pass, or steps_per_epoch batches drawn from a
-        running permutation (consecutive epochs then continue where the previous one stopped)."""
-        if self.steps_per_epoch is None or self.steps_per_epoch * self.batch_size >= len(windows):
-            order = rng.permutation(len(windows))
+    def _set_windows(self, length: int) -> None:
+        self.window_length = length
+        self.windows = training_windows(self.split.train_seqs, length)
+        self._queue = np.zeros((0, length), dtype=np.int64)
+        kind = "random crops" if self.crop else "windows"
+        logger.info("%s: %d training %s of %d items per pass", self.name, len(self.windows), kind, length)
+
+    def _pass_windows(self, rng: np.random.Generator) -> np.ndarray:
+        """The windows of one pass over the data, shuffled: the fixed ``windows`` or, with
+        ``crop``, windows ending at random points of each sequence (:func:`cropped_windows`)."""
+        windows = (
+            cropped_windows(self.split.train_seqs, self.window_length, rng) if self.crop else self.windows
+        )
+        return windows[rng.permutation(len(windows))]
+
+    def _window_batches(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Shuffled batches (B, W) of windows: one pass, or ``steps_per_epoch`` batches taken from a
+        running stream of passes (consecutive epochs continue where the previous one stopped).
+
+        Columns that are padding in every row of a batch are dropped (the models give the same
+        states without them), so that short histories do not cost ``max_len`` positions.
+        """
+        if self.steps_per_epoch is None:
+            rows = self._pass_windows(rng)
         else:
             need = self.steps_per_epoch * self.batch_size
             while len(self._queue) < need:
-                self._queue = np.concatenate([self._queue, rng.permutation(len(windows))])
-            order, self._queue = self._queue[:need], self._queue[need:]
-        for start in range(0, len(order), self.batch_size):
-            yield windows[order[start : start + self.batch_size]]
+                self._queue = np.concatenate([self._queue, self._pass_windows(rng)])
+            rows, self._queue = self._queue[:need], self._queue[need:]
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            first = int(np.argmax((batch != 0).any(axis=0)))
+            yield batch[:, first:]
 
     def softmax_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """CE of hidden states (B, L, D) against targets (B, L) (0 = ignore), full or sampled."""
@@ -327,15 +361,15 @@ class NextItemTask(_SequentialTask):
         batch_size: int,
         steps_per_epoch: int | None = None,
         loss_items: int | None = None,
+        crop: bool = False,
     ):
-        super().__init__(split, model, batch_size, steps_per_epoch, loss_items)
         self.name = name
-        self.windows = training_windows(split.train_seqs, model.max_len + 1)
-        logger.info("%s: %d training windows of %d items", name, len(self.windows), model.max_len + 1)
+        super().__init__(split, model, batch_size, steps_per_epoch, loss_items, crop)
+        self._set_windows(model.max_len + 1)
 
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Mini-batches (inputs (B, L), targets (B, L)) with L = max_len."""
-        for w in self._window_batches(self.windows, rng):
+        for w in self._window_batches(rng):
             t = torch.from_numpy(w)
             yield t[:, :-1], t[:, 1:]
 
@@ -382,20 +416,20 @@ class MaskedItemTask(_SequentialTask):
         last_mask_prob: float,
         steps_per_epoch: int | None = None,
         loss_items: int | None = None,
+        crop: bool = False,
     ):
-        super().__init__(split, model, batch_size, steps_per_epoch, loss_items)
+        super().__init__(split, model, batch_size, steps_per_epoch, loss_items, crop)
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must lie in (0, 1), got {mask_prob}")
         if not 0.0 <= last_mask_prob <= 1.0:
             raise ValueError(f"last_mask_prob must lie in [0, 1], got {last_mask_prob}")
         self.mask_prob = mask_prob
         self.last_mask_prob = last_mask_prob
-        self.windows = training_windows(split.train_seqs, model.max_len)
-        logger.info("bert4rec: %d training windows of %d items", len(self.windows), model.max_len)
+        self._set_windows(model.max_len)
 
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Mini-batches (tokens (B, L), targets (B, L)), freshly masked every epoch."""
-        for w in self._window_batches(self.windows, rng):
+        for w in self._window_batches(rng):
             tokens, targets = mask_windows(w, self.model.mask_token, self.mask_prob, self.last_mask_prob, rng)
             yield torch.from_numpy(tokens), torch.from_numpy(targets)
 
@@ -418,11 +452,11 @@ def build_task(name: str, split: Split, catalog: object | None = None, cfg: Task
     """A TrainTask for model ``name`` ("sasrec", "gru4rec", "bert4rec") on ``split``.
 
     catalog is accepted for a uniform registry signature and unused (the sequence models use item
-    indices only). cfg defaults to the model's ``full()`` profile.
+    indices only). cfg defaults to the model's task config defaults.
     """
     if name not in CONFIGS:
         raise ValueError(f"unknown sequential model {name!r}; choose one of {sorted(CONFIGS)}")
-    cfg = CONFIGS[name].full() if cfg is None else cfg
+    cfg = CONFIGS[name]() if cfg is None else cfg
     if not isinstance(cfg, CONFIGS[name]):
         raise TypeError(f"{name} needs a {CONFIGS[name].__name__}, got {type(cfg).__name__}")
     model = MODELS[name](cfg.model_config(split.n_items))
@@ -435,7 +469,14 @@ def build_task(name: str, split: Split, catalog: object | None = None, cfg: Task
             cfg.last_mask_prob,
             steps_per_epoch=cfg.steps_per_epoch,
             loss_items=cfg.loss_items,
+            crop=cfg.crop,
         )
     return NextItemTask(
-        name, split, model, cfg.batch_size, steps_per_epoch=cfg.steps_per_epoch, loss_items=cfg.loss_items
+        name,
+        split,
+        model,
+        cfg.batch_size,
+        steps_per_epoch=cfg.steps_per_epoch,
+        loss_items=cfg.loss_items,
+        crop=cfg.crop,
     )

@@ -24,6 +24,36 @@ from recstack.training.negatives import NegativeSampler
 SCORE_BLOCK = 256  # users per forward when scoring every item
 
 
+class Candidates:
+    """Per stage, each user's candidate item indices: the pair-scoring rankers are validated and
+    tested the way they serve, over the retrieval stage's candidates (items outside score -inf)."""
+
+    def __init__(self, lists: dict[str, tuple[np.ndarray, list[np.ndarray]]]):
+        self.lists = lists
+        self._row = {stage: {int(u): k for k, u in enumerate(users)} for stage, (users, _) in lists.items()}
+
+    def grid(self, users: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """(items int64 [B, C] padded with item 1, valid bool [B, C]) for user indices [B]."""
+        if stage not in self.lists:
+            raise KeyError(f"no candidates for stage {stage!r}")
+        rows = [self._row[stage][int(u)] for u in users]
+        cands = [self.lists[stage][1][k] for k in rows]
+        width = max((len(c) for c in cands), default=1) or 1
+        items = np.ones((len(cands), width), dtype=np.int64)
+        valid = np.zeros((len(cands), width), dtype=bool)
+        for b, c in enumerate(cands):
+            items[b, : len(c)] = c
+            valid[b, : len(c)] = True
+        return items, valid
+
+    def scatter(self, scores: np.ndarray, items: np.ndarray, valid: np.ndarray, n_items: int) -> np.ndarray:
+        """[B, n_items + 1] with the candidates' ``scores`` [B, C] and -inf elsewhere."""
+        out = np.full((len(items), n_items + 1), -np.inf, dtype=np.float32)
+        rows = np.repeat(np.arange(len(items)), valid.sum(axis=1))
+        out[rows, items[valid]] = scores[valid]
+        return out
+
+
 def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
@@ -129,11 +159,13 @@ class RankerTask:
         feats: SplitFeatures,
         cfg: RankerTaskConfig | None = None,
         name="multitask",
+        candidates: Candidates | None = None,
     ):
         self.name = name
         self.model = model
         self.feats = feats
         self.cfg = cfg or RankerTaskConfig()
+        self.candidates = candidates
         self.max_len = model.cfg.max_len
         self.sampler = NegativeSampler(
             feats.n_items, feats.item_counts, self.cfg.neg_power, _user_items(feats)
@@ -173,7 +205,16 @@ class RankerTask:
         return loss
 
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
+        """Combined scores [B, n_items + 1]: over the candidates when the task has them, else all items."""
         users = np.asarray(user_indices)
+        if self.candidates is not None:
+            items, valid = self.candidates.grid(users, stage)
+            hist, gen = self.feats.stages[stage].batch(users, self.max_len)
+            with torch.no_grad():
+                logits = self.model.score_grid(_t(users), _t(hist), _t(gen), _t(items))
+                probs = {t: torch.sigmoid(v) for t, v in logits.items()}
+                scores = combine(probs, self.model.cfg.task_weights).numpy()
+            return self.candidates.scatter(scores, items, valid, self.feats.n_items)
         items = torch.arange(self.feats.n_items + 1)
         out = np.empty((len(users), self.feats.n_items + 1), np.float32)
         with torch.no_grad():
@@ -228,11 +269,18 @@ class BPRTask:
 class NeuMFTask:
     """BCE over distinct training pairs (label 1) and ``n_negatives`` sampled items per pair (label 0)."""
 
-    def __init__(self, model: NeuMF, feats: SplitFeatures, cfg: PairTaskConfig | None = None):
+    def __init__(
+        self,
+        model: NeuMF,
+        feats: SplitFeatures,
+        cfg: PairTaskConfig | None = None,
+        candidates: Candidates | None = None,
+    ):
         self.name = "ncf"
         self.model = model
         self.feats = feats
         self.cfg = cfg or PairTaskConfig(batch_size=1024, n_negatives=4)
+        self.candidates = candidates
         self.users, self.items = _positive_pairs(feats)
         self.sampler = NegativeSampler(
             feats.n_items, feats.item_counts, self.cfg.neg_power, _user_items(feats)
@@ -259,8 +307,14 @@ class NeuMFTask:
         return F.binary_cross_entropy_with_logits(logits, batch["label"])
 
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
-        items = torch.arange(self.feats.n_items + 1)
+        """Logits [B, n_items + 1]: over the candidates when the task has them, else all items."""
         users = np.asarray(user_indices)
+        if self.candidates is not None:
+            items, valid = self.candidates.grid(users, stage)
+            with torch.no_grad():
+                logits = self.model(_t(np.repeat(users, items.shape[1])), _t(items.reshape(-1)))
+            return self.candidates.scatter(logits.view(items.shape).numpy(), items, valid, self.feats.n_items)
+        items = torch.arange(self.feats.n_items + 1)
         out = np.empty((len(users), self.feats.n_items + 1), np.float32)
         with torch.no_grad():
             for s in range(0, len(users), 128):

@@ -3,9 +3,11 @@
 A model is trained through a :class:`TrainTask`: the task owns the model, the mini-batches and the
 loss, and knows how to score every item for a batch of users (``score_all``), which is what the
 evaluation protocol consumes. :func:`fit` runs Adam, evaluates validation NDCG@10 every
-``eval_every`` epochs, keeps the best weights (early stopping on ``patience`` evaluations without
-improvement or on a wall-clock budget), restores them and reports the test metrics of that
-checkpoint, with wall time and peak resident memory.
+``eval_every`` epochs (on all users or on a fixed sample of them), keeps the best weights
+(early stopping after ``patience`` evaluations without improvement, within ``epochs``), restores
+them and reports the test metrics of that checkpoint, with wall time and peak resident memory.
+``max_minutes`` is a safety net, not a budget: a run it stops depends on the machine's speed, so it
+warns loudly and the result says ``stopped_by="wall_clock"``.
 
 Optional task hooks (used when present, never required):
 
@@ -20,7 +22,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -75,7 +77,7 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     progress: bool = True  # tqdm bar per epoch
     checkpoint_dir: Path | None = None  # if set, the best state_dict is also written there
-    max_minutes: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+    max_minutes: float | None = None  # wall-clock safety net; stops (and warns) after the epoch exceeding it
 
     def validate(self) -> None:
         """Raise TrainingError naming the first invalid field."""
@@ -102,9 +104,11 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    stopped_by: str = "epochs"  # "patience" (early stopping), "epochs" (budget) or "wall_clock"
 
     def to_dict(self) -> dict:
         return {
+            "stopped_by": self.stopped_by,
             "name": self.name,
             "best_epoch": self.best_epoch,
             "valid": self.valid,
@@ -156,21 +160,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate_task(task: TrainTask, split: Split, stage: str) -> dict:
-    """Metrics of ``task`` under the evaluation protocol at ``stage`` ("valid" or "test")."""
+def evaluate_task(task: TrainTask, split: Split, stage: str, users: np.ndarray | None = None) -> dict:
+    """Metrics of ``task`` under the evaluation protocol at ``stage`` ("valid" or "test"), over
+    ``users`` (user indices; None = every user with a target)."""
     from recstack.evaluation import evaluate_scores
 
     task.model.eval()
     with torch.no_grad():
-        return evaluate_scores(lambda u: task.score_all(u, stage), split, stage)
+        return evaluate_scores(lambda u: task.score_all(u, stage), split, stage, users=users)
 
 
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
+def fit(
+    task: TrainTask,
+    split: Split,
+    cfg: TrainerConfig,
+    valid_users: np.ndarray | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> FitResult:
     """Train ``task.model`` with early stopping on validation NDCG@10; return the best checkpoint's metrics.
+
+    ``valid_users``: the user indices validation is measured on (a fixed sample keeps its cost
+    independent of the number of users); None = all. Test metrics are over every user.
+    ``on_eval(epoch, valid_ndcg10)`` is called after each validation (hyper-parameter search
+    prunes a trial by raising from it).
 
     Deterministic for a given ``cfg.seed`` (and thread count) when the model was built after
     ``seed_everything(cfg.seed)`` (initial weights come from torch's global generator).
@@ -201,6 +217,7 @@ def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
     best_valid: dict = {}
     bad_evals = 0
     last_ndcg = float("nan")
+    stopped_by = "epochs"
     start = time.perf_counter()
     with PeakRSS() as rss:
         for epoch in range(cfg.epochs):
@@ -238,7 +255,7 @@ def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
             is_last = epoch + 1 == cfg.epochs
             out_of_time = cfg.max_minutes is not None and record["seconds"] > 60 * cfg.max_minutes
             if (epoch + 1) % cfg.eval_every == 0 or is_last or out_of_time:
-                valid = evaluate_task(task, split, "valid")
+                valid = evaluate_task(task, split, "valid", valid_users)
                 last_ndcg = valid[SELECTION_METRIC]
                 record["valid"] = valid
                 if last_ndcg > best_score:
@@ -249,6 +266,8 @@ def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
                         torch.save(best_state, ckpt_path)
                 else:
                     bad_evals += 1
+                if on_eval is not None:
+                    on_eval(epoch + 1, last_ndcg)
             history.append(record)
             logger.info(
                 "%s epoch %d loss %.4f valid NDCG@10 %.4f",
@@ -263,11 +282,19 @@ def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
                 )
             if bad_evals >= cfg.patience:
                 logger.info("%s: early stop after epoch %d (best %d)", task.name, epoch + 1, best_epoch)
+                stopped_by = "patience"
                 break
             if out_of_time:
-                logger.info(
-                    "%s: stopped at the %.1f min budget after epoch %d", task.name, cfg.max_minutes, epoch + 1
+                logger.warning(
+                    "%s: STOPPED BY THE WALL-CLOCK SAFETY NET (%.1f min) after epoch %d of %d, before early "
+                    "stopping: this model's quality now depends on how fast the machine was; raise "
+                    "--max-minutes or lower the epoch budget",
+                    task.name,
+                    cfg.max_minutes,
+                    epoch + 1,
+                    cfg.epochs,
                 )
+                stopped_by = "wall_clock"
                 break
         model.load_state_dict(best_state)
         train_seconds = time.perf_counter() - start
@@ -280,4 +307,5 @@ def fit(task: TrainTask, split: Split, cfg: TrainerConfig) -> FitResult:
         history=history,
         train_seconds=train_seconds,
         peak_rss_mb=rss.peak_mb,
+        stopped_by=stopped_by,
     )

@@ -6,14 +6,10 @@ import grpc
 
 from recstack.rpc.convert import scored_items, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
+from recstack.serving.ranker import ranking_components
 from recstack.v1 import ranking_pb2, ranking_pb2_grpc
 
 RANKING_MODELS = ("multitask", "ncf")
-
-
-def task_score_name(task: str) -> str:
-    """ "click" -> "p_click" (the name in ScoredItem.scores)."""
-    return task if task.startswith("p_") else f"p_{task}"
 
 
 class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
@@ -38,7 +34,7 @@ class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
         weights = dict(request.task_weights) or None
         user = user_from_proto(request.user)
         ids, scores, per_task = await self.call_core(context, core.rank, user, candidates, model, weights)
-        components = {task_score_name(t): v for t, v in (per_task or {}).items()}
+        components = ranking_components(scores, per_task or {})
         return ranking_pb2.RankResponse(
             items=scored_items(ids, scores, components), model_version=self.version
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from recstack.rpc.convert import scored_items, user_from_proto
+from recstack.rpc.convert import components_from_proto, scored_items, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.v1 import rerank_pb2, rerank_pb2_grpc
 
@@ -13,7 +13,7 @@ RERANK_MODELS = ("sasrec", "gru4rec", "bert4rec")
 
 
 class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):
-    """core: a ``Reranker`` (``rerank(user, candidates, upstream, model) -> (ids, scores)``)."""
+    """core: a ``Reranker`` (``rerank(user, candidates, upstream, model, components) -> (ids, scores)``)."""
 
     what = "rerank"
 
@@ -32,6 +32,12 @@ class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):
         upstream = np.asarray([c.score for c in request.candidates], dtype=np.float32)
         user = user_from_proto(request.user)
         ids, scores = await self.call_core(
-            context, core.rerank, user, candidates, upstream, request.model or None
+            context,
+            core.rerank,
+            user,
+            candidates,
+            upstream,
+            request.model or None,
+            components_from_proto(request.candidates),
         )
         return rerank_pb2.RerankResponse(items=scored_items(ids, scores), model_version=self.version)

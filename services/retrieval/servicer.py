@@ -12,7 +12,7 @@ MAX_N = 2000
 
 
 class RetrievalServicer(ModelServicer, retrieval_pb2_grpc.RetrievalServicer):
-    """core: a ``Retriever`` (``retrieve(user, n, exclude) -> (ids, scores)``); None until loaded."""
+    """core: a ``Retriever`` (``retrieve(user, n, exclude) -> (ids, scores, {source: scores})``)."""
 
     what = "retrieval"
 
@@ -23,7 +23,9 @@ class RetrievalServicer(ModelServicer, retrieval_pb2_grpc.RetrievalServicer):
         if not 1 <= request.n <= MAX_N:
             await abort_invalid(context, f"n must be between 1 and {MAX_N}, got {request.n}")
         user = user_from_proto(request.user)
-        ids, scores = await self.call_core(
+        ids, scores, components = await self.call_core(
             context, core.retrieve, user, request.n, set(request.exclude_items)
         )
-        return retrieval_pb2.RetrieveResponse(items=scored_items(ids, scores), model_version=self.version)
+        return retrieval_pb2.RetrieveResponse(
+            items=scored_items(ids, scores, components), model_version=self.version
+        )

@@ -56,7 +56,8 @@ class FakeRetrieval:
             raise ConnectionError("retrieval unreachable")
         self.seen_exclude = set(exclude)
         items = [x for x in CATALOG if x not in exclude][:n]
-        return StageResult(items, np.linspace(1, 0, len(items)), "v1")
+        comps = {x: {"retrieval": 1.0 / (k + 1), "two_tower": 0.5} for k, x in enumerate(items)}
+        return StageResult(items, np.linspace(1, 0, len(items)), "v1", comps)
 
 
 class FakeRanking:
@@ -87,11 +88,13 @@ class FakeRanking:
 class FakeRerank:
     def __init__(self) -> None:
         self.calls = 0
+        self.components: list[dict] = []
 
     async def rerank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str
+        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str, components=None
     ) -> StageResult:
         self.calls += 1
+        self.components.append(dict(components or {}))
         return StageResult(list(items), np.asarray(scores), "v1")
 
 
@@ -123,6 +126,9 @@ async def test_full_chain_runs_every_stage() -> None:
     assert s.candidates[:4] == ["i49", "i48", "i47", "i46"]  # ranking reversed the retrieval order
     assert s.propensities is not None and s.propensities[0] == 1.0 and 0 < s.propensities[-1] <= 1
     assert rerank.calls == 1
+    # the rerank stage gets every earlier stage's scores of each candidate (its fusion reads them)
+    sent = rerank.components[0]
+    assert sent["i49"] == {"retrieval": pytest.approx(1 / 47), "two_tower": 0.5, "p_click": 0.5}
 
 
 async def test_failing_stage_is_skipped_and_order_kept() -> None:

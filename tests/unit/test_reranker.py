@@ -12,7 +12,7 @@ from recstack.data.schema import IdMap
 from recstack.features.types import UserFeatures
 from recstack.models.sasrec import SASRec, SASRecConfig
 from recstack.serving.errors import UnknownItemError, UnknownModelError
-from recstack.serving.reranker import Reranker, blend_scores, select_blend_weight, standardize
+from recstack.serving.reranker import Reranker, blend_scores, standardize
 
 N_ITEMS = 10
 ITEM_IDS = [f"m{i}" for i in range(1, N_ITEMS + 1)]  # index i <-> "m{i}"
@@ -139,15 +139,8 @@ def test_score_batch_matches_single_requests() -> None:
         rr.score_batch([user("m1")], [])
 
 
-def test_standardize_and_select_blend_weight() -> None:
+def test_standardize_and_blend_bounds() -> None:
     np.testing.assert_allclose(standardize(np.array([1.0, 3.0])), [-1.0, 1.0])
     np.testing.assert_array_equal(standardize(np.array([2.0, 2.0])), [0.0, 0.0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         blend_scores(np.zeros(2), np.zeros(2), 1.5)
-    # list 1: the sequence model is sure of the target, upstream mildly against it; list 2: mirrored.
-    # Only a mix ranks the target first in both lists.
-    seq = [np.array([2.0, 0.0, 0.0]), np.array([0.5, 1.0, 0.0])]
-    up = [np.array([0.5, 1.0, 0.0]), np.array([2.0, 0.0, 0.0])]
-    best, table = select_blend_weight(seq, up, [0, 0], grid=[0.0, 0.5, 1.0], k=1)
-    assert table == {0.0: 0.5, 0.5: 1.0, 1.0: 0.5}
-    assert best == 0.5

@@ -31,16 +31,21 @@ class FakeRetriever:
     def __init__(self) -> None:
         self.users: list[UserFeatures] = []
 
-    def retrieve(self, user: UserFeatures, n: int, exclude: set[str]) -> tuple[list[str], np.ndarray]:
+    def retrieve(self, user: UserFeatures, n: int, exclude: set[str]):
         self.users.append(user)
         items = [f"i{i}" for i in range(10) if f"i{i}" not in exclude][:n]
-        return items, np.linspace(1, 0, len(items))
+        scores = np.linspace(1, 0, len(items))
+        return items, scores, {"two_tower": scores * 2}
 
 
 class FakeReranker:
+    def __init__(self) -> None:
+        self.components: list[dict] = []
+
     def rerank(
-        self, user: UserFeatures, candidates: list[str], upstream: np.ndarray, model: str | None
+        self, user: UserFeatures, candidates: list[str], upstream: np.ndarray, model: str | None, components
     ) -> tuple[list[str], np.ndarray]:
+        self.components.append(components)
         unknown = [c for c in candidates if c.startswith("x")]
         if unknown:
             raise UnknownItemError(unknown, "v1")
@@ -63,16 +68,17 @@ class Arms:
 
 
 @pytest.fixture
-async def channel() -> AsyncIterator[tuple[grpc.aio.Channel, FakeRetriever, Arms]]:
+async def channel() -> AsyncIterator[tuple[grpc.aio.Channel, FakeRetriever, Arms, FakeReranker]]:
     retriever = FakeRetriever()
+    reranker = FakeReranker()
     arms = Arms()
     policy = ThompsonSlatePolicy(explore_slots=1, seed=0)
     async with in_process_channel(
         (retrieval_pb2_grpc.add_RetrievalServicer_to_server, RetrievalServicer(retriever, "v1")),
-        (rerank_pb2_grpc.add_RerankServicer_to_server, RerankServicer(FakeReranker(), "v1")),
+        (rerank_pb2_grpc.add_RerankServicer_to_server, RerankServicer(reranker, "v1")),
         (bandit_pb2_grpc.add_BanditServicer_to_server, BanditServicer(policy, ArmCache(arms, ttl_s=60))),
     ) as ch:
-        yield ch, retriever, arms
+        yield ch, retriever, arms, reranker
 
 
 def items(*ids: str) -> list[common_pb2.ScoredItem]:
@@ -80,7 +86,7 @@ def items(*ids: str) -> list[common_pb2.ScoredItem]:
 
 
 async def test_retrieve_converts_user_and_excludes(channel) -> None:  # noqa: ANN001
-    ch, retriever, _ = channel
+    ch, retriever, _, _ = channel
     stub = retrieval_pb2_grpc.RetrievalStub(ch)
     user = common_pb2.UserFeatures(user_id="u1", recent_items=["i9"], genre_scores={"Drama": 0.5})
     reply = await stub.Retrieve(retrieval_pb2.RetrieveRequest(user=user, n=3, exclude_items=["i0"]))
@@ -88,6 +94,7 @@ async def test_retrieve_converts_user_and_excludes(channel) -> None:  # noqa: AN
     assert reply.model_version == "v1"
     assert retriever.users[0].recent_items == ["i9"]
     assert retriever.users[0].genre_scores == {"Drama": pytest.approx(0.5)}
+    assert [x.scores["two_tower"] for x in reply.items] == pytest.approx([2 * x.score for x in reply.items])
 
 
 @pytest.mark.parametrize("n", [0, -1, 2001])
@@ -101,8 +108,14 @@ async def test_retrieve_rejects_bad_n(channel, n: int) -> None:  # noqa: ANN001
 
 async def test_rerank_orders_and_maps_unknown_items(channel) -> None:  # noqa: ANN001
     stub = rerank_pb2_grpc.RerankStub(channel[0])
+    reranker = channel[3]
     reply = await stub.Rerank(rerank_pb2.RerankRequest(candidates=items("a", "b", "c")))
     assert [x.item_id for x in reply.items] == ["c", "b", "a"]
+    cands = items("a", "b")
+    cands[0].scores["two_tower"] = 0.25  # "b" has no such score: NaN for the core
+    await stub.Rerank(rerank_pb2.RerankRequest(candidates=cands))
+    got = reranker.components[-1]["two_tower"]
+    assert got[0] == 0.25 and np.isnan(got[1])
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Rerank(rerank_pb2.RerankRequest(candidates=items("a", "x1")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -113,7 +126,7 @@ async def test_rerank_orders_and_maps_unknown_items(channel) -> None:  # noqa: A
 
 
 async def test_bandit_explores_with_propensities_and_serves_stale_state(channel) -> None:  # noqa: ANN001
-    ch, _, arms = channel
+    ch, _, arms, _ = channel
     stub = bandit_pb2_grpc.BanditStub(ch)
     cands = items(*[f"i{i}" for i in range(8)])
     reply = await stub.Explore(bandit_pb2.ExploreRequest(candidates=cands, k=3))

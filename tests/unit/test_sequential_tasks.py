@@ -13,6 +13,7 @@ from recstack.data.schema import Dataset
 from recstack.evaluation import history_matrix, leave_one_out
 from recstack.models.sasrec import SASRec, SASRecConfig
 from recstack.training.sequential_tasks import (
+    cropped_windows,
     BERT4RecTaskConfig,
     GRU4RecTaskConfig,
     SASRecTaskConfig,
@@ -79,8 +80,8 @@ def test_bert_task_masks_fresh_each_epoch() -> None:
     rng = np.random.default_rng(0)
     a = next(iter(task.batches(0, rng)))
     b = next(iter(task.batches(1, rng)))
-    assert a[0].shape == (min(64, len(task.windows)), task.model.max_len)
-    assert not torch.equal(a[0], b[0])
+    assert len(a[0]) == min(64, len(task.windows)) and a[0].shape[1] <= task.model.max_len
+    assert a[0].shape != b[0].shape or not torch.equal(a[0], b[0])
 
 
 def test_steps_per_epoch_continues_a_running_permutation() -> None:
@@ -93,7 +94,8 @@ def test_steps_per_epoch_continues_a_running_permutation() -> None:
     for epoch in range(n):  # 12 windows per epoch, n epochs: exactly 12 passes over the n windows
         batches = list(task.batches(epoch, rng))
         assert [len(b[0]) for b in batches] == [4, 4, 4]
-        seen.extend(tuple(x) for b in batches for x in b[0].tolist())
+        width = task.windows.shape[1] - 1
+        seen.extend(tuple([0] * (width - len(x)) + x) for b in batches for x in b[0].tolist())
     rows = [tuple(w[:-1]) for w in task.windows.tolist()]
     counts = {r: seen.count(r) for r in set(rows)}
     assert all(c == 12 * rows.count(r) for r, c in counts.items())  # each window once per pass
@@ -207,3 +209,36 @@ def test_fit_runs_sequential_task_end_to_end() -> None:
     result = fit(task, split, TrainerConfig(progress=False, **(cfg.trainer_overrides() | {"epochs": 5})))
     assert result.test["HR@10"] > 0.9
     assert result.test["users"] == split.n_users
+
+
+
+def test_batches_drop_columns_that_are_padding_in_every_row() -> None:
+    windows = np.zeros((8, 6), dtype=np.int64)
+    for r in range(8):
+        n = 2 + r % 3  # 2..4 real items, left-padded: the first two columns are padding everywhere
+        windows[r, 6 - n :] = np.arange(1, n + 1)
+    split = leave_one_out(planted_dataset(10))
+    task = build_task("sasrec", split, None, dataclasses.replace(SASRecTaskConfig.small(), batch_size=3))
+    task.windows = windows
+    batches = list(task._window_batches(np.random.default_rng(0)))
+    assert [len(b) for b in batches] == [3, 3, 2]
+    for b in batches:
+        assert b.shape[1] <= 4 and (b[:, 0] != 0).any()  # no leading column of padding only
+    got = sorted(tuple(x) for b in batches for x in np.pad(b, ((0, 0), (6 - b.shape[1], 0))).tolist())
+    assert got == sorted(tuple(x) for x in windows.tolist())
+
+
+def test_cropped_windows_end_at_random_points_and_keep_the_count() -> None:
+    seqs = [np.arange(1, 8), np.array([5, 6]), np.array([9])]
+    rng = np.random.default_rng(0)
+    fixed = training_windows(seqs, 4)
+    ends = set()
+    for _ in range(50):
+        crops = cropped_windows(seqs, 4, rng)
+        assert crops.shape == fixed.shape  # ceil((T - 1) / 3) windows per sequence: 2 + 1
+        for row in crops[:2]:
+            real = row[row != 0]
+            assert len(real) >= 2 and np.array_equal(real, np.arange(real[0], real[-1] + 1))
+            ends.add(int(real[-1]))
+        assert crops[2].tolist() == [0, 0, 5, 6]
+    assert ends == {2, 3, 4, 5, 6, 7}  # every prefix of the first sequence ends a window sometimes
