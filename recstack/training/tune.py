@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,48 +36,66 @@ WEIGHTS = {
     "multitask": 1.0,
     "ncf": 1.0,
 }
-Space = dict[str, Callable[[Any], Any]]
+# name -> ("float", low, high, log) | ("int", low, high) | ("cat", choices)
+Space = dict[str, tuple]
 
 SPACES: dict[str, Space] = {
     "two_tower": {
-        "lr": lambda t: t.suggest_float("lr", 3e-4, 3e-3, log=True),
-        "dim": lambda t: t.suggest_categorical("dim", [32, 64, 128]),
-        "temperature": lambda t: t.suggest_float("temperature", 0.02, 0.2, log=True),
-        "user_dropout": lambda t: t.suggest_float("user_dropout", 0.0, 0.5),
+        "lr": ("float", 3e-4, 3e-3, True),
+        "dim": ("cat", (32, 64, 128)),
+        "temperature": ("float", 0.02, 0.2, True),
+        "user_dropout": ("float", 0.0, 0.5, False),
     },
     "sasrec": {
-        "lr": lambda t: t.suggest_float("lr", 3e-4, 3e-3, log=True),
-        "dropout": lambda t: t.suggest_float("dropout", 0.1, 0.6),
-        "n_layers": lambda t: t.suggest_int("n_layers", 1, 3),
-        "dim": lambda t: t.suggest_categorical("dim", [32, 64, 128]),
+        "lr": ("float", 3e-4, 3e-3, True),
+        "dropout": ("float", 0.1, 0.6, False),
+        "n_layers": ("int", 1, 3),
+        "dim": ("cat", (32, 64, 128)),
     },
     "gru4rec": {
-        "lr": lambda t: t.suggest_float("lr", 5e-4, 5e-3, log=True),
-        "dropout": lambda t: t.suggest_float("dropout", 0.1, 0.6),
-        "hidden": lambda t: t.suggest_categorical("hidden", [64, 128, 256]),
+        "lr": ("float", 5e-4, 5e-3, True),
+        "dropout": ("float", 0.1, 0.6, False),
+        "hidden": ("cat", (64, 128, 256)),
     },
     "bert4rec": {
-        "lr": lambda t: t.suggest_float("lr", 3e-4, 3e-3, log=True),
-        "dropout": lambda t: t.suggest_float("dropout", 0.1, 0.6),
-        "mask_prob": lambda t: t.suggest_float("mask_prob", 0.1, 0.5),
-        "n_layers": lambda t: t.suggest_int("n_layers", 1, 3),
+        "lr": ("float", 3e-4, 3e-3, True),
+        "dropout": ("float", 0.1, 0.6, False),
+        "mask_prob": ("float", 0.1, 0.5, False),
+        "n_layers": ("int", 1, 3),
     },
     "bpr_mf": {
-        "lr": lambda t: t.suggest_float("lr", 1e-3, 2e-2, log=True),
-        "dim": lambda t: t.suggest_categorical("dim", [32, 64, 128]),
-        "weight_decay": lambda t: t.suggest_float("weight_decay", 1e-8, 1e-4, log=True),
+        "lr": ("float", 1e-3, 2e-2, True),
+        "dim": ("cat", (32, 64, 128)),
+        "weight_decay": ("float", 1e-8, 1e-4, True),
     },
     "multitask": {
-        "lr": lambda t: t.suggest_float("lr", 5e-4, 5e-3, log=True),
-        "dim": lambda t: t.suggest_categorical("dim", [16, 32, 64]),
-        "n_negatives": lambda t: t.suggest_int("n_negatives", 2, 16),
+        "lr": ("float", 5e-4, 5e-3, True),
+        "dim": ("cat", (16, 32, 64)),
+        "n_negatives": ("int", 2, 16),
     },
     "ncf": {
-        "lr": lambda t: t.suggest_float("lr", 3e-4, 3e-3, log=True),
-        "mf_dim": lambda t: t.suggest_categorical("mf_dim", [32, 64]),
-        "n_negatives": lambda t: t.suggest_int("n_negatives", 2, 8),
+        "lr": ("float", 3e-4, 3e-3, True),
+        "mf_dim": ("cat", (32, 64)),
+        "n_negatives": ("int", 2, 8),
     },
 }
+
+
+def suggest(trial, name: str, spec: tuple) -> Any:
+    """The trial's value of one parameter of a :data:`SPACES` entry."""
+    kind = spec[0]
+    if kind == "float":
+        return trial.suggest_float(name, spec[1], spec[2], log=spec[3])
+    if kind == "int":
+        return trial.suggest_int(name, spec[1], spec[2])
+    return trial.suggest_categorical(name, list(spec[1]))
+
+
+def in_space(value: Any, spec: tuple) -> bool:
+    """Whether ``value`` (a plan's default) lies in the searched range."""
+    if spec[0] == "cat":
+        return value in spec[1]
+    return isinstance(value, int | float) and spec[1] <= value <= spec[2]
 
 
 class ParamsError(ValueError):
@@ -214,9 +232,7 @@ def tune(
         space = SPACES[name]
 
         def objective(trial, name=name, space=space, deadline=deadline, candidates=candidates) -> float:
-            plan = apply_params(
-                plans[name], name, {field: suggest(trial) for field, suggest in space.items()}
-            )
+            plan = apply_params(plans[name], name, {f: suggest(trial, f, spec) for f, spec in space.items()})
             remaining = (deadline - time.monotonic()) / 60
             if remaining <= 0.05:
                 raise optuna.TrialPruned("budget spent")
@@ -240,7 +256,10 @@ def tune(
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3),
             study_name=name,
         )
-        study.enqueue_trial({f: _default(plans[name], name, f) for f in space})  # the auto plan first
+        defaults = {f: _default(plans[name], name, f) for f in space}
+        study.enqueue_trial(
+            {f: v for f, v in defaults.items() if in_space(v, space[f])}
+        )  # the auto plan first
         study.optimize(objective, timeout=max(1.0, deadline - time.monotonic()), gc_after_trial=True)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         result["trials"][name] = {"complete": len(done), "pruned": len(study.trials) - len(done)}

@@ -72,3 +72,66 @@ def test_bad_spec_and_model_names(tmp_path: Path) -> None:
         train_bundle("synthetic:nope=1", tmp_path, tiny_config())
     with pytest.raises(UnknownModelNameError, match="unknown model"):
         tiny_config().select(["two_tower", "deepfm"])
+
+
+def test_same_data_and_seed_give_the_same_metrics_on_a_busy_machine(tmp_path: Path) -> None:
+    """Training stops on epochs and validation only: CPU contention changes the time, not the result."""
+    import threading
+
+    quiet = json.loads((train_bundle(SPEC, tmp_path / "a", tiny_config()) / "metrics.json").read_text())
+    stop = threading.Event()
+
+    def burn() -> None:
+        x = 0
+        while not stop.is_set():
+            x = (x * 31 + 7) % 1_000_003
+
+    burners = [threading.Thread(target=burn, daemon=True) for _ in range(2)]
+    for t in burners:
+        t.start()
+    try:
+        busy = json.loads((train_bundle(SPEC, tmp_path / "b", tiny_config()) / "metrics.json").read_text())
+    finally:
+        stop.set()
+    for name, rec in quiet["models"].items():
+        assert busy["models"][name]["test"] == rec["test"] and busy["models"][name]["best_epoch"] == rec["best_epoch"]
+    assert busy["pipeline"]["test"] == quiet["pipeline"]["test"]
+
+
+def test_auto_profile_plans_from_the_data_and_params_override_it() -> None:
+    from recstack.training.profiles import DataStats, auto_plans
+    from recstack.training.tune import ParamsError, apply_params
+
+    split = leave_one_out(load_dataset(SPEC))
+    stats = DataStats.of(split)
+    plans = auto_plans(stats)
+    assert set(plans) == {"two_tower", "multitask", "ncf", "bpr_mf", "sasrec", "gru4rec", "bert4rec"}
+    for name in ("sasrec", "gru4rec", "bert4rec"):
+        task = plans[name].task
+        assert task.max_minutes is None and task.epochs >= 50 and task.patience >= 5  # budgeted in epochs
+        assert task.loss_items >= stats.n_items  # full softmax on a small catalogue
+    cfg = TrainConfig.auto().select(["two_tower", "sasrec"])
+    cfg.params = {"sasrec": {"lr": 0.002, "dropout": 0.1}, "two_tower": {"dim": 16, "lr": 0.01}}
+    resolved = cfg.resolve(stats)
+    assert list(resolved.models) == ["two_tower", "sasrec"]
+    assert resolved.models["sasrec"].task.lr == 0.002 and resolved.models["sasrec"].task.dropout == 0.1
+    assert resolved.models["two_tower"].model["dim"] == 16 and resolved.models["two_tower"].trainer.lr == 0.01
+    with pytest.raises(ParamsError, match="unknown parameter 'depth'"):
+        apply_params(plans["sasrec"], "sasrec", {"depth": 3})
+
+
+def test_tune_searches_within_the_budget_and_train_reuses_the_params(tmp_path: Path) -> None:
+    from recstack.training.tune import read_params, tune
+
+    result = tune(SPEC, budget_minutes=0.15, models=["bpr_mf"], seed=0)
+    assert result["trials"]["bpr_mf"]["complete"] >= 1
+    assert set(result["params"]["bpr_mf"]) == {"lr", "dim", "weight_decay"}
+    assert 0 <= result["valid"]["bpr_mf"] <= 1
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(result))
+    cfg = tiny_config()
+    cfg.params = read_params(path)
+    vdir = train_bundle(SPEC, tmp_path / "bundle", cfg)
+    metrics = json.loads((vdir / "metrics.json").read_text())
+    assert metrics["params"]["bpr_mf"] == result["params"]["bpr_mf"]
+    assert load_bundle(vdir).model("bpr_mf").cfg.dim == result["params"]["bpr_mf"]["dim"]
