@@ -63,6 +63,9 @@ def train_command(
     params: Path | None = typer.Option(
         None, "--params", help="Parameters found by `recstack tune` (its JSON file) to train with."
     ),
+    jobs: int | None = typer.Option(
+        None, "--jobs", min=1, help="Models trained side by side (default: CPUs, up to 2; same result)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
 ) -> None:
     """Train every model on a dataset, configure the serving pipeline on validation, write a bundle."""
@@ -86,6 +89,8 @@ def train_command(
             config.valid_users = valid_users
         if max_minutes is not None:
             config.max_minutes = max_minutes
+        if jobs is not None:
+            config.jobs = jobs
         if params is not None:
             config.params = read_params(params)
         if models:

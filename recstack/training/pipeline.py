@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from recstack.training.trainer import FitResult, TrainerConfig, TrainingError, fit, seed_everything
+from recstack.training.parallel import Job, train_models
+from recstack.training.trainer import FitResult, TrainerConfig, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ ALL_MODELS = OWN_MODELS + SEQUENTIAL_MODELS
 RANKERS = ("multitask", "ncf")
 # Training order: retrieval-capable models, then bpr_mf (ncf starts from it), then the rankers.
 TRAIN_ORDER = ("two_tower", "sasrec", "gru4rec", "bert4rec", "bpr_mf", "multitask", "ncf")
+# Start order within a group when several jobs run side by side: the longest first.
+COST_ORDER = ("bert4rec", "sasrec", "gru4rec", "multitask", "ncf", "two_tower", "bpr_mf")
 PROFILES = ("auto", "small")
 SEQUENCE_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the sequence source in the retrieval list
 DEFAULT_VALID_USERS = 10_000
@@ -83,6 +87,7 @@ class TrainConfig:
     valid_users: int | None = DEFAULT_VALID_USERS
     max_minutes: float | None = DEFAULT_MAX_MINUTES
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # from `recstack tune`, over the plans
+    jobs: int = 1  # models trained side by side in worker processes (the result does not depend on it)
 
     def select(self, names: list[str]) -> TrainConfig:
         """A copy training only ``names``."""
@@ -110,8 +115,9 @@ class TrainConfig:
 
     @classmethod
     def auto(cls) -> TrainConfig:
-        """Plans chosen from the data's size when training starts (the CLI default)."""
-        return cls(profile="auto")
+        """Plans chosen from the data's size when training starts (the CLI default); as many
+        training jobs as CPUs, up to 2."""
+        return cls(profile="auto", jobs=max(1, min(2, os.cpu_count() or 1)))
 
     @classmethod
     def small(cls) -> TrainConfig:
@@ -182,6 +188,11 @@ def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = 
 
         return build_sequential(name, split, feats.genres, plan.task)
     raise UnknownModelNameError(f"unknown model {name!r}; choose from {list(ALL_MODELS)}")
+
+
+def _seq_scores(records: dict) -> dict[str, float]:
+    """Validation NDCG@10 of the trained sequence models (which one joins retrieval)."""
+    return {m: records[m]["valid"].get("NDCG@10", 0.0) for m in SEQUENTIAL_MODELS if m in records}
 
 
 def _fit_record(r: FitResult) -> dict:
@@ -323,34 +334,37 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     records: dict = {}
     serving: dict = {}
     candidates = None
-    for name in sorted(
-        config.models, key=lambda n: TRAIN_ORDER.index(n) if n in TRAIN_ORDER else len(TRAIN_ORDER)
-    ):
-        plan = config.models[name]
-        if name in RANKERS and candidates is None and "two_tower" in trained:
-            seq_scores = {
-                m: records[m]["valid"].get("NDCG@10", 0.0) for m in SEQUENTIAL_MODELS if m in trained
-            }
+    first = [n for n in TRAIN_ORDER if n in config.models and n not in RANKERS]
+    rankers = [n for n in TRAIN_ORDER if n in config.models and n in RANKERS]
+    for group in (first, rankers):
+        if group is rankers and rankers and "two_tower" in trained:
             serving["retrieval"] = choose_retrieval(
-                catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, seq_scores
+                catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, _seq_scores(records)
             )
             candidates = ranker_candidates(
                 catalog.bundle(trained, serving), split, feats, config.retrieve_n, valid_users
             )
-        seed_everything(config.seed)  # initial weights are drawn from the seeded global generator
-        task = build_task(name, plan, split, feats, trained, candidates if name in RANKERS else None)
-        result = fit(task, split, trainer_config(plan, config), valid_users)
-        trained[name] = task.model
-        records[name] = _fit_record(result)
-        if name in RANKERS and candidates is not None:
-            records[name]["over"] = f"retrieval candidates ({config.retrieve_n})"
-        logger.info(
-            "%s test %s (%.1f s, stopped by %s)", name, result.test, result.train_seconds, result.stopped_by
-        )
+        jobs = [
+            Job(n, config.models[n], trainer_config(config.models[n], config), candidates, dict(trained))
+            for n in sorted(group, key=lambda m: COST_ORDER.index(m))
+        ]
+        done = train_models(jobs, split, feats, valid_users, config.seed, config.jobs, config.threads)
+        for name in group:
+            module, result = done[name]
+            trained[name] = module
+            records[name] = _fit_record(result)
+            if name in RANKERS and candidates is not None:
+                records[name]["over"] = f"retrieval candidates ({config.retrieve_n})"
+            logger.info(
+                "%s test %s (%.1f s, stopped by %s)",
+                name,
+                result.test,
+                result.train_seconds,
+                result.stopped_by,
+            )
     if "two_tower" in trained and "retrieval" not in serving:
-        seq_scores = {m: records[m]["valid"].get("NDCG@10", 0.0) for m in SEQUENTIAL_MODELS if m in trained}
         serving["retrieval"] = choose_retrieval(
-            catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, seq_scores
+            catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, _seq_scores(records)
         )
     metrics: dict = {
         "data_spec": data_spec,

@@ -98,6 +98,16 @@ def test_same_data_and_seed_give_the_same_metrics_on_a_busy_machine(tmp_path: Pa
     assert busy["pipeline"]["test"] == quiet["pipeline"]["test"]
 
 
+def test_training_jobs_in_worker_processes_give_the_same_bundle(tmp_path: Path) -> None:
+    one = json.loads((train_bundle(SPEC, tmp_path / "a", tiny_config()) / "metrics.json").read_text())
+    cfg = tiny_config()
+    cfg.jobs = 2
+    two = json.loads((train_bundle(SPEC, tmp_path / "b", cfg) / "metrics.json").read_text())
+    for name, rec in one["models"].items():
+        assert two["models"][name]["test"] == rec["test"] and two["models"][name]["valid"] == rec["valid"]
+    assert two["pipeline"]["test"] == one["pipeline"]["test"]
+
+
 def test_auto_profile_plans_from_the_data_and_params_override_it() -> None:
     from recstack.training.profiles import DataStats, auto_plans
     from recstack.training.tune import ParamsError, apply_params
