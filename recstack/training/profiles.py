@@ -10,7 +10,7 @@
 The rules of ``auto`` (no dataset-specific numbers): the sequence models see the last 50 items
 (what Redis keeps), train with a full softmax up to 16,384 items and a sampled one (4,096
 negatives) beyond, and validate every 200 optimiser steps whatever the size of the data, for at
-most 100 validations, stopping after 10 without improvement; the other models validate once per
+most 100 validations, stopping after 8 without improvement; the other models validate once per
 pass. Batches grow with the data (more rows per step where steps are plentiful). Regularisation
 grows as the data gets sparser: dropout 0.5 when the median history is under 20 items, else 0.3.
 """
@@ -78,10 +78,10 @@ def auto_plans(stats: DataStats) -> dict[str, ModelPlan]:
     seq = {
         "steps_per_epoch": SEQ_STEPS_PER_EVAL,
         "epochs": 100,
-        "patience": 10,
+        "patience": 8,
         "loss_items": loss_items,
         "max_minutes": None,
-        "batch_size": 256 if big else 128,
+        "batch_size": 128 if big else 64,
         "max_len": 50,
     }
     plans = {

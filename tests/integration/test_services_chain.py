@@ -101,6 +101,40 @@ def test_recommend_runs_the_full_chain(stack: dict[str, Service], known_user: tu
     assert "p_click" in reply.items[0].scores
 
 
+def test_live_order_is_the_offline_pipeline_order(
+    stack: dict[str, Service], known_user: tuple[str, list[str]], small_bundle: Path
+) -> None:
+    """One code path: the ranked part of a live reply (before the bandit's exploration slots) is the
+    order the serving cores give in process for the same user features, fusion included."""
+    import numpy as np
+
+    from recstack.artifacts import load_bundle
+    from recstack.features.types import UserFeatures
+    from recstack.serving.ranker import Ranker, ranking_components
+    from recstack.serving.reranker import Reranker
+    from recstack.serving.retriever import Retriever
+
+    user, recent = known_user
+    reply = recommend(stack, gateway_pb2.RecommendRequest(user_id=user, k=10))
+    assert list(reply.stages) == ["features", "retrieval", "ranking", "rerank", "bandit"], dict(reply.skipped)
+    bundle = load_bundle(small_bundle)
+    uf = UserFeatures(user_id=user, recent_items=recent)
+    ids, _, comps = Retriever(bundle).retrieve(uf, 200, set(recent))
+    combined, per_task = Ranker(bundle).score(uf, ids)
+    comps = {**comps, **ranking_components(combined, per_task)}
+    order = np.argsort(-combined, kind="stable")
+    ranked = [ids[i] for i in order]
+    final_ids, final = Reranker(bundle).rerank(
+        uf, ranked, combined[order], components={k: np.asarray(v)[order] for k, v in comps.items()}
+    )
+    offline = dict(zip(final_ids, final, strict=True))
+    live = [x.item_id for x in reply.items][:8]  # the bandit explores at most 2 of the 10 slots
+    # the live chain carries scores as float32: allow ties to break the other way, nothing more
+    assert all(offline[a] >= offline[b] - 1e-4 for a, b in zip(live, live[1:], strict=False)), live
+    assert min(offline[x] for x in live) >= final[len(live) - 1] - 1e-4
+    assert set(live) <= set(final_ids[:10])
+
+
 async def test_impression_event_reaches_kafka(
     stack: dict[str, Service], known_user: tuple[str, list[str]], kafka_broker: str
 ) -> None:
