@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
 PAIR_MODELS = ("multitask", "ncf")
 FUSION_L2 = (1e-3, 1e-2, 1e-1)
-FUSION_MAX_LISTS = 20_000  # validation lists a fusion is fitted on (a seeded sample beyond that)
+FUSION_MAX_LISTS = 8_000  # validation lists (with their target) a fusion is fitted on; a seeded sample beyond
 
 
 class BundleDataMismatchError(ValueError):

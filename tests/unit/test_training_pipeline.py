@@ -145,3 +145,19 @@ def test_tune_searches_within_the_budget_and_train_reuses_the_params(tmp_path: P
     metrics = json.loads((vdir / "metrics.json").read_text())
     assert metrics["params"]["bpr_mf"] == result["params"]["bpr_mf"]
     assert load_bundle(vdir).model("bpr_mf").cfg.dim == result["params"]["bpr_mf"]["dim"]
+
+
+def test_retrieval_shares_are_chosen_on_validation_recall(tmp_path: Path) -> None:
+    from recstack.training.sequential_tasks import SASRecTaskConfig
+
+    cfg = tiny_config()
+    cfg.models["sasrec"] = ModelPlan(task=SASRecTaskConfig(max_len=5, dim=8, n_layers=1, n_heads=1, epochs=2))
+    vdir = train_bundle(SPEC, tmp_path, cfg)
+    retrieval = load_bundle(vdir).configs["retrieval"]
+    recall = {float(k): v for k, v in retrieval["valid_recall"].items()}
+    assert set(recall) == {0.0, 0.25, 0.5, 0.75, 1.0}
+    share = retrieval["sources"]["sasrec"]
+    assert retrieval["sources"]["two_tower"] == pytest.approx(1 - share)
+    assert recall[share] == max(recall.values())
+    pipeline = json.loads((vdir / "metrics.json").read_text())["pipeline"]
+    assert "sasrec" in pipeline["valid"]["orders"] and "sasrec_NDCG@10" in pipeline["stages_test"]
