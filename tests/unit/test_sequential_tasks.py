@@ -13,11 +13,11 @@ from recstack.data.schema import Dataset
 from recstack.evaluation import history_matrix, leave_one_out
 from recstack.models.sasrec import SASRec, SASRecConfig
 from recstack.training.sequential_tasks import (
-    cropped_windows,
     BERT4RecTaskConfig,
     GRU4RecTaskConfig,
     SASRecTaskConfig,
     build_task,
+    cropped_windows,
     full_softmax_loss,
     mask_windows,
     sampled_softmax_loss,
@@ -209,7 +209,6 @@ def test_fit_runs_sequential_task_end_to_end() -> None:
     result = fit(task, split, TrainerConfig(progress=False, **(cfg.trainer_overrides() | {"epochs": 5})))
     assert result.test["HR@10"] > 0.9
     assert result.test["users"] == split.n_users
-
 
 
 def test_batches_drop_columns_that_are_padding_in_every_row() -> None:

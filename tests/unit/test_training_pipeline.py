@@ -94,7 +94,10 @@ def test_same_data_and_seed_give_the_same_metrics_on_a_busy_machine(tmp_path: Pa
     finally:
         stop.set()
     for name, rec in quiet["models"].items():
-        assert busy["models"][name]["test"] == rec["test"] and busy["models"][name]["best_epoch"] == rec["best_epoch"]
+        assert (
+            busy["models"][name]["test"] == rec["test"]
+            and busy["models"][name]["best_epoch"] == rec["best_epoch"]
+        )
     assert busy["pipeline"]["test"] == quiet["pipeline"]["test"]
 
 
