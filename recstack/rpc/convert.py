@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from recstack.features.types import UserFeatures
+from recstack.serving.stages import components_by_name
 from recstack.v1 import common_pb2
 
 
@@ -50,18 +51,6 @@ def scored_items(
         if propensities is not None:
             msg.propensity = float(propensities[i])
         out.append(msg)
-    return out
-
-
-def components_by_name(
-    item_ids: Sequence[str], per_item: Mapping[str, Mapping[str, float]]
-) -> dict[str, np.ndarray]:
-    """{item: {name: score}} -> {name: scores [N] aligned with item_ids, NaN where an item lacks it}."""
-    names = sorted({name for i in item_ids for name in per_item.get(i, {})})
-    out = {name: np.full(len(item_ids), np.nan) for name in names}
-    for k, item in enumerate(item_ids):
-        for name, value in per_item.get(item, {}).items():
-            out[name][k] = value
     return out
 
 

@@ -10,6 +10,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from recstack.serving.batching import MicroBatcher, Overloaded
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -36,10 +38,12 @@ class ModelServicer:
     """
 
     what = "service"
+    batch_method = ""  # the core's batch method (e.g. "retrieve_many"); "" = no micro-batching
 
     def __init__(self, core: Any = None, version: str = ""):
         self.core = core
         self.version = version
+        self.batch = self.batcher(self.what, self.batch_method) if self.batch_method else None
 
     async def loaded_core(self, context: grpc.aio.ServicerContext) -> Any:
         """The current core; UNAVAILABLE while the bundle is still loading."""
@@ -49,6 +53,31 @@ class ModelServicer:
                 grpc.StatusCode.UNAVAILABLE, f"{self.what} is still loading its model bundle; retry shortly"
             )
         return core
+
+    def batcher(self, name: str, method: str, max_batch: int = 64, max_queue: int = 512) -> MicroBatcher:
+        """A micro-batcher over ``core.<method>(requests)`` of whichever core is loaded when a batch
+        starts; each result comes back with that core's bundle version."""
+
+        def run(requests: list) -> list:
+            core, version = self.core, self.version
+            return [(r, version) for r in getattr(core, method)(requests)]
+
+        return MicroBatcher(run, name, max_batch=max_batch, max_queue=max_queue)
+
+    async def call_batched(
+        self, context: grpc.aio.ServicerContext, batcher: MicroBatcher, request: Any
+    ) -> Any:
+        """``await batcher(request)`` -> (result, bundle version); a full queue aborts with
+        RESOURCE_EXHAUSTED, request errors with INVALID_ARGUMENT, anything else with INTERNAL."""
+        try:
+            return await batcher(request)
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry with backoff")
+        except Exception as exc:
+            if is_client_error(exc):
+                await abort_invalid(context, str(exc))
+            log.error("%s failed: %r", self.what, exc, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{self.what} failed: {type(exc).__name__}")
 
     async def call_core(self, context: grpc.aio.ServicerContext, method: Callable[..., T], *args: Any) -> T:
         """``method(*args)``; request errors (``is_client_error``) abort with INVALID_ARGUMENT and

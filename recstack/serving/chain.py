@@ -19,7 +19,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import grpc
 import numpy as np
 from prometheus_client import Counter, Histogram
 
@@ -147,8 +146,9 @@ class Stage(Protocol):
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a gRPC error (grpc.aio.AioRpcError)
+        return f"{getattr(code(), 'name', code())}: {details()}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -114,6 +114,26 @@ class Ranker:
             for row, i in enumerate(idx)
         ]
 
+    def rank_many(
+        self, requests: Sequence[tuple[UserFeatures, list[str], str | None, Mapping[str, float] | None]]
+    ) -> list[tuple[list[str], np.ndarray, dict[str, np.ndarray]]]:
+        """:meth:`rank` for requests (user, candidates, model, weights): one forward pass per
+        (model, weights) group."""
+        groups: dict[tuple, list[int]] = {}
+        for k, (_, _, model, weights) in enumerate(requests):
+            key = (model or self.default_model, tuple(sorted((weights or {}).items())))
+            groups.setdefault(key, []).append(k)
+        out: list = [None] * len(requests)
+        for (model, weights), ks in groups.items():
+            scored = self.score_batch(
+                [requests[k][0] for k in ks], [requests[k][1] for k in ks], model, dict(weights) or None
+            )
+            for k, (scores, probs) in zip(ks, scored, strict=True):
+                cands = requests[k][1]
+                order = np.argsort(-scores, kind="stable")
+                out[k] = ([cands[i] for i in order], scores[order], {t: p[order] for t, p in probs.items()})
+        return out
+
     def rank(
         self,
         user: UserFeatures,
@@ -126,6 +146,4 @@ class Ranker:
         Ties keep the candidates' input order. Unknown ids raise UnknownItemError; task weights
         naming an unknown task raise TaskWeightError (a ValueError).
         """
-        scores, probs = self.score(user, candidates, model, weights)
-        order = np.argsort(-scores, kind="stable")
-        return [candidates[i] for i in order], scores[order], {t: p[order] for t, p in probs.items()}
+        return self.rank_many([(user, candidates, model, weights)])[0]

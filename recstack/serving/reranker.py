@@ -263,33 +263,67 @@ class Reranker:
         earlier stages' named scores, each (C,) aligned with candidates (NaN where missing).
         ``model`` names a sequence model for the blend; None uses the bundle's method.
         """
-        upstream = np.asarray(upstream, dtype=np.float64)
-        if upstream.shape != (len(candidates),):
-            raise ValueError(
-                f"upstream must have one score per candidate: shape {upstream.shape}, "
-                f"{len(candidates)} candidates"
+        return self.rerank_many([(user, candidates, upstream, model, components)])[0]
+
+    def rerank_many(self, requests: Sequence[RerankRequest]) -> list[tuple[list[str], np.ndarray]]:
+        """:meth:`rerank` for many requests (user, candidates, upstream, model, components), with
+        one forward pass per sequence model for all of them."""
+        checked = [_checked(*r) for r in requests]
+        finals: list[np.ndarray | None] = [None] * len(checked)
+        fused = [k for k, r in enumerate(checked) if r[1] and r[3] is None and self.method != "blend"]
+        if fused:
+            part = [checked[k] for k in fused]
+            scores = self.stage_scores(
+                [r[0] for r in part], [r[1] for r in part], [r[4] for r in part], self.needed_scores()
             )
-        if not np.isfinite(upstream).all():
-            raise ValueError("upstream scores must be finite")
-        for name, values in (components or {}).items():
-            if np.shape(values) != (len(candidates),):
-                raise ValueError(f"component {name!r} must have one score per candidate")
-        if model is None and self.method != "blend":
-            if not candidates:
-                return [], upstream
-            scores = self.stage_scores([user], [candidates], [components or {}], self.needed_scores())[0]
-            final = self.final_scores(scores, upstream)
-        elif model is None and self.passthrough_default:
-            final = upstream
-        else:
+            for k, r, sc in zip(fused, part, scores, strict=True):
+                finals[k] = self.final_scores(sc, r[2])
+        blended: dict[str, list[int]] = {}
+        for k, (_, cands, upstream, model, _) in enumerate(checked):
+            if k in fused:
+                continue
+            if model is None and self.passthrough_default:
+                finals[k] = upstream
+                continue
             name = model or self.default_model
-            if not candidates:
+            if not cands:
                 self.model(name)
-                return [], upstream
-            seq = self.score(user, candidates, name)
-            if seq is None:
-                logger.debug("user %s has no known recent item: upstream order kept", user.user_id)
-                return list(candidates), upstream
-            final = blend_scores(seq, upstream, self.blend_weight(name))
-        order = np.argsort(-final, kind="stable")
-        return [candidates[i] for i in order], final[order]
+                continue
+            blended.setdefault(name, []).append(k)
+        keep: set[int] = set()  # returned as given: no candidates, or no known recent item to blend with
+        for name, ks in blended.items():
+            seqs = self.score_batch([checked[k][0] for k in ks], [checked[k][1] for k in ks], name)
+            for k, seq in zip(ks, seqs, strict=True):
+                if seq is None:
+                    keep.add(k)
+                else:
+                    finals[k] = blend_scores(seq, checked[k][2], self.blend_weight(name))
+        out = []
+        for k, ((_, cands, upstream, _, _), final) in enumerate(zip(checked, finals, strict=True)):
+            if final is None or k in keep:
+                out.append((list(cands), upstream))
+                continue
+            order = np.argsort(-final, kind="stable")
+            out.append(([cands[i] for i in order], final[order]))
+        return out
+
+
+RerankRequest = tuple[
+    UserFeatures, Sequence[str], np.ndarray, "str | None", "Mapping[str, np.ndarray] | None"
+]
+
+
+def _checked(user, candidates, upstream, model=None, components=None):
+    """One rerank request, validated: ValueError naming what is wrong."""
+    upstream = np.asarray(upstream, dtype=np.float64)
+    if upstream.shape != (len(candidates),):
+        raise ValueError(
+            f"upstream must have one score per candidate: shape {upstream.shape}, "
+            f"{len(candidates)} candidates"
+        )
+    if not np.isfinite(upstream).all():
+        raise ValueError("upstream scores must be finite")
+    for name, values in (components or {}).items():
+        if np.shape(values) != (len(candidates),):
+            raise ValueError(f"component {name!r} must have one score per candidate")
+    return user, list(candidates), upstream, model, dict(components or {})

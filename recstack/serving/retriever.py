@@ -186,6 +186,18 @@ class Retriever:
             out.append((ids, score.astype(np.float32), components))
         return out
 
+    def retrieve_many(self, requests: Sequence[tuple[UserFeatures, int, Collection[str]]]) -> list[Retrieved]:
+        """:meth:`retrieve` for requests (user, n, exclude) with different n: one search at the
+        largest n, each list cut to its own n (the merged top n does not depend on the rest)."""
+        if not requests:
+            return []
+        n_max = max(n for _, n, _ in requests)
+        got = self.retrieve_batch([u for u, _, _ in requests], n_max, [e for _, _, e in requests])
+        return [
+            (ids[:n], scores[:n], {k: v[:n] for k, v in comps.items()})
+            for (_, n, _), (ids, scores, comps) in zip(requests, got, strict=True)
+        ]
+
     def rank_sources(
         self, users: list[UserFeatures], n: int, excludes: Sequence[Collection[str]] | None = None
     ) -> list[dict[str, np.ndarray]]:

@@ -5,9 +5,10 @@ no candidates: cold start or retrieval failed) -> ranking -> rerank (only with r
 when the variant enables it) -> diversity (when the variant sets a method) -> bandit (when the
 variant has exploration slots). Each stage talks to a backend:
 
-- gRPC backends (``Grpc*``): production, one stub call with the stage's deadline;
-- in process: ``LocalBandit`` (the Thompson policy over an ``ArmCache``) or any object with the
-  backend's method (the backend protocols below; tests use small fakes).
+- gRPC backends (``recstack.rpc.backends.Grpc*``): each stage its own service, one stub call with
+  the stage's deadline;
+- in process (``recstack.serving.inprocess``): the same serving cores in the gateway process, or
+  any object with the backend's method (the backend protocols below; tests use small fakes).
 
 Every backend returns a ``StageResult``, so the same chain runs either way.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,19 +27,7 @@ from recstack.exploration.arms import ArmCache
 from recstack.exploration.segments import is_valid_segment
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
-from recstack.rpc.client import call
-from recstack.rpc.convert import components_by_name, scored_items, user_to_proto
 from recstack.serving.chain import FALLBACKS, RecommendState
-from recstack.v1 import (
-    bandit_pb2,
-    bandit_pb2_grpc,
-    ranking_pb2,
-    ranking_pb2_grpc,
-    rerank_pb2,
-    rerank_pb2_grpc,
-    retrieval_pb2,
-    retrieval_pb2_grpc,
-)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +42,18 @@ class StageResult:
     components: dict[str, dict[str, float]] = field(default_factory=dict)
     propensities: np.ndarray | None = None
     stale: bool = False
+
+
+def components_by_name(
+    item_ids: Sequence[str], per_item: Mapping[str, Mapping[str, float]]
+) -> dict[str, np.ndarray]:
+    """{item: {name: score}} -> {name: scores [N] aligned with item_ids, NaN where an item lacks it}."""
+    names = sorted({name for i in item_ids for name in per_item.get(i, {})})
+    out = {name: np.full(len(item_ids), np.nan) for name in names}
+    for k, item in enumerate(item_ids):
+        for name, value in per_item.get(item, {}).items():
+            out[name][k] = value
+    return out
 
 
 class FeatureSource(Protocol):
@@ -325,111 +326,6 @@ def build_stages(
         stages.append(DiversityStage(similarity, diversity_window, diversity_timeout_s))
     stages.append(BanditStage(bandit, bandit_timeout_s))
     return stages
-
-
-# --- gRPC backends ----------------------------------------------------------------------------
-
-
-def _components(items: Sequence[Any]) -> dict[str, dict[str, float]]:
-    return {x.item_id: dict(x.scores) for x in items if x.scores}
-
-
-def _result(items: Sequence[Any], version: str) -> StageResult:
-    return StageResult(
-        items=[x.item_id for x in items],
-        scores=np.asarray([x.score for x in items], dtype=np.float64),
-        version=version,
-        components=_components(items),
-    )
-
-
-class _GrpcBackend:
-    """One stub of ``stub_class`` over ``channel``; every call has the stage's deadline ``timeout_s``."""
-
-    stub_class: Callable[[Any], Any]
-
-    def __init__(self, channel: Any, timeout_s: float):
-        self.stub = self.stub_class(channel)
-        self.timeout_s = timeout_s
-
-
-class GrpcRetrieval(_GrpcBackend):
-    stub_class = retrieval_pb2_grpc.RetrievalStub
-
-    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
-        request = retrieval_pb2.RetrieveRequest(user=user_to_proto(user), n=n, exclude_items=list(exclude))
-        reply = await call(self.stub.Retrieve, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
-
-
-class GrpcRanking(_GrpcBackend):
-    stub_class = ranking_pb2_grpc.RankingStub
-
-    async def rank(
-        self,
-        user: UserFeatures,
-        items: Sequence[str],
-        scores: np.ndarray,
-        model: str,
-        weights: Mapping[str, float] | None = None,
-    ) -> StageResult:
-        request = ranking_pb2.RankRequest(
-            user=user_to_proto(user),
-            candidates=scored_items(items, scores),
-            model=model,
-            task_weights=dict(weights or {}),
-        )
-        reply = await call(self.stub.Rank, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
-
-
-class GrpcRerank(_GrpcBackend):
-    stub_class = rerank_pb2_grpc.RerankStub
-
-    async def rerank(
-        self,
-        user: UserFeatures,
-        items: Sequence[str],
-        scores: np.ndarray,
-        model: str,
-        components: Mapping[str, Mapping[str, float]] | None = None,
-    ) -> StageResult:
-        """Sends the candidates with the scores of earlier stages (``components``: {item: {name:
-        score}}), which the bundle's fusion reads."""
-        per_name = components_by_name(items, components or {})
-        request = rerank_pb2.RerankRequest(
-            user=user_to_proto(user), candidates=scored_items(items, scores, per_name), model=model
-        )
-        reply = await call(self.stub.Rerank, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
-
-
-class GrpcBandit(_GrpcBackend):
-    stub_class = bandit_pb2_grpc.BanditStub
-
-    async def explore(
-        self,
-        user: UserFeatures,
-        items: Sequence[str],
-        scores: np.ndarray,
-        k: int,
-        policy: str,
-        explore_slots: int,
-        segment: str = "",
-    ) -> StageResult:
-        request = bandit_pb2.ExploreRequest(
-            user=user_to_proto(user),
-            candidates=scored_items(items, scores),
-            k=k,
-            policy=policy,
-            explore_slots=explore_slots,
-            segment=segment,
-        )
-        reply = await call(self.stub.Explore, request, self.timeout_s)
-        result = _result(reply.items, reply.policy)
-        result.propensities = np.asarray([x.propensity for x in reply.items], dtype=np.float64)
-        result.stale = reply.stale_state
-        return result
 
 
 # --- in-process backend (no gRPC) -------------------------------------------------------------

@@ -112,9 +112,7 @@ def auto_plans(stats: DataStats) -> dict[str, ModelPlan]:
             TrainerConfig(epochs=30, lr=1e-3, patience=3),
             init_from="bpr_mf",
         ),
-        "sasrec": ModelPlan(
-            task=st.SASRecTaskConfig(lr=1e-3, dropout=dropout, attn_dropout=dropout, **seq)
-        ),
+        "sasrec": ModelPlan(task=st.SASRecTaskConfig(lr=1e-3, dropout=dropout, attn_dropout=dropout, **seq)),
         "gru4rec": ModelPlan(task=st.GRU4RecTaskConfig(lr=2e-3, dropout=dropout, **seq)),
         "bert4rec": ModelPlan(
             task=st.BERT4RecTaskConfig(

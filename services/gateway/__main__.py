@@ -13,12 +13,13 @@ from recstack.events.producer import EventProducer
 from recstack.experiments.config import ConfigWatcher, ExperimentConfigError, ExperimentsConfig
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
+from recstack.rpc.backends import GrpcBandit, GrpcRanking, GrpcRerank, GrpcRetrieval
 from recstack.rpc.client import insecure_channel
 from recstack.rpc.loading import start_reloader
-from recstack.rpc.server import StartupError, run
+from recstack.rpc.server import StartupError, limit_threads, run
 from recstack.rpc.settings import load_settings
 from recstack.serving.chain import Chain
-from recstack.serving.stages import GrpcBandit, GrpcRanking, GrpcRerank, GrpcRetrieval, build_stages
+from recstack.serving.stages import build_stages
 from recstack.v1 import gateway_pb2_grpc
 from services.gateway.monitoring import GatewayMonitor
 from services.gateway.servicer import (
@@ -57,6 +58,34 @@ async def watch_experiments(watcher: ConfigWatcher, recommender: Recommender, in
             log.exception("experiments watcher failed; keeping the current configuration")
 
 
+async def stage_backends(settings: GatewaySettings, channels: list) -> dict[str, object]:
+    """The backend of each stage: in process (the bundle's cores in this process, reloaded with the
+    bundle) or a gRPC stub over a new channel (appended to ``channels``)."""
+    grpc_backends = {
+        "retrieval": (GrpcRetrieval, settings.retrieval_addr, settings.retrieval_timeout_s),
+        "ranking": (GrpcRanking, settings.ranking_addr, settings.ranking_timeout_s),
+        "rerank": (GrpcRerank, settings.rerank_addr, settings.rerank_timeout_s),
+        "bandit": (GrpcBandit, settings.bandit_addr, settings.bandit_timeout_s),
+    }
+    local = [s for s in ("retrieval", "ranking", "rerank") if settings.in_process(s)]
+    out: dict[str, object] = {}
+    if local:
+        from recstack.rpc.loading import load_core
+        from recstack.serving.inprocess import InProcessStages
+
+        limit_threads()
+        cores, version = await asyncio.to_thread(load_core, settings.artifacts, InProcessStages.build)
+        in_process = InProcessStages.from_cores(cores, version)
+        start_reloader(settings.artifacts, settings.reload_s, InProcessStages.build, in_process.swap)
+        log.info("stages in process: %s (bundle %s)", ", ".join(local), version)
+        out.update({s: getattr(in_process, s) for s in local})
+    for stage, (backend, address, timeout_s) in grpc_backends.items():
+        if stage not in out:
+            channels.append(insecure_channel(address))
+            out[stage] = backend(channels[-1], timeout_s)
+    return out
+
+
 def main() -> int:
     settings = load_settings(GatewaySettings)
     servicer = GatewayServicer()
@@ -70,19 +99,13 @@ def main() -> int:
         redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         resources["redis"] = redis
         store = FeatureStore(redis, Keys(settings.redis_prefix))
-        for addr in (
-            settings.retrieval_addr,
-            settings.ranking_addr,
-            settings.rerank_addr,
-            settings.bandit_addr,
-        ):
-            channels.append(insecure_channel(addr))
+        backends = await stage_backends(settings, channels)
         stages = build_stages(
             store,
-            GrpcRetrieval(channels[0], settings.retrieval_timeout_s),
-            GrpcRanking(channels[1], settings.ranking_timeout_s),
-            GrpcRerank(channels[2], settings.rerank_timeout_s),
-            GrpcBandit(channels[3], settings.bandit_timeout_s),
+            backends["retrieval"],
+            backends["ranking"],
+            backends["rerank"],
+            backends["bandit"],
             lists.popularity,
             n_candidates=settings.n_candidates,
             features_timeout_s=settings.features_timeout_s,

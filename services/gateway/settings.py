@@ -39,8 +39,25 @@ class GatewaySettings(ModelServiceSettings):
     # Sliding window of the catalogue-coverage gauge (seconds).
     coverage_window_s: float = Field(3600.0, gt=0, validation_alias=env("RECSTACK_COVERAGE_WINDOW_S"))
 
-    @field_validator("retrieval_addr", "ranking_addr", "rerank_addr", "bandit_addr")
+    # "inprocess": retrieval, ranking and rerank run in the gateway's process (the same cores, micro-
+    # batched); "grpc": each stage is its own service at *_ADDR. A single stage can also be moved
+    # in-process with its address set to "inprocess".
+    stages: str = Field("grpc", pattern="^(grpc|inprocess)$", validation_alias=env("RECSTACK_STAGES"))
+
+    @field_validator("retrieval_addr", "ranking_addr", "rerank_addr")
+    @classmethod
+    def _stage_address(cls, value: str, info: object) -> str:
+        if value == "inprocess":
+            return value
+        name = getattr(info, "field_name", "address").upper()
+        return check_address(value, name)
+
+    @field_validator("bandit_addr")
     @classmethod
     def _address(cls, value: str, info: object) -> str:
         name = getattr(info, "field_name", "address").upper()
         return check_address(value, name)
+
+    def in_process(self, stage: str) -> bool:
+        """Whether ``stage`` (retrieval, ranking, rerank) runs in the gateway process."""
+        return self.stages == "inprocess" or getattr(self, f"{stage}_addr") == "inprocess"

@@ -16,11 +16,12 @@ class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
     """core: a ``Ranker`` (``rank(user, candidates, model, weights) -> (ids, scores, per_task)``)."""
 
     what = "ranking"
+    batch_method = "rank_many"
 
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
-        core = await self.loaded_core(context)
+        await self.loaded_core(context)
         model = request.model or "multitask"
         if model not in RANKING_MODELS:
             await abort_invalid(
@@ -33,8 +34,8 @@ class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
             await abort_invalid(context, "candidates[].item_id must not be empty")
         weights = dict(request.task_weights) or None
         user = user_from_proto(request.user)
-        ids, scores, per_task = await self.call_core(context, core.rank, user, candidates, model, weights)
-        components = ranking_components(scores, per_task or {})
-        return ranking_pb2.RankResponse(
-            items=scored_items(ids, scores, components), model_version=self.version
+        (ids, scores, per_task), version = await self.call_batched(
+            context, self.batch, (user, candidates, model, weights)
         )
+        components = ranking_components(scores, per_task or {})
+        return ranking_pb2.RankResponse(items=scored_items(ids, scores, components), model_version=version)

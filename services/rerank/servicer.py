@@ -13,14 +13,15 @@ RERANK_MODELS = ("sasrec", "gru4rec", "bert4rec")
 
 
 class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):
-    """core: a ``Reranker`` (``rerank(user, candidates, upstream, model, components) -> (ids, scores)``)."""
+    """core: a ``Reranker`` (``rerank_many([(user, candidates, upstream, model, components)])``)."""
 
     what = "rerank"
+    batch_method = "rerank_many"
 
     async def Rerank(
         self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext
     ) -> rerank_pb2.RerankResponse:
-        core = await self.loaded_core(context)
+        await self.loaded_core(context)
         if request.model and request.model not in RERANK_MODELS:
             await abort_invalid(
                 context,
@@ -31,13 +32,12 @@ class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):
         candidates = [c.item_id for c in request.candidates]
         upstream = np.asarray([c.score for c in request.candidates], dtype=np.float32)
         user = user_from_proto(request.user)
-        ids, scores = await self.call_core(
-            context,
-            core.rerank,
+        request_args = (
             user,
             candidates,
             upstream,
             request.model or None,
             components_from_proto(request.candidates),
         )
-        return rerank_pb2.RerankResponse(items=scored_items(ids, scores), model_version=self.version)
+        (ids, scores), version = await self.call_batched(context, self.batch, request_args)
+        return rerank_pb2.RerankResponse(items=scored_items(ids, scores), model_version=version)

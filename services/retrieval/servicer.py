@@ -15,17 +15,18 @@ class RetrievalServicer(ModelServicer, retrieval_pb2_grpc.RetrievalServicer):
     """core: a ``Retriever`` (``retrieve(user, n, exclude) -> (ids, scores, {source: scores})``)."""
 
     what = "retrieval"
+    batch_method = "retrieve_many"
 
     async def Retrieve(
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
-        core = await self.loaded_core(context)
+        await self.loaded_core(context)
         if not 1 <= request.n <= MAX_N:
             await abort_invalid(context, f"n must be between 1 and {MAX_N}, got {request.n}")
         user = user_from_proto(request.user)
-        ids, scores, components = await self.call_core(
-            context, core.retrieve, user, request.n, set(request.exclude_items)
+        (ids, scores, components), version = await self.call_batched(
+            context, self.batch, (user, request.n, set(request.exclude_items))
         )
         return retrieval_pb2.RetrieveResponse(
-            items=scored_items(ids, scores, components), model_version=self.version
+            items=scored_items(ids, scores, components), model_version=version
         )

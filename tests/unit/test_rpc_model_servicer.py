@@ -26,6 +26,9 @@ class FakeRanker:
         scores = np.arange(len(candidates), dtype=np.float64)
         return candidates[::-1], scores[::-1], {"click": scores[::-1] / 10}
 
+    def rank_many(self, requests: list) -> list:
+        return [self.rank(*r) for r in requests]
+
 
 @pytest.fixture
 async def stub_and_servicer() -> AsyncIterator[tuple[ranking_pb2_grpc.RankingStub, RankingServicer]]:
@@ -62,3 +65,42 @@ async def test_status_codes_of_a_model_servicer(
         await stub.Rank(request("boom"))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == "ranking failed: RuntimeError"
+
+
+class SlowRanker(FakeRanker):
+    """Holds every batch for a while, so that concurrent requests queue up behind it."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def rank_many(self, requests: list) -> list:
+        import time
+
+        self.batches.append(len(requests))
+        time.sleep(0.05)
+        return super().rank_many(requests)
+
+
+async def test_concurrent_requests_are_batched_and_a_full_queue_sheds_load(
+    stub_and_servicer: tuple[ranking_pb2_grpc.RankingStub, RankingServicer],
+) -> None:
+    import asyncio
+
+    stub, servicer = stub_and_servicer
+    core = SlowRanker()
+    servicer.core, servicer.version = core, "v1"
+    replies = await asyncio.gather(*(stub.Rank(request("a", str(k))) for k in range(12)))
+    assert all(len(r.items) == 2 for r in replies)
+    assert len(core.batches) < 12 and max(core.batches) > 1  # requests waiting behind a batch go together
+    # a bad request in a batch fails alone
+    mixed = await asyncio.gather(
+        *(stub.Rank(request("a", "bad" if k == 3 else str(k))) for k in range(8)), return_exceptions=True
+    )
+    assert [isinstance(r, grpc.aio.AioRpcError) for r in mixed] == [k == 3 for k in range(8)]
+    assert mixed[3].code() == grpc.StatusCode.INVALID_ARGUMENT
+    servicer.batch.max_queue = 2
+    shed = await asyncio.gather(*(stub.Rank(request("a", str(k))) for k in range(10)), return_exceptions=True)
+    codes = {r.code() for r in shed if isinstance(r, grpc.aio.AioRpcError)}
+    assert (
+        codes == {grpc.StatusCode.RESOURCE_EXHAUSTED} and sum(not isinstance(r, Exception) for r in shed) >= 2
+    )

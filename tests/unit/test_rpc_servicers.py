@@ -37,6 +37,9 @@ class FakeRetriever:
         scores = np.linspace(1, 0, len(items))
         return items, scores, {"two_tower": scores * 2}
 
+    def retrieve_many(self, requests: list) -> list:
+        return [self.retrieve(*r) for r in requests]
+
 
 class FakeReranker:
     def __init__(self) -> None:
@@ -51,6 +54,9 @@ class FakeReranker:
             raise UnknownItemError(unknown, "v1")
         order = np.argsort(upstream)  # reverse the upstream order
         return [candidates[i] for i in order], upstream[order]
+
+    def rerank_many(self, requests: list) -> list:
+        return [self.rerank(*r) for r in requests]
 
 
 class Arms:
