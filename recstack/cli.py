@@ -340,6 +340,46 @@ app.add_typer(ab_app, name="ab")
 DEFAULT_ML100K = "ml-100k"  # fetched into the cache when no directory is given
 
 
+@bench_app.command("serve")
+def bench_serve_cmd(
+    artifacts: Path | None = typer.Option(
+        None, "--artifacts", help="Bundle to serve (default: a small bundle on 10,000 synthetic items)."
+    ),
+    rates: str = typer.Option("25,50,100,200,300", "--rates", help="Offered requests/s, comma-separated."),
+    duration: float = typer.Option(15.0, "--duration", min=1.0, help="Seconds of load per rate and target."),
+    modes: str = typer.Option("split,inprocess", "--modes", help="split and/or inprocess."),
+    png: Path = typer.Option(Path("reports/bench/serve.png"), "--png", help="p99 against offered RPS."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+) -> None:
+    """The chain under open-loop load at fixed rates, beside the floor of its transport."""
+    import json
+    import logging
+
+    from recstack.devstack.serve_bench import plot, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        _fail(f"--rates must be numbers separated by commas, got {rates!r}")
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if not rate_list or any(r <= 0 for r in rate_list):
+        _fail(f"--rates must be positive numbers, got {rates!r}")
+    if not mode_list or set(mode_list) - {"split", "inprocess"}:
+        _fail(f"--modes must be split and/or inprocess, got {modes!r}")
+    report = run(artifacts, rate_list, duration, mode_list)
+    report["plot"] = str(plot(report, png))
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    for mode, data in report["modes"].items():
+        typer.echo(
+            f"{mode}: sustained {data['sustained_rps']['stack']:.0f} RPS (floor "
+            f"{data['sustained_rps']['floor']:.0f}), capacity_ratio {data['capacity_ratio']}, "
+            f"p99_ratio_at_100 {data.get('p99_ratio_at_100')}"
+        )
+
+
 @bench_app.command("quality")
 def bench_quality_cmd(
     data: list[str] = typer.Option(
@@ -549,11 +589,17 @@ def up_command(
     free_ports: bool = _FREE_OPT,
     train: bool = _TRAIN_OPT,
     run_dir: Path | None = _RUN_DIR_OPT,
+    stages: str = typer.Option(
+        "grpc", "--stages", help="grpc: each stage its own process; inprocess: stages inside the gateway."
+    ),
 ) -> None:
     """Run the whole stack locally (embedded Kafka/Redis unless KAFKA_BOOTSTRAP_SERVERS/REDIS_URL)."""
     from recstack.devstack.up import StackConfig, run_stack
 
+    if stages not in ("grpc", "inprocess"):
+        _fail(f"--stages must be grpc or inprocess, got {stages!r}")
     config = StackConfig.from_options(artifacts, port_offset, free_ports, train, run_dir)
+    config.stages = stages
     raise typer.Exit(run_stack(config))
 
 

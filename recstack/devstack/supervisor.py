@@ -53,6 +53,26 @@ class GrpcHealth:
 
 
 @dataclass(frozen=True)
+class PortOpen:
+    """Healthy when a TCP connection to `host:port` succeeds (servers without a health service)."""
+
+    host: str
+    port: int
+
+    def __call__(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def describe(self) -> str:
+        return f"a listener on {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class HttpHealth:
     """Healthy when GET `url` answers 200 (e.g. a Prometheus /metrics endpoint)."""
 
@@ -74,7 +94,7 @@ class ServiceSpec:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
-    health: GrpcHealth | HttpHealth | None = None
+    health: GrpcHealth | HttpHealth | PortOpen | None = None
 
 
 def grpc_serving(address: str, service: str = "", timeout: float = 1.0) -> bool:

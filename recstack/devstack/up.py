@@ -83,6 +83,9 @@ class StackConfig:
     health_timeout: float = 300.0
     grace: float = 15.0  # > the services' own drain grace (RECSTACK_GRACE_S, set to 3 s for children)
     event_partitions: int = 4
+    # "grpc": retrieval, ranking and rerank are processes of their own; "inprocess": they run inside
+    # the gateway (RECSTACK_STAGES=inprocess) and are not started.
+    stages: str = "grpc"
     # argv of each process; tests swap in fakes. Default: the same interpreter, `-m services.NAME`.
     command: Callable[[str], list[str]] = field(
         default=lambda name: [sys.executable, "-m", f"services.{name}"]
@@ -164,6 +167,15 @@ def _child_env(config: StackConfig, base: Mapping[str, str], **extra: str) -> di
     return env
 
 
+IN_GATEWAY = ("retrieval", "ranking", "rerank")
+
+
+def started(config: StackConfig) -> list[str]:
+    """The processes `config` starts, in start order."""
+    skip = IN_GATEWAY if config.stages == "inprocess" else ()
+    return [name for name in START_ORDER if name not in skip]
+
+
 def service_specs(
     config: StackConfig,
     ports: Mapping[str, tuple[int | None, int]],
@@ -183,7 +195,7 @@ def service_specs(
     }
     addr = {name: f"{config.host}:{ports[name][0]}" for name in STAGE_ADDR_ENV}
     specs = []
-    for name in START_ORDER:
+    for name in started(config):
         grpc_port, metrics_port = ports[name]
         extra = {**common, "RECSTACK_METRICS_PORT": str(metrics_port)}
         if grpc_port is not None:
@@ -193,6 +205,7 @@ def service_specs(
             health = HttpHealth(f"http://{config.host}:{metrics_port}/metrics")
         if name == "gateway":
             extra.update({STAGE_ADDR_ENV[s]: addr[s] for s in STAGE_ADDR_ENV})
+            extra["RECSTACK_STAGES"] = config.stages
         specs.append(ServiceSpec(name, config.command(name), _child_env(config, base, **extra), health))
     return specs
 
@@ -248,7 +261,7 @@ def stack(config: StackConfig, console: Console | None = None) -> Iterator[Runni
                     f"http://{config.host}:{ports[name][1]}/metrics",
                     run_dir / f"{name}.log",
                 )
-                for name in START_ORDER
+                for name in started(config)
             }
             running = RunningStack(
                 gateway=f"{config.host}:{ports['gateway'][0]}",

@@ -1,0 +1,242 @@
+"""``recstack bench serve``: the chain under an open-loop load, beside the floor of its transport.
+
+For each mode (``split``: five services as separate processes, as ``recstack up``; ``inprocess``:
+retrieval, ranking and rerank inside the gateway), the bench starts the real stack on free ports
+with a bundle (``--artifacts``; default: a bundle trained once with the small profile on a
+synthetic catalogue of 10,000 items, kept under reports/bench/serve-bundle), gives every user of
+the load recent items in Redis (so every stage runs), starts the floor (``recstack.devstack.floor``:
+a grpc.aio front that reads one Redis pipeline and calls four echo servers one after another,
+each its own process) and, at each offered rate, runs the load against the stack and then against
+the floor: requests at fixed intervals, whatever the replies (open loop), k = 10, a 1 s client
+deadline, after one second of warm-up at that rate.
+
+Per rate and target: achieved_rps (OK replies per second), p50/p95/p99 latency of the OK replies,
+errors by status code, degraded_share. Per target: sustained_rps, the highest offered rate with
+p99 < 200 ms, no errors and < 1 % degraded replies; then capacity_ratio = stack / floor
+sustained_rps and p99_ratio_at_100 (stack p99 / floor p99 at 100 RPS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATES = (25, 50, 100, 200, 300)
+DEFAULT_DATA = "synthetic:n_users=3000,n_items=10000"
+DEFAULT_BUNDLE = Path("reports/bench/serve-bundle")
+P99_LIMIT_MS = 200.0
+DEGRADED_LIMIT = 0.01
+RECENT_ITEMS = 20
+
+
+def default_bundle(path: Path = DEFAULT_BUNDLE, data: str = DEFAULT_DATA) -> Path:
+    """The default bench bundle (trained once with the small profile, then reused)."""
+    from recstack.devstack.bundle import bundle_exists
+    from recstack.training import TrainConfig, train_bundle
+
+    if not bundle_exists(path):
+        log.info("training the bench bundle on %s into %s", data, path)
+        config = TrainConfig.small()
+        config.progress = False
+        train_bundle(data, path, config)
+    return path
+
+
+def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> list[str]:
+    """Recent items for ``n_users`` users of the bundle (so that every stage runs); their ids."""
+    import redis
+
+    from recstack.artifacts import load_bundle
+    from recstack.features.keys import Keys
+
+    bundle = load_bundle(artifacts)
+    rng = random.Random(seed)
+    users = rng.sample(bundle.user_ids, min(n_users, len(bundle.user_ids)))
+    items = bundle.item_map.ids
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for user in users:
+            pipe.delete(keys.recent_items(user))
+            pipe.rpush(keys.recent_items(user), *rng.sample(items, min(RECENT_ITEMS, len(items))))
+        pipe.execute()
+    finally:
+        client.close()
+    return users
+
+
+async def open_loop(address: str, users: Sequence[str], rate: float, duration: float, k: int = 10,
+                    deadline: float = 1.0, warmup: float = 1.0) -> dict:  # fmt: skip
+    """Requests at fixed intervals for ``duration`` seconds (after ``warmup`` unrecorded seconds)."""
+    import grpc
+
+    from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        degraded = 0
+        n_warm, n = int(rate * warmup), int(rate * duration)
+        start = loop.time() + 0.05
+
+        async def one(i: int) -> None:
+            nonlocal degraded
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            request = gateway_pb2.RecommendRequest(user_id=users[i % len(users)], k=k)
+            t0 = time.perf_counter()
+            try:
+                reply = await stub.Recommend(request, timeout=deadline)
+            except grpc.aio.AioRpcError as exc:
+                if i >= n_warm:
+                    errors[exc.code().name] += 1
+                return
+            if i >= n_warm:
+                latencies.append(time.perf_counter() - t0)
+                degraded += bool(reply.degraded)
+
+        await asyncio.gather(*(one(i) for i in range(n_warm + n)))
+    lat = np.asarray(latencies) * 1000.0
+    q = (lambda p: round(float(np.percentile(lat, p)), 2)) if len(lat) else (lambda p: None)
+    return {
+        "offered_rps": rate,
+        "achieved_rps": round(len(lat) / duration, 2),
+        "p50_ms": q(50),
+        "p95_ms": q(95),
+        "p99_ms": q(99),
+        "errors": dict(errors),
+        "degraded_share": round(degraded / max(1, len(lat)), 4),
+        "requests": n,
+    }
+
+
+def sustained(per_rate: dict, target: str) -> float:
+    """The highest offered rate with p99 < 200 ms, no errors and < 1 % degraded (0 if none)."""
+    ok = [
+        float(rate)
+        for rate, r in per_rate.items()
+        if r[target]["p99_ms"] is not None
+        and r[target]["p99_ms"] < P99_LIMIT_MS
+        and not r[target]["errors"]
+        and r[target]["degraded_share"] < DEGRADED_LIMIT
+    ]
+    return max(ok, default=0.0)
+
+
+@contextlib.contextmanager
+def floor_servers(redis_url: str, run_dir: Path) -> Iterator[str]:
+    """The floor's front and four echo servers as processes; yields the front's address."""
+    from recstack.devstack.embedded import free_port
+    from recstack.devstack.supervisor import PortOpen, ServiceSpec, Supervisor
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ports = [free_port("127.0.0.1") for _ in range(5)]
+    with Supervisor(run_dir, grace=5.0, cwd=run_dir) as sup:
+        for k, port in enumerate(ports[1:]):
+            argv = [sys.executable, "-m", "recstack.devstack.floor", "echo", "--port", str(port)]
+            sup.start(ServiceSpec(f"floor-echo-{k}", argv, env, PortOpen("127.0.0.1", port)))
+        echoes = ",".join(f"127.0.0.1:{p}" for p in ports[1:])
+        argv = [sys.executable, "-m", "recstack.devstack.floor", "front", "--port", str(ports[0]),
+                "--redis", redis_url, "--echo", echoes]  # fmt: skip
+        sup.start(ServiceSpec("floor-front", argv, env, PortOpen("127.0.0.1", ports[0])))
+        sup.wait_healthy(timeout=60)
+        yield f"127.0.0.1:{ports[0]}"
+
+
+def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int) -> dict:
+    """One mode: the stack and the floor measured interleaved at each rate."""
+    from rich.console import Console
+
+    from recstack.devstack.up import StackConfig, stack
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"recstack-bench-serve-{mode}-"))
+    config = StackConfig(artifacts=artifacts, free_ports=True, train=False, run_dir=run_dir, stages=mode)
+    per_rate: dict = {}
+    with stack(config, Console(stderr=True, quiet=True)) as running:
+        load_users = seed_redis(running.redis_url, artifacts, users)
+        with floor_servers(running.redis_url, run_dir / "floor") as floor:
+            for rate in rates:
+                entry = {}
+                for target, address in (("stack", running.gateway), ("floor", floor)):
+                    entry[target] = asyncio.run(open_loop(address, load_users, rate, duration))
+                    log.info("%s %s at %s RPS: %s", mode, target, rate, entry[target])
+                per_rate[f"{rate:g}"] = entry
+    out: dict = {"per_rate": per_rate}
+    out["sustained_rps"] = {t: sustained(per_rate, t) for t in ("stack", "floor")}
+    floor_rps = out["sustained_rps"]["floor"]
+    out["capacity_ratio"] = round(out["sustained_rps"]["stack"] / floor_rps, 3) if floor_rps else None
+    at_100 = per_rate.get("100")
+    if at_100 and at_100["stack"]["p99_ms"] and at_100["floor"]["p99_ms"]:
+        out["p99_ratio_at_100"] = round(at_100["stack"]["p99_ms"] / at_100["floor"]["p99_ms"], 2)
+    return out
+
+
+def run(
+    artifacts: Path | None = None,
+    rates: Sequence[float] = DEFAULT_RATES,
+    duration: float = 15.0,
+    modes: Sequence[str] = ("split", "inprocess"),
+    users: int = 1000,
+) -> dict:
+    """The JSON document of ``recstack bench serve``."""
+    from recstack.artifacts import load_bundle
+
+    artifacts = Path(artifacts) if artifacts is not None else default_bundle()
+    bundle = load_bundle(artifacts)
+    report: dict = {
+        "artifacts": str(artifacts),
+        "bundle": bundle.version,
+        "catalogue_items": len(bundle.item_map),
+        "rates": list(rates),
+        "duration_s": duration,
+        "k": 10,
+        "client_deadline_s": 1.0,
+        "cpus": os.cpu_count(),
+        "modes": {},
+    }
+    for mode in modes:
+        report["modes"][mode] = run_mode(
+            "grpc" if mode == "split" else mode, artifacts, rates, duration, users
+        )
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def plot(report: dict, path: Path) -> Path:
+    """p99 latency against offered RPS: each mode's stack and its floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for mode, data in report["modes"].items():
+        rates = [float(r) for r in data["per_rate"]]
+        for target, style in (("stack", "-o"), ("floor", "--x")):
+            p99 = [data["per_rate"][r][target]["p99_ms"] or np.nan for r in data["per_rate"]]
+            ax.plot(rates, p99, style, label=f"{mode} {target}")
+    ax.axhline(P99_LIMIT_MS, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("offered requests/s")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
