@@ -16,6 +16,7 @@ import torch
 from recstack.features.types import UserFeatures
 from recstack.models.multitask import MultiTaskRanker, combine
 from recstack.models.ncf import NeuMF
+from recstack.serving.candidates import floor_score, known_positions
 from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
 
@@ -123,15 +124,20 @@ class Ranker:
         for k, (_, _, model, weights) in enumerate(requests):
             key = (model or self.default_model, tuple(sorted((weights or {}).items())))
             groups.setdefault(key, []).append(k)
+        split = [known_positions(self.bundle.item_map, r[1], "ranking") for r in requests]
+        known = [[r[1][i] for i in pos] for r, (pos, _) in zip(requests, split, strict=True)]
         out: list = [None] * len(requests)
         for (model, weights), ks in groups.items():
             scored = self.score_batch(
-                [requests[k][0] for k in ks], [requests[k][1] for k in ks], model, dict(weights) or None
+                [requests[k][0] for k in ks], [known[k] for k in ks], model, dict(weights) or None
             )
             for k, (scores, probs) in zip(ks, scored, strict=True):
-                cands = requests[k][1]
                 order = np.argsort(-scores, kind="stable")
-                out[k] = ([cands[i] for i in order], scores[order], {t: p[order] for t, p in probs.items()})
+                ids = [known[k][i] for i in order]
+                unknown = [requests[k][1][i] for i in split[k][1]]  # ranked last, upstream order kept
+                tail = np.full(len(unknown), floor_score(scores))
+                probs = {t: np.concatenate([p[order], np.zeros(len(unknown))]) for t, p in probs.items()}
+                out[k] = (ids + unknown, np.concatenate([scores[order], tail]), probs)
         return out
 
     def rank(
@@ -143,7 +149,8 @@ class Ranker:
     ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
         """(ids sorted by combined score desc, combined scores, {task: probabilities}) all in that order.
 
-        Ties keep the candidates' input order. Unknown ids raise UnknownItemError; task weights
+        Ties keep the candidates' input order. Ids the bundle does not know come last (in their
+        input order, scored below the rest; ``recstack.serving.candidates``); task weights
         naming an unknown task raise TaskWeightError (a ValueError).
         """
         return self.rank_many([(user, candidates, model, weights)])[0]

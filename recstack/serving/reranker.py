@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from recstack.features.types import UserFeatures
+from recstack.serving.candidates import floor_score, known_positions
 from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
 from recstack.serving.fusion import Fusion, standardize
@@ -268,7 +269,12 @@ class Reranker:
     def rerank_many(self, requests: Sequence[RerankRequest]) -> list[tuple[list[str], np.ndarray]]:
         """:meth:`rerank` for many requests (user, candidates, upstream, model, components), with
         one forward pass per sequence model for all of them."""
-        checked = [_checked(*r) for r in requests]
+        full = [_checked(*r) for r in requests]
+        split = [known_positions(self.bundle.item_map, r[1], "rerank") for r in full]
+        checked = [
+            (u, [c[i] for i in pos], up[pos], m, {n: v[pos] for n, v in comps.items()})
+            for (u, c, up, m, comps), (pos, _) in zip(full, split, strict=True)
+        ]
         finals: list[np.ndarray | None] = [None] * len(checked)
         fused = [k for k, r in enumerate(checked) if r[1] and r[3] is None and self.method != "blend"]
         if fused:
@@ -301,10 +307,12 @@ class Reranker:
         out = []
         for k, ((_, cands, upstream, _, _), final) in enumerate(zip(checked, finals, strict=True)):
             if final is None or k in keep:
-                out.append((list(cands), upstream))
-                continue
-            order = np.argsort(-final, kind="stable")
-            out.append(([cands[i] for i in order], final[order]))
+                ids, scores = list(cands), upstream
+            else:
+                order = np.argsort(-final, kind="stable")
+                ids, scores = [cands[i] for i in order], final[order]
+            unknown = [full[k][1][i] for i in split[k][1]]  # ranked last, upstream order kept
+            out.append((ids + unknown, np.concatenate([scores, np.full(len(unknown), floor_score(scores))])))
         return out
 
 

@@ -93,13 +93,16 @@ def test_blend_weight_mixes_standardised_scores() -> None:
     np.testing.assert_allclose(scores, [0.4, -0.4])
 
 
-def test_unknown_candidates_and_models_raise() -> None:
+def test_unknown_candidates_go_last_and_unknown_models_raise() -> None:
+    from recstack.serving.candidates import UNKNOWN_CANDIDATES
+
     rr = Reranker(FakeBundle({"sasrec": SuccessorModel()}))
-    with pytest.raises(UnknownItemError, match="'zz'") as info:
-        rr.rerank(user("m1"), ["m1", "zz"], np.zeros(2))
-    assert info.value.item_ids == ["zz"]
-    with pytest.raises(UnknownItemError):  # even for a cold user
-        rr.rerank(user(), ["zz"], np.zeros(1))
+    before = UNKNOWN_CANDIDATES.labels("rerank")._value.get()
+    # an item newer than the bundle (or from the stream's popularity list) never fails the list
+    ids, scores = rr.rerank(user("m1"), ["zz", "m5", "m2", "yy"], np.array([9.0, 1.0, 0.5, 8.0]))
+    assert ids == ["m2", "m5", "zz", "yy"] and scores[2] == scores[3] < scores[1]
+    assert UNKNOWN_CANDIDATES.labels("rerank")._value.get() == before + 2
+    assert rr.rerank(user(), ["zz"], np.zeros(1))[0] == ["zz"]  # a cold user too
     with pytest.raises(UnknownModelError, match="gru4rec"):
         rr.rerank(user("m1"), ["m1"], np.zeros(1), model="gru4rec")
     with pytest.raises(UnknownModelError, match="not a sequential model"):

@@ -34,6 +34,9 @@ class FakeRanker:
         order = np.argsort(-scores)
         return [candidates[i] for i in order], scores[order], {"click": scores[order] / 10}
 
+    def rank_many(self, requests: list) -> list:
+        return [self.rank(*r) for r in requests]
+
 
 def settings(metrics: bool = True) -> ServiceSettings:
     return ServiceSettings(

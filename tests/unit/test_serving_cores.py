@@ -8,7 +8,6 @@ import torch
 
 from recstack.artifacts import load_bundle
 from recstack.features.types import UserFeatures
-from recstack.serving.errors import UnknownItemError
 from recstack.serving.features_adapter import user_features_to_arrays, user_features_to_tensors
 from recstack.serving.ranker import Ranker
 from recstack.serving.retriever import Retriever, merge_ranked
@@ -124,7 +123,7 @@ def test_ranker_sorts_candidates(bundle, model: str) -> None:
         assert np.allclose(s2, p2["like"]) and np.all(np.diff(p2["like"]) <= 0)
 
 
-def test_ranker_unknown_items(bundle) -> None:
-    with pytest.raises(UnknownItemError, match="'bogus'") as err:
-        Ranker(bundle).rank(USER, ["i1", "bogus"])
-    assert isinstance(err.value, ValueError) and err.value.item_ids == ["bogus"]
+def test_ranker_ranks_unknown_items_last(bundle) -> None:
+    ids, scores, probs = Ranker(bundle).rank(USER, ["bogus", "i1", "i3", "new"])
+    assert sorted(ids[:2]) == ["i1", "i3"] and ids[2:] == ["bogus", "new"]  # upstream order kept
+    assert scores[2] == scores[3] < scores[1] and probs["click"][2:].tolist() == [0.0, 0.0]
