@@ -301,3 +301,31 @@ def test_missing_bundle_and_busy_port_exit_2(tmp_path: Path, redis_server: str) 
     err = done.stderr.decode().strip()
     assert "already in use" in err and "RECSTACK_PORT" in err
     assert len(err.splitlines()) == 1
+
+
+def test_gateway_with_in_process_stages(
+    small_bundle: Path, redis_server: str, known_user: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """RECSTACK_STAGES=inprocess: retrieval, ranking and rerank run inside the gateway (only the
+    bandit is another process) and the reply is the same chain's."""
+    services = service_stack(
+        small_bundle, redis_server, tmp_path, stage_timeout_s=3, RECSTACK_STAGES="inprocess"
+    )
+    wanted = [services["bandit"], services["gateway"]]
+    try:
+        start_all(wanted)
+        user, recent = known_user
+        reply = recommend(services, gateway_pb2.RecommendRequest(user_id=user, k=10))
+        assert list(reply.stages) == ["features", "retrieval", "ranking", "rerank", "bandit"], dict(
+            reply.skipped
+        )
+        assert (
+            not reply.degraded
+            and len(reply.items) == 10
+            and not set(recent) & {x.item_id for x in reply.items}
+        )
+        version = (small_bundle / "CURRENT").read_text().strip()
+        assert reply.model_versions["retrieval"] == reply.model_versions["rerank"] == version
+        assert "recstack_batch_size_bucket" in metrics(services["gateway"])  # micro-batched in process
+    finally:
+        stop_all(wanted)
