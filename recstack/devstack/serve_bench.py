@@ -10,6 +10,10 @@ each its own process) and, at each offered rate, runs the load against the stack
 the floor: requests at fixed intervals, whatever the replies (open loop), k = 10, a 1 s client
 deadline, after one second of warm-up at that rate.
 
+Hot swap (the last mode): at 50 RPS, a new bundle version is promoted (``CURRENT`` moved) 5 s in;
+the bench reports failed calls, degraded share, replies whose stages ran different versions and
+how long until every stage answered with the new version (``hot_swap``).
+
 Per rate and target: achieved_rps (OK replies per second), p50/p95/p99 latency of the OK replies,
 errors by status code, degraded_share. Per target: sustained_rps, the highest offered rate with
 p99 < 200 ms, no errors and < 1 % degraded replies; then capacity_ratio = stack / floor
@@ -158,7 +162,70 @@ def floor_servers(redis_url: str, run_dir: Path) -> Iterator[str]:
         yield f"127.0.0.1:{ports[0]}"
 
 
-def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int) -> dict:
+async def hot_swap_load(address: str, users: Sequence[str], artifacts: Path, rate: float = 50.0,
+                        duration: float = 45.0, promote_at: float = 5.0) -> dict:  # fmt: skip
+    """Open-loop load while a new bundle version is promoted (``CURRENT`` moved to a copy of the
+    current version under a new name) ``promote_at`` seconds in: failed calls, degraded replies,
+    replies whose stages ran different versions, and when every stage answered with the new one."""
+    import shutil
+
+    import grpc
+
+    from recstack.artifacts import write_current
+    from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+
+    old = (artifacts / "CURRENT").read_text().strip()
+    new = f"{old}-swap"
+    shutil.copytree(artifacts / old, artifacts / new)
+    manifest = artifacts / new / "manifest.json"
+    import json
+
+    data = json.loads(manifest.read_text())
+    data["version"] = new
+    manifest.write_text(json.dumps(data))
+    records: list[tuple[float, str, bool, tuple[str, ...]]] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        stages = ("retrieval", "ranking", "rerank")
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+            request = gateway_pb2.RecommendRequest(user_id=users[i % len(users)], k=10)
+            t = loop.time() - start
+            try:
+                reply = await stub.Recommend(request, timeout=1.0)
+            except grpc.aio.AioRpcError as exc:
+                records.append((t, exc.code().name, False, ()))
+                return
+            records.append((t, "OK", reply.degraded, tuple(reply.model_versions.get(s, "") for s in stages)))
+
+        async def promote() -> None:
+            await asyncio.sleep(promote_at)
+            await asyncio.to_thread(write_current, artifacts, new)
+
+        await asyncio.gather(promote(), *(one(i) for i in range(int(rate * duration))))
+    records.sort()
+    ok = [r for r in records if r[1] == "OK"]
+    mixed = sum(1 for r in ok if len(set(r[3])) > 1)
+    late_old = [t for t, _, _, v in ok if any(x != new for x in v)]
+    all_new_after = (max(late_old) - promote_at) if late_old and max(late_old) > promote_at else 0.0
+    return {
+        "offered_rps": rate,
+        "duration_s": duration,
+        "promoted_at_s": promote_at,
+        "failed": sum(1 for r in records if r[1] != "OK"),
+        "errors": dict(Counter(r[1] for r in records if r[1] != "OK")),
+        "degraded_share": round(sum(1 for r in ok if r[2]) / max(1, len(ok)), 4),
+        "mixed_version_replies": mixed,
+        "every_stage_new_after_s": round(all_new_after, 2),
+        "new_version_seen": any(all(x == new for x in r[3]) for r in ok),
+    }
+
+
+def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
+             hot_swap: bool = False) -> dict:  # fmt: skip
     """One mode: the stack and the floor measured interleaved at each rate."""
     from rich.console import Console
 
@@ -176,7 +243,10 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
                     entry[target] = asyncio.run(open_loop(address, load_users, rate, duration))
                     log.info("%s %s at %s RPS: %s", mode, target, rate, entry[target])
                 per_rate[f"{rate:g}"] = entry
+        swap = asyncio.run(hot_swap_load(running.gateway, load_users, artifacts)) if hot_swap else None
     out: dict = {"per_rate": per_rate}
+    if swap is not None:
+        out["hot_swap"] = swap
     out["sustained_rps"] = {t: sustained(per_rate, t) for t in ("stack", "floor")}
     floor_rps = out["sustained_rps"]["floor"]
     out["capacity_ratio"] = round(out["sustained_rps"]["stack"] / floor_rps, 3) if floor_rps else None
@@ -194,12 +264,19 @@ def run(
     users: int = 1000,
 ) -> dict:
     """The JSON document of ``recstack bench serve``."""
-    from recstack.artifacts import load_bundle
+    import shutil
 
-    artifacts = Path(artifacts) if artifacts is not None else default_bundle()
-    bundle = load_bundle(artifacts)
+    from recstack.artifacts import load_bundle
+    from recstack.artifacts.bundle import resolve_version_dir
+
+    source = resolve_version_dir(Path(artifacts) if artifacts is not None else default_bundle())
+    bundle = load_bundle(source)
+    # a private artifacts root: the hot-swap run promotes a new version in it
+    artifacts = Path(tempfile.mkdtemp(prefix="recstack-bench-serve-artifacts-"))
+    shutil.copytree(source, artifacts / source.name)
+    (artifacts / "CURRENT").write_text(source.name + "\n")
     report: dict = {
-        "artifacts": str(artifacts),
+        "artifacts": str(source),
         "bundle": bundle.version,
         "catalogue_items": len(bundle.item_map),
         "rates": list(rates),
@@ -210,8 +287,9 @@ def run(
         "modes": {},
     }
     for mode in modes:
+        stages = "grpc" if mode == "split" else mode
         report["modes"][mode] = run_mode(
-            "grpc" if mode == "split" else mode, artifacts, rates, duration, users
+            stages, artifacts, rates, duration, users, hot_swap=mode == modes[-1]
         )
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return report
