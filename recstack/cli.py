@@ -380,6 +380,30 @@ def bench_serve_cmd(
         )
 
 
+@bench_app.command("retrieval")
+def bench_retrieval_cmd(
+    items: int = typer.Option(1_000_000, "--items", min=1000, help="Catalogue size (synthetic vectors)."),
+    dim: int = typer.Option(64, "--dim", min=2),
+    k: int = typer.Option(100, "--k", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+) -> None:
+    """Approximate retrieval index (as a bundle of this size would choose it) against exact search."""
+    import json
+    import logging
+
+    from recstack.serving.ann import run_bench
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_bench(items, dim, k=k)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    typer.echo(
+        f"{result['index']}: recall@{k} {result[f'recall@{k}']}, {result['speedup']}x exact's queries/s, "
+        f"retrieval core p99 {result['core_single_request']['p99_ms']} ms"
+    )
+
+
 @bench_app.command("quality")
 def bench_quality_cmd(
     data: list[str] = typer.Option(

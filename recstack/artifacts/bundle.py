@@ -114,11 +114,13 @@ def save_bundle(
     serving: dict[str, Any] | None = None,
     created_at: Mapping[str, int] | None = None,
     update_current: bool = True,
+    indexes: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a new version directory under ``out_dir`` (and point CURRENT at it); return its path.
 
     ``models``: name -> module (classes known to :mod:`recstack.artifacts.registry`);
     ``serving``: settings the serving cores read (e.g. ``{"rerank": {"blend": 0.6}}``);
+    ``indexes``: trained FAISS indexes of retrieval sources (``index-<source>.faiss``);
     ``created_at``: item id -> creation time (unix s); catalog.json keeps the entries of
     ``item_ids`` (items without one are left out).
     The version directory is written under a temporary name and renamed when complete.
@@ -148,6 +150,10 @@ def save_bundle(
             catalog_dict(item_ids, item_genres, titles, genre_vocab, popularity, created_at),
         )
         _write_json(tmp / "users.json", {"user_ids": list(user_ids)})
+        for name, index in (indexes or {}).items():
+            import faiss
+
+            faiss.write_index(index, str(tmp / f"index-{name}.faiss"))
         _write_json(tmp / "metrics.json", metrics)
         _write_json(
             tmp / "manifest.json",
@@ -234,6 +240,7 @@ class Bundle:
         self.item_genres = ItemGenres.from_lists(lists, self.genre_vocab)
         self._created_at = _created_at_map(self.catalog.get("created_at"), self.path)
         self._models: dict[str, torch.nn.Module] = {}
+        self._indexes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -244,6 +251,7 @@ class Bundle:
         user_ids: list[str],
         serving: Mapping[str, Any] | None = None,
         version: str = "in-memory",
+        indexes: Mapping[str, Any] | None = None,
     ) -> Bundle:
         """A bundle over modules held in memory (training evaluates the serving cores on the models
         it has just trained, before anything is written). The modules are used as they are."""
@@ -256,6 +264,7 @@ class Bundle:
         bundle = cls(path=None, manifest=manifest, catalog=catalog, user_ids=list(user_ids), metrics={})
         for name, module in models.items():
             bundle._models[name] = module.eval()
+        bundle._indexes = dict(indexes or {})
         return bundle
 
     @property
@@ -290,6 +299,26 @@ class Bundle:
                 else _read_json(self.path / f"{name}.json")
             )
         return out
+
+    def index(self, source: str) -> Any:
+        """The trained FAISS index of retrieval source ``source`` recorded in
+        ``serving.retrieval.index``, or None (the source is searched exactly)."""
+        spec = (self.manifest.get("serving", {}).get("retrieval", {}).get("index") or {}).get(source)
+        if not spec or spec.get("kind") == "exact":
+            return None
+        if source in self._indexes:
+            return self._indexes[source]
+        if self.path is None:
+            return None
+        from recstack.serving.ann import load_index
+
+        path = self.path / f"index-{source}.faiss"
+        if not path.is_file():
+            raise BundleError(
+                f"bundle file {path} is missing (serving.retrieval.index names it); {CREATE_HINT}"
+            )
+        self._indexes[source] = load_index(path, spec)
+        return self._indexes[source]
 
     def model(self, name: str) -> torch.nn.Module:
         """The module ``name`` built from its config with its weights (weights-only), eval mode.

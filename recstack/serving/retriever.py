@@ -7,8 +7,9 @@ A source is a model that scores items by an inner product of a user vector and i
   against its output item embeddings, with the per-item bias as one more dimension (user side 1),
   so that the index returns exactly the model's top items.
 
-Each index is ``IndexIDMap(IndexFlatIP)`` with the item indices 1..n as FAISS ids. The bundle's
-``serving.retrieval.sources`` gives every source a share of the list (``{"two_tower": 0.5,
+Each index is exact (``IndexIDMap(IndexFlatIP)``) unless the bundle holds a trained approximate
+index for the source (large catalogues, ``recstack.serving.ann``); FAISS ids are the item indices.
+The bundle's ``serving.retrieval.sources`` gives every source a share of the list (``{"two_tower": 0.5,
 "sasrec": 0.5}``; without it, two_tower alone). The lists are merged by :func:`merge_ranked`: a
 candidate at rank r (0-based) of a source with share s has the key (r + 1) / s, and the n smallest
 keys win, so each source places about ``share * n`` of its best items and its first item is always
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from recstack.features.types import UserFeatures
+from recstack.serving.ann import exact_index
 from recstack.serving.errors import UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
 
@@ -66,13 +68,16 @@ def merged_score(keys: np.ndarray) -> np.ndarray:
 
 
 class _Source:
-    """User vectors and an exact inner-product index over item vectors (FAISS ids = item indices)."""
+    """User vectors and an inner-product index over item vectors (FAISS ids = item indices): exact
+    unless the bundle holds a trained index for the source (``recstack.serving.ann``)."""
 
     def __init__(self, name: str, item_vectors: np.ndarray):
         self.name = name
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)  # [n_items, D]
-        self.index = faiss.IndexIDMap(faiss.IndexFlatIP(self.item_vectors.shape[1]))
-        self.index.add_with_ids(self.item_vectors, np.arange(1, len(self.item_vectors) + 1, dtype=np.int64))
+        self.index: faiss.Index | None = None
+
+    def use_index(self, index: faiss.Index | None) -> None:
+        self.index = index if index is not None else exact_index(self.item_vectors)
 
     def user_vectors(self, users: list[UserFeatures], bundle) -> tuple[np.ndarray, np.ndarray]:
         """(vectors float32 [B, D], usable bool [B])."""
@@ -153,6 +158,8 @@ class Retriever:
                 raise UnknownModelError(
                     f"{name!r} cannot be a retrieval source; use two_tower or one of {SEQUENTIAL_SOURCES}"
                 )
+            index = bundle.index(name) if hasattr(bundle, "index") else None
+            self.sources[name].use_index(index)
         self.n_items = len(bundle.item_map)
         self._ids = bundle.item_map.ids
 

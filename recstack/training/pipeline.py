@@ -88,6 +88,7 @@ class TrainConfig:
     max_minutes: float | None = DEFAULT_MAX_MINUTES
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # from `recstack tune`, over the plans
     jobs: int = 1  # models trained side by side in worker processes (the result does not depend on it)
+    exact_max_items: int | None = None  # retrieval searched exactly up to this many items (ann default)
 
     def select(self, names: list[str]) -> TrainConfig:
         """A copy training only ``names``."""
@@ -256,6 +257,35 @@ def choose_retrieval(
     }
 
 
+def build_indexes(bundle, split, feats, n: int, users: np.ndarray | None, seed: int = 0,
+                  exact_max: int | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """({source: index spec}, {source: trained index}) for the bundle's retrieval sources: exact up
+    to ``exact_max`` items (``ann.EXACT_MAX_ITEMS``), else an IVF index whose nprobe reaches the
+    target recall@n against exact search on validation users' vectors."""
+    from recstack.serving.ann import EXACT_MAX_ITEMS, build_for_catalogue
+    from recstack.serving.retriever import Retriever
+    from recstack.training.bundle_eval import stage_users
+
+    exact_max = EXACT_MAX_ITEMS if exact_max is None else exact_max
+    retriever = Retriever(bundle)
+    specs: dict = {}
+    indexes: dict = {}
+    big = [name for name, src in retriever.sources.items() if len(src.item_vectors) > exact_max]
+    if not big:
+        return {name: {"kind": "exact"} for name in retriever.sources}, {}
+    _, feats_list, _ = stage_users(split, feats, "valid", users)
+    queries = feats_list[:1000]
+    for name, source in retriever.sources.items():
+        if name not in big:
+            specs[name] = {"kind": "exact"}
+            continue
+        vec, usable = source.user_vectors(queries, bundle)
+        indexes[name], specs[name] = build_for_catalogue(
+            source.item_vectors, vec[usable], k=n, seed=seed, exact_max=exact_max
+        )
+    return specs, indexes
+
+
 def ranker_candidates(bundle, split, feats, n: int, valid_users: np.ndarray | None):
     """Retrieval candidates of the validation sample and of every test user (for the rankers)."""
     from recstack.training.bundle_eval import pipeline_lists
@@ -294,10 +324,10 @@ class Catalog:
         )
         return cls(content, split.user_map.ids)
 
-    def bundle(self, models: dict, serving: dict | None = None):
+    def bundle(self, models: dict, serving: dict | None = None, indexes: dict | None = None):
         from recstack.artifacts.bundle import Bundle
 
-        return Bundle.in_memory(models, self.content, self.user_ids, serving)
+        return Bundle.in_memory(models, self.content, self.user_ids, serving, indexes=indexes)
 
 
 def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
@@ -336,13 +366,24 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     candidates = None
     first = [n for n in TRAIN_ORDER if n in config.models and n not in RANKERS]
     rankers = [n for n in TRAIN_ORDER if n in config.models and n in RANKERS]
+    indexes: dict = {}
+
+    def configure_retrieval() -> None:
+        serving["retrieval"] = choose_retrieval(
+            catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, _seq_scores(records)
+        )
+        specs, built = build_indexes(
+            catalog.bundle(trained, serving), split, feats, config.retrieve_n, valid_users, config.seed,
+            config.exact_max_items,
+        )  # fmt: skip
+        serving["retrieval"]["index"] = specs
+        indexes.update(built)
+
     for group in (first, rankers):
         if group is rankers and rankers and "two_tower" in trained:
-            serving["retrieval"] = choose_retrieval(
-                catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, _seq_scores(records)
-            )
+            configure_retrieval()
             candidates = ranker_candidates(
-                catalog.bundle(trained, serving), split, feats, config.retrieve_n, valid_users
+                catalog.bundle(trained, serving, indexes), split, feats, config.retrieve_n, valid_users
             )
         jobs = [
             Job(n, config.models[n], trainer_config(config.models[n], config), candidates, dict(trained))
@@ -363,9 +404,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
                 result.stopped_by,
             )
     if "two_tower" in trained and "retrieval" not in serving:
-        serving["retrieval"] = choose_retrieval(
-            catalog.bundle(trained), split, feats, config.retrieve_n, valid_users, _seq_scores(records)
-        )
+        configure_retrieval()
     metrics: dict = {
         "data_spec": data_spec,
         "split_fingerprint": split.fingerprint(),
@@ -383,7 +422,9 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     ]
     if config.pipeline and "two_tower" in trained:
         t1 = time.perf_counter()
-        pipe, rerank, _ = evaluate_pipeline(catalog.bundle(trained, serving), split, feats, config.retrieve_n)
+        pipe, rerank, _ = evaluate_pipeline(
+            catalog.bundle(trained, serving, indexes), split, feats, config.retrieve_n
+        )
         pipe["eval_seconds"] = round(time.perf_counter() - t1, 2)
         metrics["pipeline"] = pipe
         serving["rerank"] = rerank
@@ -404,6 +445,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
         serving=serving,
         created_at=catalog.content["created_at"],
         update_current=False,
+        indexes=indexes,
     )
     write_current(Path(out), vdir.name)
     return vdir

@@ -164,3 +164,20 @@ def test_retrieval_shares_are_chosen_on_validation_recall(tmp_path: Path) -> Non
     assert recall[share] == max(recall.values())
     pipeline = json.loads((vdir / "metrics.json").read_text())["pipeline"]
     assert "sasrec" in pipeline["valid"]["orders"] and "sasrec_NDCG@10" in pipeline["stages_test"]
+
+
+def test_large_catalogues_get_a_trained_ivf_index_saved_with_the_bundle(tmp_path: Path) -> None:
+    cfg = tiny_config()
+    cfg.exact_max_items = 10  # the 50-item synthetic catalogue counts as large here
+    vdir = train_bundle(SPEC, tmp_path, cfg)
+    spec = load_bundle(vdir).configs["retrieval"]["index"]["two_tower"]
+    assert spec["kind"] == "ivf" and 1 <= spec["nprobe"] <= spec["nlist"] and spec["recall"] >= 0.95
+    assert (vdir / "index-two_tower.faiss").is_file()
+    bundle = load_bundle(vdir)
+    import faiss
+
+    assert isinstance(faiss.downcast_index(bundle.index("two_tower")), faiss.IndexIVFFlat)
+    metrics = json.loads((vdir / "metrics.json").read_text())
+    assert evaluate_bundle(SPEC, tmp_path)["pipeline"]["NDCG@10"] == pytest.approx(
+        metrics["pipeline"]["test"]["NDCG@10"], abs=1e-9
+    )
