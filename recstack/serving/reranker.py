@@ -226,15 +226,27 @@ class Reranker:
         components: Sequence[Mapping[str, np.ndarray]],
         names: Sequence[str],
     ) -> list[Scores]:
-        """Per request, the scores ``names`` of its candidates: sequence models computed here (one
-        forward per model for the whole batch; absent for a user without a known recent item),
-        ``popularity`` from the bundle, anything else taken from the request's ``components``."""
+        """Per request, the scores ``names`` of its candidates: a sequence model's from the request's
+        ``components`` when the retrieval stage already computed them for every candidate (the same
+        function: the model's score of the recent items), else computed here (one forward per model
+        for the whole batch; absent for a user without a known recent item); ``popularity`` from
+        the bundle; anything else from ``components``."""
         out: list[Scores] = [{} for _ in users]
         for name in names:
             if name in SEQUENTIAL_MODELS:
-                for row, seq in enumerate(self.score_batch(users, candidates, name)):
-                    if seq is not None:
-                        out[row][name] = seq
+                given = [
+                    k
+                    for k, comp in enumerate(components)
+                    if name in comp and np.isfinite(np.asarray(comp[name], dtype=np.float64)).all()
+                ]
+                for k in given:
+                    out[k][name] = np.asarray(components[k][name], dtype=np.float64)
+                rest = [k for k in range(len(users)) if k not in set(given)]
+                if rest:
+                    scored = self.score_batch([users[k] for k in rest], [candidates[k] for k in rest], name)
+                    for k, seq in zip(rest, scored, strict=True):
+                        if seq is not None:
+                            out[k][name] = seq
             elif name == "popularity":
                 for row, cand in enumerate(candidates):
                     out[row][name] = self.popularity(self.candidate_indices(cand))

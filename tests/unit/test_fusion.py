@@ -110,3 +110,18 @@ def test_reranker_order_method_and_explicit_model_blend() -> None:
     assert rr.rerank(u, cands, up, model="sasrec")[0][0] == "m4"  # a variant naming a model: the blend
     with pytest.raises(ValueError, match="method must be one of"):
         Reranker(FakeBundle({"sasrec": SuccessorModel()}, configs={"rerank": {"method": "magic"}}))
+
+
+def test_sequence_scores_computed_by_retrieval_are_reused() -> None:
+    model = SuccessorModel()
+    seq_only = Fusion(["sasrec"], np.array([1.0, 0.0]))
+    rr = Reranker(
+        FakeBundle({"sasrec": model}, configs={"rerank": {"method": "fusion", "fusion": seq_only.to_dict()}})
+    )
+    cands, up = ["m2", "m5", "m9"], np.array([3.0, 2.0, 1.0])
+    u = UserFeatures("u1", recent_items=["m3"])
+    given = {"sasrec": np.array([0.0, 5.0, 1.0])}  # what the retrieval stage sent for every candidate
+    assert rr.rerank(u, cands, up, components=given)[0] == ["m5", "m9", "m2"]
+    assert model.seen == []  # no second forward pass
+    partial = {"sasrec": np.array([0.0, np.nan, 1.0])}  # incomplete: computed here instead
+    assert rr.rerank(u, cands, up, components=partial)[0][0] == "m5" and len(model.seen) == 1
