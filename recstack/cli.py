@@ -73,7 +73,7 @@ def train_command(
 
     from recstack.data import DataError
     from recstack.training import TrainConfig, train_bundle
-    from recstack.training.pipeline import UnknownModelNameError
+    from recstack.training.plans import UnknownModelNameError
     from recstack.training.tune import ParamsError, read_params
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -391,7 +391,7 @@ def bench_retrieval_cmd(
     import json
     import logging
 
-    from recstack.serving.ann import run_bench
+    from recstack.devstack.retrieval_bench import run_bench
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_bench(items, dim, k=k)

@@ -310,15 +310,18 @@ class Bundle:
             return self._indexes[source]
         if self.path is None:
             return None
-        from recstack.serving.ann import load_index
+        import faiss
 
         path = self.path / f"index-{source}.faiss"
         if not path.is_file():
             raise BundleError(
                 f"bundle file {path} is missing (serving.retrieval.index names it); {CREATE_HINT}"
             )
-        self._indexes[source] = load_index(path, spec)
-        return self._indexes[source]
+        index = faiss.read_index(str(path))
+        if spec.get("kind") == "ivf":
+            faiss.extract_index_ivf(index).nprobe = int(spec["nprobe"])
+        self._indexes[source] = index
+        return index
 
     def model(self, name: str) -> torch.nn.Module:
         """The module ``name`` built from its config with its weights (weights-only), eval mode.

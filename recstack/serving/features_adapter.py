@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.signal import lfilter
@@ -18,8 +18,15 @@ from scipy.signal import lfilter
 from recstack.features.keys import GENRE_EMA_ALPHA
 from recstack.features.types import UserFeatures
 
-if TYPE_CHECKING:
-    from recstack.artifacts.bundle import Bundle
+
+class BundleIds(Protocol):
+    """What the adapter reads from a bundle (``recstack.artifacts.Bundle`` has it): the id maps
+    and the genre vocabulary."""
+
+    user_map: Any
+    item_map: Any
+    genre_vocab: list[str]
+
 
 EVENT_WEIGHTS: dict[str, float] = {"view": 0.5, "click": 1.0, "like": 1.5, "purchase": 2.0}
 
@@ -109,7 +116,7 @@ def history_row(items_oldest_first: np.ndarray, max_len: int) -> np.ndarray:
 
 
 def user_features_to_arrays(
-    users: Sequence[UserFeatures], bundle: Bundle, max_len: int
+    users: Sequence[UserFeatures], bundle: BundleIds, max_len: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user_idx int64 [B], history int64 [B, L], genre_profile float32 [B, G]) for a batch of users.
 
@@ -130,7 +137,7 @@ def user_features_to_arrays(
     return user_idx, hist, prof
 
 
-def user_features_to_tensors(user: UserFeatures, bundle: Bundle, max_len: int):
+def user_features_to_tensors(user: UserFeatures, bundle: BundleIds, max_len: int):
     """(user_idx [1], history [1, L], genre_profile [1, G]) torch tensors for one user."""
     import torch
 

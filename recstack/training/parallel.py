@@ -53,7 +53,7 @@ def _run(job: Job):
 
 def train_one(job: Job, split, feats, valid_users, seed: int):
     """(trained module, FitResult) of one job, in this process."""
-    from recstack.training.pipeline import build_task
+    from recstack.training.plans import build_task
     from recstack.training.trainer import fit, seed_everything
 
     seed_everything(seed)  # initial weights are drawn from the seeded global generator

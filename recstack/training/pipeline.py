@@ -29,13 +29,17 @@ from typing import Any
 import numpy as np
 
 from recstack.training.parallel import Job, train_models
+from recstack.training.plans import (
+    ALL_MODELS,
+    SEQUENTIAL_MODELS,
+    ModelPlan,
+    UnknownModelNameError,
+    apply_params,
+)
 from recstack.training.trainer import FitResult, TrainerConfig, TrainingError
 
 logger = logging.getLogger(__name__)
 
-OWN_MODELS = ("two_tower", "multitask", "ncf", "bpr_mf")
-SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
-ALL_MODELS = OWN_MODELS + SEQUENTIAL_MODELS
 RANKERS = ("multitask", "ncf")
 # Training order: retrieval-capable models, then bpr_mf (ncf starts from it), then the rankers.
 TRAIN_ORDER = ("two_tower", "sasrec", "gru4rec", "bert4rec", "bpr_mf", "multitask", "ncf")
@@ -45,24 +49,6 @@ PROFILES = ("auto", "small")
 SEQUENCE_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the sequence source in the retrieval list
 DEFAULT_VALID_USERS = 10_000
 DEFAULT_MAX_MINUTES = 90.0
-
-
-class UnknownModelNameError(ValueError):
-    """A model name that train_bundle cannot train."""
-
-
-@dataclass
-class ModelPlan:
-    """How to train one model: model-config overrides, task settings, trainer settings.
-
-    For the sequential models ``task`` is their task config (e.g. ``SASRecTaskConfig.full()``)
-    and ``trainer`` is built from its ``trainer_overrides()`` when left None.
-    """
-
-    model: dict[str, Any] = field(default_factory=dict)
-    task: Any = None
-    trainer: TrainerConfig | None = None
-    init_from: str | None = None  # ncf: initialise the GMF branch from this trained MF model ("bpr_mf")
 
 
 @dataclass
@@ -103,8 +89,6 @@ class TrainConfig:
     def resolve(self, stats) -> TrainConfig:
         """The config with its plans: ``auto`` plans every (selected) model from ``stats``; then
         ``params`` (tuned values) are applied over the plans."""
-        from recstack.training.tune import apply_params
-
         models = self.models
         if self.profile == "auto":
             from recstack.training.profiles import auto_plans
@@ -152,43 +136,6 @@ def trainer_config(plan: ModelPlan, cfg: TrainConfig) -> TrainerConfig:
         progress=cfg.progress,
         max_minutes=base.max_minutes if base.max_minutes is not None else cfg.max_minutes,
     )
-
-
-def build_task(name: str, plan: ModelPlan, split, feats, trained: dict | None = None, candidates=None):
-    """The TrainTask for model ``name`` (``trained``: models trained earlier in this run;
-    ``candidates``: retrieval candidates the rankers are validated over)."""
-    from recstack.models.mf import BPRMF, BPRMFConfig
-    from recstack.models.multitask import MultiTaskConfig, build_ranker
-    from recstack.models.ncf import NeuMF, NeuMFConfig
-    from recstack.models.two_tower import TwoTower, TwoTowerConfig
-    from recstack.training import tasks
-
-    nu, ni, g = feats.n_users, feats.n_items, feats.genres.n_genres
-    m = dict(plan.model)
-    max_len = m.pop("max_len", feats.examples.max_len)
-    if name == "two_tower":
-        model = TwoTower(TwoTowerConfig(nu, ni, g, max_len=max_len, **m), feats.genres.matrix)
-        return tasks.TwoTowerTask(model, feats, plan.task)
-    if name == "multitask":
-        model = build_ranker(MultiTaskConfig(nu, ni, g, max_len=max_len, **m), feats.genres.matrix)
-        return tasks.RankerTask(model, feats, plan.task, name=name, candidates=candidates)
-    if name == "ncf":
-        model = NeuMF(NeuMFConfig(nu, ni, **m))
-        source = (trained or {}).get(plan.init_from) if plan.init_from else None
-        if source is not None:
-            model.init_gmf_from(source.user_emb.weight, source.item_emb.weight)
-        elif plan.init_from:
-            logger.warning(
-                "ncf: %s was not trained in this run; NeuMF starts from random weights", plan.init_from
-            )
-        return tasks.NeuMFTask(model, feats, plan.task, candidates=candidates)
-    if name == "bpr_mf":
-        return tasks.BPRTask(BPRMF(BPRMFConfig(nu, ni, **m)), feats, plan.task)
-    if name in SEQUENTIAL_MODELS:
-        from recstack.training.sequential_tasks import build_task as build_sequential
-
-        return build_sequential(name, split, feats.genres, plan.task)
-    raise UnknownModelNameError(f"unknown model {name!r}; choose from {list(ALL_MODELS)}")
 
 
 def _seq_scores(records: dict) -> dict[str, float]:

@@ -28,7 +28,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from recstack.evaluation import Split
-    from recstack.training.pipeline import ModelPlan
+    from recstack.training.plans import ModelPlan
 
 FULL_SOFTMAX_MAX_ITEMS = 16_384
 SAMPLED_NEGATIVES = 4_096
@@ -70,7 +70,7 @@ class DataStats:
 def auto_plans(stats: DataStats) -> dict[str, ModelPlan]:
     """Plans for every model, chosen from ``stats`` (see the module docstring)."""
     from recstack.training import sequential_tasks as st
-    from recstack.training.pipeline import ModelPlan
+    from recstack.training.plans import ModelPlan
     from recstack.training.tasks import PairTaskConfig, RankerTaskConfig, TwoTowerTaskConfig
     from recstack.training.trainer import TrainerConfig
 
@@ -126,7 +126,7 @@ def auto_plans(stats: DataStats) -> dict[str, ModelPlan]:
 def small_plans() -> dict[str, ModelPlan]:
     """The synthetic smoke profile: two_tower, multitask, sasrec in seconds, budgeted in epochs."""
     from recstack.training import sequential_tasks as st
-    from recstack.training.pipeline import ModelPlan
+    from recstack.training.plans import ModelPlan
     from recstack.training.tasks import RankerTaskConfig, TwoTowerTaskConfig
     from recstack.training.trainer import TrainerConfig
 

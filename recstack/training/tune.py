@@ -20,9 +20,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from recstack.training.plans import ALL_MODELS, ParamsError, apply_params, field_names
 
 logger = logging.getLogger(__name__)
 
@@ -98,54 +99,6 @@ def in_space(value: Any, spec: tuple) -> bool:
     return isinstance(value, int | float) and spec[1] <= value <= spec[2]
 
 
-class ParamsError(ValueError):
-    """A parameter file names an unknown model or field, or a value of the wrong kind."""
-
-
-def apply_params(plan, name: str, params: Mapping[str, Any]):
-    """A copy of ``plan`` (a ModelPlan) with ``params`` set on whichever of the model settings, the
-    task config or the trainer config has that field; ParamsError naming the field otherwise."""
-    from recstack.training.pipeline import ModelPlan
-    from recstack.training.trainer import TrainerConfig
-
-    model = dict(plan.model)
-    task = plan.task
-    trainer = plan.trainer
-    model_fields = _model_fields(name)
-    for field, value in params.items():
-        if task is not None and dataclasses.is_dataclass(task) and field in _fields(task):
-            task = dataclasses.replace(task, **{field: value})
-        elif field in model_fields:
-            model[field] = value
-        elif trainer is not None and field in _fields(TrainerConfig):
-            trainer = dataclasses.replace(trainer, **{field: value})
-        else:
-            known = sorted(model_fields | (_fields(task) if dataclasses.is_dataclass(task) else set()))
-            raise ParamsError(
-                f"{name}: unknown parameter {field!r}; known: {known + sorted(_fields(TrainerConfig))}"
-            )
-    return ModelPlan(model=model, task=task, trainer=trainer, init_from=plan.init_from)
-
-
-def _fields(obj) -> set[str]:
-    return {f.name for f in dataclasses.fields(obj)}
-
-
-def _model_fields(name: str) -> set[str]:
-    from recstack.models.mf import BPRMFConfig
-    from recstack.models.multitask import MultiTaskConfig
-    from recstack.models.ncf import NeuMFConfig
-    from recstack.models.two_tower import TwoTowerConfig
-
-    classes = {
-        "two_tower": TwoTowerConfig,
-        "multitask": MultiTaskConfig,
-        "ncf": NeuMFConfig,
-        "bpr_mf": BPRMFConfig,
-    }
-    return _fields(classes[name]) - {"n_users", "n_items", "n_genres"} if name in classes else set()
-
-
 def read_params(path: Path | str) -> dict[str, dict[str, Any]]:
     """The ``params`` of a ``recstack tune`` result file (or a bare {model: {field: value}} map)."""
     path = Path(path)
@@ -156,8 +109,6 @@ def read_params(path: Path | str) -> dict[str, dict[str, Any]]:
     params = raw.get("params", raw) if isinstance(raw, dict) else None
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ParamsError(f"{path}: expected {{'params': {{model: {{field: value}}}}}}")
-    from recstack.training.pipeline import ALL_MODELS
-
     unknown = [m for m in params if m not in ALL_MODELS]
     if unknown:
         raise ParamsError(f"{path}: unknown model(s) {unknown}; choose from {list(ALL_MODELS)}")
@@ -281,7 +232,8 @@ def _train(name, plan, split, feats, trainer_or_config, sample, trained, candida
     """One training run (a trial, or a model the rankers need); TrainingError prunes a trial."""
     import optuna
 
-    from recstack.training.pipeline import TrainConfig, build_task, trainer_config
+    from recstack.training.pipeline import TrainConfig, trainer_config
+    from recstack.training.plans import build_task
     from recstack.training.trainer import TrainingError, fit, seed_everything
 
     trainer = (
@@ -302,7 +254,7 @@ def _train(name, plan, split, feats, trainer_or_config, sample, trained, candida
 def _default(plan, name: str, field: str) -> Any:
     """The auto plan's value of ``field`` (the first trial of every study)."""
     for obj in (plan.task, plan.trainer):
-        if obj is not None and dataclasses.is_dataclass(obj) and field in _fields(obj):
+        if obj is not None and dataclasses.is_dataclass(obj) and field in field_names(obj):
             return getattr(obj, field)
     if field in plan.model:
         return plan.model[field]

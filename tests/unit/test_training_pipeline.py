@@ -14,7 +14,7 @@ from recstack.evaluation import evaluate_scores, leave_one_out
 from recstack.models.baselines import ItemKNN, Popularity
 from recstack.training import ModelPlan, TrainConfig, TrainerConfig, train_bundle
 from recstack.training.bundle_eval import evaluate_bundle
-from recstack.training.pipeline import UnknownModelNameError
+from recstack.training.plans import UnknownModelNameError
 from recstack.training.tasks import PairTaskConfig, RankerTaskConfig, TwoTowerTaskConfig
 
 SPEC = "synthetic:n_users=60,n_items=50,events_per_user=15"
