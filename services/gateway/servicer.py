@@ -34,7 +34,7 @@ from recstack.experiments.assignment import UnknownVariantError
 from recstack.experiments.config import ExperimentsConfig, Resolution
 from recstack.exploration.segments import SEGMENT_CONTEXT_KEY
 from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
-from recstack.rpc.server import StartupError
+from recstack.rpc.server import REQUEST_ID_METADATA, StartupError
 from recstack.serving.chain import Chain, RecommendState
 from recstack.serving.stages import DiversityStage, PopularityStage
 from recstack.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
@@ -48,6 +48,7 @@ IMPRESSIONS = Counter(
     "Impression events by outcome (sent, failed, disabled).",
     ["outcome"],
 )
+MAX_ECHO = 128  # characters of a caller's value repeated in logs
 DEADLINE_MARGIN_S = 0.01
 """Time kept back from the caller's deadline to build and send the reply."""
 
@@ -314,8 +315,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         recommender = self.recommender
         if recommender is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is still loading; retry shortly")
-        # The interceptor of recstack.rpc.server binds a request id; direct callers get a fresh one.
-        token = None if current_request_id() else set_request_id(new_request_id())
+        # The id that joins the impression with its clicks, rewards and A/B outcomes is minted here,
+        # never taken from the caller: two callers sending the same x-request-id must not share a
+        # slate (nor steer another user's rewards). The caller's id is logged beside it.
+        caller = dict(context.invocation_metadata() or ()).get(REQUEST_ID_METADATA)
+        token = set_request_id(new_request_id())
+        if caller:
+            log.info("request from caller id %s", str(caller)[:MAX_ECHO])
         try:
             return await recommender.recommend(request, context.time_remaining())
         except (RequestError, UnknownVariantError) as exc:
@@ -326,5 +332,4 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             log.exception("Recommend failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the gateway logs")
         finally:
-            if token is not None:
-                reset_request_id(token)
+            reset_request_id(token)

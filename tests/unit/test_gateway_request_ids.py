@@ -1,0 +1,39 @@
+"""The id that joins an impression to its clicks is minted by the gateway, whatever the caller sends."""
+
+from __future__ import annotations
+
+from recstack.features.types import UserFeatures
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from services.gateway.servicer import GatewayServicer, Recommender
+from tests.grpc_support import in_process_channel
+from tests.unit.test_gateway_chain import FakeRanking, FakeRerank, FakeRetrieval, FakeStore, make_chain
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.request_ids: list[str] = []
+
+    def publish(self, state) -> None:  # noqa: ANN001
+        self.request_ids.append(state.request_id)
+
+
+async def test_callers_sharing_an_id_get_their_own_slates() -> None:
+    store = FakeStore({u: UserFeatures(u, recent_items=["i0"]) for u in ("alice", "bob")})
+    publisher = Publisher()
+    recommender = Recommender(
+        make_chain(store, FakeRetrieval(), FakeRanking(), FakeRerank()),
+        {"alice", "bob"},
+        impressions=publisher,
+    )
+    servicer = GatewayServicer(recommender)
+    async with in_process_channel((gateway_pb2_grpc.add_GatewayServicer_to_server, servicer)) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        replies = [
+            await stub.Recommend(
+                gateway_pb2.RecommendRequest(user_id=u, k=3), metadata=(("x-request-id", "same"),)
+            )
+            for u in ("alice", "bob")
+        ]
+    ids = [r.request_id for r in replies]
+    assert len(set(ids)) == 2 and "same" not in ids
+    assert publisher.request_ids == ids  # the impressions carry the minted ids the replies return
