@@ -131,6 +131,13 @@ class RecommendState:
             for item, comp in components.items():
                 self.components.setdefault(item, {}).update(comp)
 
+    def served_propensities(self) -> np.ndarray:
+        """The probability with which each served item was placed: the bandit's, or 1.0 where no
+        exploration policy ran (a deterministic slate; off-policy estimators divide by it)."""
+        if self.propensities is None:
+            return np.ones(len(self.candidates))
+        return np.where(self.propensities > 0, self.propensities, 1.0)
+
     def mark_degraded(self, stage: str, reason: str) -> None:
         self.skipped[stage] = reason
         self.degraded = True
@@ -214,8 +221,8 @@ class Chain:
                 floor = float(state.scores.min()) if n_before else 0.0
                 state.candidates = state.candidates + extra
                 state.scores = np.concatenate([state.scores, np.full(len(extra), floor - 1.0)])
-                if state.propensities is not None:
-                    state.propensities = np.concatenate([state.propensities, np.zeros(len(extra))])
+                if state.propensities is not None:  # placed without exploration: propensity 1
+                    state.propensities = np.concatenate([state.propensities, np.ones(len(extra))])
         state.candidates = state.candidates[: state.k]
         state.scores = state.scores[: state.k]
         if state.propensities is not None:

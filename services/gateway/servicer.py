@@ -168,7 +168,6 @@ class ImpressionPublisher:
                 IMPRESSIONS.labels("failed").inc()
                 return
             assert self.producer is not None
-            props = state.propensities
             event = new_event(
                 state.user_id,
                 "impression",
@@ -176,8 +175,7 @@ class ImpressionPublisher:
                 context=impression_context(state),
                 items=list(state.candidates),
                 positions=list(range(len(state.candidates))),
-                # Without exploration the slate is deterministic: propensity 1.
-                propensities=[float(p) if p > 0 else 1.0 for p in props] if props is not None else (),
+                propensities=[float(p) for p in state.served_propensities()],
                 variant=state.variant,
                 experiment_id=state.experiment_id,
                 model_versions=state.model_versions,
@@ -275,10 +273,11 @@ class Recommender:
             skipped=state.skipped,
             model_versions=state.model_versions,
         )
+        propensities = state.served_propensities()
         for i, item in enumerate(state.candidates):
-            msg = common_pb2.ScoredItem(item_id=item, score=float(state.scores[i]))
-            if state.propensities is not None:
-                msg.propensity = float(state.propensities[i])
+            msg = common_pb2.ScoredItem(
+                item_id=item, score=float(state.scores[i]), propensity=float(propensities[i])
+            )
             for name, value in state.components.get(item, {}).items():
                 msg.scores[name] = value
             reply.items.append(msg)

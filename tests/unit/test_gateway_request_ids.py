@@ -37,3 +37,26 @@ async def test_callers_sharing_an_id_get_their_own_slates() -> None:
     ids = [r.request_id for r in replies]
     assert len(set(ids)) == 2 and "same" not in ids
     assert publisher.request_ids == ids  # the impressions carry the minted ids the replies return
+
+
+async def test_items_placed_without_exploration_carry_propensity_one() -> None:
+    import numpy as np
+
+    from recstack.serving.chain import Chain, RecommendState
+
+    store = FakeStore({"u1": UserFeatures("u1", recent_items=["i0"])})
+    no_bandit = Chain(
+        [
+            s
+            for s in make_chain(store, FakeRetrieval(), FakeRanking(), FakeRerank()).stages
+            if s.name != "bandit"
+        ]
+    )
+    publisher = Publisher()
+    reply = await Recommender(no_bandit, {"u1"}, impressions=publisher).recommend(
+        gateway_pb2.RecommendRequest(user_id="u1", k=4)
+    )
+    assert "bandit" not in reply.stages and [x.propensity for x in reply.items] == [1.0] * 4
+    state = RecommendState(request_id="r", user_id="u", k=3, candidates=["a", "b", "c"])
+    state.propensities = np.array([1.0, 0.4, 0.0])  # a filled slot carries no policy probability
+    assert state.served_propensities().tolist() == [1.0, 0.4, 1.0]
