@@ -213,7 +213,7 @@ class ExperimentConfig(_Strict):
             if v.name == name:
                 return v
         raise assignment.UnknownVariantError(
-            f"variant {name!r} is not a variant of experiment {self.id!r}; "
+            f"variant {name[:80]!r} is not a variant of experiment {self.id!r}; "
             f"use one of {[v.name for v in self.variants]}"
         )
 
@@ -346,7 +346,7 @@ class ExperimentsConfig(_Strict):
             exp = next((e for e in self.experiments if e.id == exp_id), None)
             if exp is None:
                 raise assignment.UnknownVariantError(
-                    f"force_variant {force_variant!r}: unknown experiment {exp_id!r}; "
+                    f"force_variant {force_variant[:160]!r}: unknown experiment {exp_id[:80]!r}; "
                     f"configured: {[e.id for e in self.experiments]}"
                 )
             exp.variant(name)  # raises UnknownVariantError naming the variants
@@ -356,7 +356,7 @@ class ExperimentsConfig(_Strict):
                 return exp, force_variant
         options = sorted({f"{e.id}/{v.name}" for e in self.experiments for v in e.variants})
         raise assignment.UnknownVariantError(
-            f"force_variant {force_variant!r} is not a variant of any configured experiment; "
+            f"force_variant {force_variant[:160]!r} is not a variant of any configured experiment; "
             f"use one of {options} (or the bare variant name)"
         )
 

@@ -110,13 +110,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         service, method = _split_method(handler_call_details.method)
         metadata = dict(handler_call_details.invocation_metadata or ())
         inner = handler.unary_unary
+        decode = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            """Undecodable bytes become a marker the wrapper answers INVALID_ARGUMENT (counted, one
+            warning) instead of grpc's UNKNOWN with a traceback."""
+            try:
+                return decode(data) if decode is not None else data
+            except Exception as exc:
+                return _Malformed(f"{type(exc).__name__}: {str(exc)[:120]}")
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = str(metadata.get(REQUEST_ID_METADATA) or new_request_id())
+            request_id = str(metadata.get(REQUEST_ID_METADATA) or new_request_id())[:128]
             token = set_request_id(request_id)
             start = time.perf_counter()
             code = "UNKNOWN"
             try:
+                if isinstance(request, _Malformed):
+                    log.warning("malformed %s/%s request: %s", service, method, request.reason)
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {method} message"
+                    )
                 response = await inner(request, context)
                 code = _code_name(context, "OK")
                 return response
@@ -136,9 +150,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapper,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Malformed:
+    """A request whose bytes did not decode (see MetricsInterceptor)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _check_port_free(host: str, port: int, what: str, variable: str) -> None:

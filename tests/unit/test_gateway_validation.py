@@ -34,3 +34,21 @@ def test_invalid_requests_name_the_field(
     with pytest.raises(RequestError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
         validate_request(request_)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"attributes": {f"k{i}": "v" for i in range(33)}}, "at most 32 entries, got 33"),
+        ({"attributes": {f"k{i}": "v" * 250 for i in range(20)}}, "at most 4096 bytes"),
+        ({"exclude_items": ["x" * 300]}, "exclude_items[0] must be at most 256 characters"),
+        ({"force_variant": "v" * 10_000}, "force_variant must be at most 160 characters, got 10000"),
+    ],
+)
+def test_unbounded_requests_are_refused_naming_the_limit(context: dict, message: str) -> None:
+    from services.gateway.validation import RequestError, validate_request
+
+    request = gateway_pb2.RecommendRequest(user_id="u1", k=3, context=gateway_pb2.RecommendContext(**context))
+    with pytest.raises(RequestError) as info:
+        validate_request(request)
+    assert message in str(info.value) and len(str(info.value)) < 300

@@ -189,3 +189,43 @@ async def test_stop_drains_in_flight_calls() -> None:
         await stub.Explore(request, timeout=1)
     assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     await channel.close()
+
+
+async def test_malformed_request_bytes_are_invalid_argument_and_counted() -> None:
+    cfg = settings()
+    servicer = RankingServicer()
+    servicer.core, servicer.version = FakeRanker(), "v"
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+
+    async def load() -> None:
+        return None
+
+    task = asyncio.create_task(
+        serve(
+            lambda s: ranking_pb2_grpc.add_RankingServicer_to_server(servicer, s),
+            SERVICE,
+            cfg,
+            load,
+            ready=ready,
+            stop=stop,
+        )  # fmt: skip
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    channel = insecure_channel(f"127.0.0.1:{cfg.port}")
+    try:
+        raw = channel.unary_unary(
+            "/recstack.v1.Ranking/Rank", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(b"\xff\xff\xff garbage", timeout=2)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "the request is not a valid Rank message"
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{cfg.metrics_port}/metrics", timeout=5).read()
+        )
+        assert 'code="INVALID_ARGUMENT",method="Rank"' in body.decode()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await channel.close()
