@@ -3,6 +3,8 @@
 | key                       | type | content                                              |
 |---------------------------|------|------------------------------------------------------|
 | user:{id}:recent_items    | list | item ids, newest first, capped at RECENT_ITEMS_CAP   |
+| user:{id}:consumed        | zset | item id -> unix s of its last interaction, the       |
+|                           |      | CONSUMED_ITEMS_CAP newest kept (never recommended)   |
 | user:{id}:genre_scores    | hash | genre -> EMA score (alpha GENRE_EMA_ALPHA)           |
 | user:{id}:stats           | hash | counter per event type, total (interactions only),   |
 |                           |      | last_active (unix s)                                 |
@@ -29,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RECENT_ITEMS_CAP = 50
+CONSUMED_ITEMS_CAP = 1000
 GENRE_EMA_ALPHA = 0.1
 
 
@@ -40,6 +43,9 @@ class Keys:
 
     def recent_items(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}:recent_items"
+
+    def consumed(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}:consumed"
 
     def genre_scores(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}:genre_scores"

@@ -46,7 +46,8 @@ class FeatureStore:
         pipe.lrange(self.keys.recent_items(user_id), 0, -1)
         pipe.hgetall(self.keys.genre_scores(user_id))
         pipe.hgetall(self.keys.user_stats(user_id))
-        recent, genres, stats = await pipe.execute()
+        pipe.zrange(self.keys.consumed(user_id), 0, -1)
+        recent, genres, stats, consumed = await pipe.execute()
         counters: dict[str, int] = {}
         last_active = 0.0
         for field, value in stats.items():
@@ -61,6 +62,7 @@ class FeatureStore:
             genre_scores={_s(k): float(_s(v)) for k, v in genres.items()},
             counters=counters,
             last_active=last_active,
+            consumed=[_s(x) for x in consumed],
         )
 
     async def get_popular(self, n: int) -> list[str]:

@@ -13,6 +13,8 @@ class UserFeatures:
     genre_scores: genre -> EMA score (alpha 0.1).
     counters: event type -> count, plus "total" (view/click/like/purchase/rating only).
     last_active: unix seconds of the last event, 0.0 when unknown.
+    consumed: every item the user interacted with that the stream keeps (the newest 1,000); the
+        gateway never recommends them. Not sent to the stages (they get it as exclusions).
     """
 
     user_id: str
@@ -20,6 +22,7 @@ class UserFeatures:
     genre_scores: dict[str, float] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     last_active: float = 0.0
+    consumed: list[str] = field(default_factory=list)
 
     @property
     def is_cold(self) -> bool:

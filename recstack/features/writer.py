@@ -70,7 +70,7 @@ from recstack.events.schema import REWARD_TYPES, UserEvent
 from recstack.exploration.rewards import LinearRewardWriter
 from recstack.exploration.segments import SEGMENT_CONTEXT_KEY, is_valid_segment
 from recstack.features.catalog import ItemCatalog
-from recstack.features.keys import GENRE_EMA_ALPHA, RECENT_ITEMS_CAP, Keys
+from recstack.features.keys import CONSUMED_ITEMS_CAP, GENRE_EMA_ALPHA, RECENT_ITEMS_CAP, Keys
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ local batch = cjson.decode(ARGV[6])
 local tau = tonumber(ARGV[7])
 local rescale_at = tonumber(ARGV[8])
 local seg_ttl = tonumber(ARGV[9])
+local consumed_cap = tonumber(ARGV[10])
 local applied, dup, rewards = 0, 0, 0
 local function fmt(x) return string.format('%.12g', x) end
 local function fmt17(x) return string.format('%.17g', x) end
@@ -184,6 +185,11 @@ local function apply_one(ev)
       redis.call('LREM', rkey, 0, item)
       redis.call('LPUSH', rkey, item)
       redis.call('LTRIM', rkey, 0, cap - 1)
+      local ckey = prefix .. 'user:' .. user .. ':consumed'
+      redis.call('ZADD', ckey, fmt17(ts), item)
+      if redis.call('ZCARD', ckey) > consumed_cap then
+        redis.call('ZREMRANGEBYRANK', ckey, 0, -(consumed_cap + 1))
+      end
       local gkey = prefix .. 'user:' .. user .. ':genre_scores'
       local flat = redis.call('HGETALL', gkey)
       local scores = {}
@@ -381,6 +387,7 @@ class FeatureWriter:
         *,
         alpha: float = GENRE_EMA_ALPHA,
         recent_cap: int = RECENT_ITEMS_CAP,
+        consumed_cap: int = CONSUMED_ITEMS_CAP,
         dedup_ttl_s: int = DEFAULT_DEDUP_TTL_S,
         reward_window_s: float = DEFAULT_REWARD_WINDOW_S,
         popularity_half_life_s: float = DEFAULT_POPULARITY_HALF_LIFE_S,
@@ -389,8 +396,10 @@ class FeatureWriter:
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be within (0, 1], got {alpha}")
-        if recent_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
-            raise ValueError("recent_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0")
+        if recent_cap < 1 or consumed_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
+            raise ValueError(
+                "recent_cap, consumed_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0"
+            )
         if segment_arm_ttl_s < 0:
             raise ValueError(f"segment_arm_ttl_s must be >= 0 (0: never expire), got {segment_arm_ttl_s}")
         if popularity_half_life_s < 0 or popularity_rescale_at <= 0:
@@ -405,6 +414,7 @@ class FeatureWriter:
         self.weights = weights or EventWeights()
         self.alpha = alpha
         self.recent_cap = recent_cap
+        self.consumed_cap = consumed_cap
         self.dedup_ttl_s = dedup_ttl_s
         self.reward_window_s = reward_window_s
         self.popularity_half_life_s = popularity_half_life_s
@@ -451,6 +461,7 @@ class FeatureWriter:
                 popularity_tau(self.popularity_half_life_s),
                 self.popularity_rescale_at,
                 self.segment_arm_ttl_s,
+                self.consumed_cap,
             ],
         )
         errors = tuple((int(failed[i]) - 1, str(failed[i + 1])) for i in range(0, len(failed), 2))

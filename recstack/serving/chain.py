@@ -62,6 +62,7 @@ class RecommendState:
     experiment_id: str = ""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     exclude: set[str] = field(default_factory=set)
+    allow_consumed: bool = False
     attributes: dict[str, str] = field(default_factory=dict)
     user: UserFeatures | None = None
     known_user: bool = False
@@ -101,8 +102,11 @@ class RecommendState:
 
     @property
     def never_show(self) -> set[str]:
-        """Items retrieval and fallbacks must not return: context exclusions and recent items."""
-        return self.exclude | set(self.features.recent_items)
+        """Items retrieval and fallbacks must not return: context exclusions, and what the user
+        consumed (recent items and the stream's consumed set) unless ``allow_consumed``."""
+        if self.allow_consumed:
+            return set(self.exclude)
+        return self.exclude | set(self.features.recent_items) | set(self.features.consumed)
 
     def set_ranking(
         self,
@@ -210,8 +214,8 @@ class Chain:
         """Top k, distinct, no excluded ids; tops up from ``fill_items`` when short."""
         state.set_ranking(state.candidates, state.scores, propensities=state.propensities)
         if len(state.candidates) < state.k and self.fill_items:
-            have = set(state.candidates)
-            extra = [x for x in self.fill_items if x not in have and x not in state.exclude][
+            have, never = set(state.candidates), state.never_show
+            extra = [x for x in self.fill_items if x not in have and x not in never][
                 : state.k - len(state.candidates)
             ]
             if extra:

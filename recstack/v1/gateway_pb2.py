@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import common_pb2 as recstack_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/gateway.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\xb6\x01\n\x10RecommendContext\x12\x41\n\nattributes\x18\x01 \x03(\x0b\x32-.recstack.v1.RecommendContext.AttributesEntry\x12\x15\n\rexclude_items\x18\x02 \x03(\t\x12\x15\n\rforce_variant\x18\x03 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12.\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1d.recstack.v1.RecommendContext\"\xf1\x02\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06stages\x18\x04 \x03(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12<\n\x07skipped\x18\x06 \x03(\x0b\x32+.recstack.v1.RecommendResponse.SkippedEntry\x12I\n\x0emodel_versions\x18\x07 \x03(\x0b\x32\x31.recstack.v1.RecommendResponse.ModelVersionsEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32U\n\x07Gateway\x12J\n\tRecommend\x12\x1d.recstack.v1.RecommendRequest\x1a\x1e.recstack.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/gateway.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\xce\x01\n\x10RecommendContext\x12\x41\n\nattributes\x18\x01 \x03(\x0b\x32-.recstack.v1.RecommendContext.AttributesEntry\x12\x15\n\rexclude_items\x18\x02 \x03(\t\x12\x15\n\rforce_variant\x18\x03 \x01(\t\x12\x16\n\x0e\x61llow_consumed\x18\x04 \x01(\x08\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12.\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1d.recstack.v1.RecommendContext\"\xf1\x02\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0e\n\x06stages\x18\x04 \x03(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12<\n\x07skipped\x18\x06 \x03(\x0b\x32+.recstack.v1.RecommendResponse.SkippedEntry\x12I\n\x0emodel_versions\x18\x07 \x03(\x0b\x32\x31.recstack.v1.RecommendResponse.ModelVersionsEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32U\n\x07Gateway\x12J\n\tRecommend\x12\x1d.recstack.v1.RecommendRequest\x1a\x1e.recstack.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDCONTEXT']._serialized_start=69
-  _globals['_RECOMMENDCONTEXT']._serialized_end=251
-  _globals['_RECOMMENDCONTEXT_ATTRIBUTESENTRY']._serialized_start=202
-  _globals['_RECOMMENDCONTEXT_ATTRIBUTESENTRY']._serialized_end=251
-  _globals['_RECOMMENDREQUEST']._serialized_start=253
-  _globals['_RECOMMENDREQUEST']._serialized_end=347
-  _globals['_RECOMMENDRESPONSE']._serialized_start=350
-  _globals['_RECOMMENDRESPONSE']._serialized_end=719
-  _globals['_RECOMMENDRESPONSE_SKIPPEDENTRY']._serialized_start=619
-  _globals['_RECOMMENDRESPONSE_SKIPPEDENTRY']._serialized_end=665
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=667
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=719
-  _globals['_GATEWAY']._serialized_start=721
-  _globals['_GATEWAY']._serialized_end=806
+  _globals['_RECOMMENDCONTEXT']._serialized_end=275
+  _globals['_RECOMMENDCONTEXT_ATTRIBUTESENTRY']._serialized_start=226
+  _globals['_RECOMMENDCONTEXT_ATTRIBUTESENTRY']._serialized_end=275
+  _globals['_RECOMMENDREQUEST']._serialized_start=277
+  _globals['_RECOMMENDREQUEST']._serialized_end=371
+  _globals['_RECOMMENDRESPONSE']._serialized_start=374
+  _globals['_RECOMMENDRESPONSE']._serialized_end=743
+  _globals['_RECOMMENDRESPONSE_SKIPPEDENTRY']._serialized_start=643
+  _globals['_RECOMMENDRESPONSE_SKIPPEDENTRY']._serialized_end=689
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=691
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=743
+  _globals['_GATEWAY']._serialized_start=745
+  _globals['_GATEWAY']._serialized_end=830
 # @@protoc_insertion_point(module_scope)

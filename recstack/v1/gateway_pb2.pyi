@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendContext(_message.Message):
-    __slots__ = ("attributes", "exclude_items", "force_variant")
+    __slots__ = ("attributes", "exclude_items", "force_variant", "allow_consumed")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -19,10 +19,12 @@ class RecommendContext(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     FORCE_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_CONSUMED_FIELD_NUMBER: _ClassVar[int]
     attributes: _containers.ScalarMap[str, str]
     exclude_items: _containers.RepeatedScalarFieldContainer[str]
     force_variant: str
-    def __init__(self, attributes: _Optional[_Mapping[str, str]] = ..., exclude_items: _Optional[_Iterable[str]] = ..., force_variant: _Optional[str] = ...) -> None: ...
+    allow_consumed: bool
+    def __init__(self, attributes: _Optional[_Mapping[str, str]] = ..., exclude_items: _Optional[_Iterable[str]] = ..., force_variant: _Optional[str] = ..., allow_consumed: _Optional[bool] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "context")

@@ -255,6 +255,7 @@ class Recommender:
             experiment_id=primary.experiment_id if primary else "",
             pipeline=resolution.pipeline,
             exclude=set(request.context.exclude_items),
+            allow_consumed=request.context.allow_consumed,
             attributes=exposure_context(request.context.attributes, resolution),
             known_user=request.user_id in self.known_users,
         )

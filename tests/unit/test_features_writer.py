@@ -397,3 +397,22 @@ async def test_segment_arms_are_read_in_one_round_trip(client: aioredis.Redis) -
     got = await FeatureStore(client).get_segment_arms(["i1", "i2"], "s")
     assert got == ({"i1": (3.0, 4.0)}, {"i2": (5.0, 1.0)})
     assert executes == [4]  # one pipeline: 2 global + 2 segment HMGETs
+
+
+async def test_consumed_items_are_kept_beyond_the_recent_items_and_capped(client: aioredis.Redis) -> None:
+    """A user with 1,000 events: every consumed item is known to the gateway (not only the 50 recent)."""
+    writer = FeatureWriter(client)
+    events = [ev("u1", "view" if k % 3 else "click", f"i{k}", ts=T0 + k) for k in range(1000)]
+    for start in range(0, len(events), 250):
+        await writer.apply(events[start : start + 250])
+    features = await FeatureStore(client).get_user_features("u1")
+    assert len(features.recent_items) == 50
+    assert set(features.consumed) == {f"i{k}" for k in range(1000)}
+    # beyond the cap the oldest consumption is forgotten first
+    small = FeatureWriter(client, consumed_cap=10)
+    await small.apply([ev("u2", "view", f"j{k}", ts=T0 + k) for k in range(15)])
+    assert set((await FeatureStore(client).get_user_features("u2")).consumed) == {
+        f"j{k}" for k in range(5, 15)
+    }
+    with pytest.raises(ValueError, match="consumed_cap"):
+        FeatureWriter(client, consumed_cap=0)

@@ -60,3 +60,16 @@ async def test_items_placed_without_exploration_carry_propensity_one() -> None:
     state = RecommendState(request_id="r", user_id="u", k=3, candidates=["a", "b", "c"])
     state.propensities = np.array([1.0, 0.4, 0.0])  # a filled slot carries no policy probability
     assert state.served_propensities().tolist() == [1.0, 0.4, 1.0]
+
+
+async def test_consumed_items_never_come_back_unless_allowed() -> None:
+    consumed = [f"i{k}" for k in range(60)]  # more than the 50 recent items
+    store = FakeStore({"u1": UserFeatures("u1", recent_items=consumed[:50], consumed=consumed)})
+    retrieval = FakeRetrieval()
+    rec = Recommender(make_chain(store, retrieval, FakeRanking(), FakeRerank()), {"u1"})
+    reply = await rec.recommend(gateway_pb2.RecommendRequest(user_id="u1", k=10))
+    assert set(consumed) <= retrieval.seen_exclude
+    assert not {x.item_id for x in reply.items} & set(consumed)
+    allowed = gateway_pb2.RecommendContext(allow_consumed=True)
+    await rec.recommend(gateway_pb2.RecommendRequest(user_id="u1", k=10, context=allowed))
+    assert not retrieval.seen_exclude & set(consumed)
