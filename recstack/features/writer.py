@@ -397,9 +397,7 @@ class FeatureWriter:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be within (0, 1], got {alpha}")
         if recent_cap < 1 or consumed_cap < 1 or dedup_ttl_s < 1 or reward_window_s < 0:
-            raise ValueError(
-                "recent_cap, consumed_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0"
-            )
+            raise ValueError("recent_cap, consumed_cap and dedup_ttl_s must be >= 1 and reward_window_s >= 0")
         if segment_arm_ttl_s < 0:
             raise ValueError(f"segment_arm_ttl_s must be >= 0 (0: never expire), got {segment_arm_ttl_s}")
         if popularity_half_life_s < 0 or popularity_rescale_at <= 0:

@@ -59,7 +59,7 @@ def components_by_name(
 class FeatureSource(Protocol):
     async def get_user_features(self, user_id: str) -> UserFeatures: ...
 
-    async def get_popular(self, n: int) -> list[str]: ...
+    async def get_popular_scores(self, n: int, half_life_s: float) -> list[tuple[str, float]]: ...
 
 
 class RetrievalBackend(Protocol):
@@ -142,8 +142,12 @@ class RetrievalStage:
 class PopularityStage:
     """Popular items when there are no candidates (cold start, or retrieval failed / was empty).
 
-    Reads ``items:popularity`` from Redis under half the stage deadline, else uses the bundle
-    catalogue's popularity list loaded at start; excluded and recent items are removed.
+    The bundle catalogue's popularity list (training counts) blended with the stream's real-time
+    popularity (``items:popularity``, read under half the stage deadline): an item moves ahead of
+    the catalogue's order only once its time-decayed stream popularity reaches ``min_support``
+    (weighted events: one user rating three tail items does not make them everybody's top 3), and
+    then in the order of that popularity. Items the bundle does not know are left out; excluded
+    and consumed items are removed. Redis down: the catalogue's order alone.
     """
 
     name = "popularity"
@@ -154,31 +158,44 @@ class PopularityStage:
         catalog_popularity: Sequence[str],
         n: int = 200,
         timeout_s: float = 0.05,
+        min_support: float = 5.0,
+        half_life_s: float = 86400.0,
     ):
         self.store = store
         self.catalog_popularity = list(catalog_popularity)
         self.n = n
         self.timeout_s = timeout_s
+        self.min_support = min_support
+        self.half_life_s = half_life_s
+
+    @property
+    def catalog_popularity(self) -> list[str]:
+        return self._catalog
+
+    @catalog_popularity.setter
+    def catalog_popularity(self, items: Sequence[str]) -> None:
+        self._catalog = list(items)
+        self._known = set(self._catalog)
 
     def applies(self, state: RecommendState) -> bool:
         return not state.candidates
 
     async def __call__(self, state: RecommendState) -> None:
         never = state.never_show
-        items: list[str] = []
-        kind = "popularity"
+        trending: list[str] = []
         if self.store is not None:
             try:
                 async with asyncio.timeout(self.timeout_s / 2):
-                    items = await self.store.get_popular(self.n + len(never))
+                    pairs = await self.store.get_popular_scores(self.n + len(never), self.half_life_s)
+                trending = [i for i, score in pairs if score >= self.min_support and i in self._known]
             except Exception as exc:  # Redis down: the bundle's list below
                 log.info("popularity from Redis unavailable (%r), using the bundle catalogue", exc)
-        if not items:
-            items = self.catalog_popularity
-            kind = "catalog_popularity"
-        if not items:
+        if not self._catalog and not trending:
             raise RuntimeError("no popularity list in Redis nor in the bundle catalogue")
+        lead = set(trending)
+        items = trending + [x for x in self._catalog if x not in lead]
         chosen = [x for x in items if x not in never][: self.n]
+        kind = "popularity" if trending else "catalog_popularity"
         FALLBACKS.labels(kind).inc()
         state.set_ranking(chosen, np.linspace(1.0, 0.0, num=len(chosen), endpoint=False))
         state.model_versions[self.name] = kind
@@ -307,6 +324,8 @@ def build_stages(
     rerank_timeout_s: float = 0.15,
     bandit_timeout_s: float = 0.1,
     popularity_timeout_s: float = 0.05,
+    popularity_min_support: float = 5.0,
+    popularity_half_life_s: float = 86400.0,
     similarity: Any = None,
     diversity_window: int = 50,
     diversity_timeout_s: float = 0.05,
@@ -318,7 +337,14 @@ def build_stages(
         stages.append(FeaturesStage(store, features_timeout_s))
     stages += [
         RetrievalStage(retrieval, n_candidates, retrieval_timeout_s),
-        PopularityStage(store, catalog_popularity, n_candidates, popularity_timeout_s),
+        PopularityStage(
+            store,
+            catalog_popularity,
+            n_candidates,
+            popularity_timeout_s,
+            popularity_min_support,
+            popularity_half_life_s,
+        ),
         RankingStage(ranking, ranking_timeout_s),
         RerankStage(rerank, rerank_timeout_s),
     ]

@@ -114,6 +114,8 @@ def main() -> int:
             rerank_timeout_s=settings.rerank_timeout_s,
             bandit_timeout_s=settings.bandit_timeout_s,
             popularity_timeout_s=settings.popularity_timeout_s,
+            popularity_min_support=settings.popularity_min_support,
+            popularity_half_life_s=settings.popularity_half_life_s,
             similarity=lists.similarity,
             diversity_window=settings.diversity_window,
             diversity_timeout_s=settings.diversity_timeout_s,

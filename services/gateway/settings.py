@@ -30,6 +30,12 @@ class GatewaySettings(ModelServiceSettings):
     bandit_timeout_s: float = Field(0.1, gt=0, validation_alias=env("RECSTACK_BANDIT_TIMEOUT_S"))
     diversity_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_DIVERSITY_TIMEOUT_S"))
     popularity_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_POPULARITY_TIMEOUT_S"))
+    # Stream popularity (time-decayed weighted events) an item needs before it moves ahead of the
+    # bundle's popularity order in the cold-start list; the half-life must be the stream's.
+    popularity_min_support: float = Field(5.0, ge=0, validation_alias=env("RECSTACK_POPULARITY_MIN_SUPPORT"))
+    popularity_half_life_s: float = Field(
+        86400.0, ge=0, validation_alias=env("RECSTACK_POPULARITY_HALF_LIFE_S")
+    )
     # Candidates (from the top of the ranked list) the diversity stage chooses the k items from.
     diversity_window: int = Field(50, ge=2, le=2000, validation_alias=env("RECSTACK_DIVERSITY_WINDOW"))
     # Experiments file (YAML or JSON, recstack/experiments/config.py); empty: DEFAULT_EXPERIMENT.

@@ -77,5 +77,6 @@ def validate_request(request: gateway_pb2.RecommendRequest) -> None:
         if len(item) > MAX_EXCLUDE_ITEM_LEN:
             raise RequestError(
                 "context.exclude_items",
-                f"context.exclude_items[{i}] must be at most {MAX_EXCLUDE_ITEM_LEN} characters, got {len(item)}",
+                f"context.exclude_items[{i}] must be at most {MAX_EXCLUDE_ITEM_LEN} characters, "
+                f"got {len(item)}",
             )

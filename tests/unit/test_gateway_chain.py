@@ -32,7 +32,7 @@ class FakeStore:
             raise ConnectionError("redis down")
         return self.features.get(user_id, UserFeatures(user_id))
 
-    async def get_popular(self, n: int) -> list[str]:
+    async def get_popular_scores(self, n: int, half_life_s: float) -> list[tuple[str, float]]:
         self.popular_calls += 1
         if self.down:
             raise ConnectionError("redis down")

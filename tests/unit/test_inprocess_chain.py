@@ -30,7 +30,7 @@ class Store:
     async def get_user_features(self, user_id: str) -> UserFeatures:
         return self.features[user_id]
 
-    async def get_popular(self, n: int) -> list[str]:
+    async def get_popular_scores(self, n: int, half_life_s: float) -> list[tuple[str, float]]:
         return []
 
 

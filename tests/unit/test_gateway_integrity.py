@@ -1,4 +1,4 @@
-"""The id that joins an impression to its clicks is minted by the gateway, whatever the caller sends."""
+"""Gateway integrity: minted request ids, propensities, consumed items, cold-start popularity."""
 
 from __future__ import annotations
 
@@ -73,3 +73,29 @@ async def test_consumed_items_never_come_back_unless_allowed() -> None:
     allowed = gateway_pb2.RecommendContext(allow_consumed=True)
     await rec.recommend(gateway_pb2.RecommendRequest(user_id="u1", k=10, context=allowed))
     assert not retrieval.seen_exclude & set(consumed)
+
+
+class TrendingStore(FakeStore):
+    def __init__(self, pairs: list[tuple[str, float]]):
+        super().__init__()
+        self.pairs = pairs
+
+    async def get_popular_scores(self, n: int, half_life_s: float) -> list[tuple[str, float]]:
+        return self.pairs[:n]
+
+
+async def test_cold_start_popularity_needs_support_before_the_stream_moves_an_item() -> None:
+    from recstack.serving.chain import RecommendState
+    from recstack.serving.stages import PopularityStage
+
+    catalog = [f"i{k}" for k in range(10)]
+    # one user rated three tail items (weight 1 each); i5 is really trending; "new" is not in the bundle
+    pairs = [("new", 50.0), ("i5", 12.0), ("i9", 1.0), ("i8", 1.0), ("i7", 1.0)]
+    stage = PopularityStage(TrendingStore(pairs), catalog, n=5, min_support=5.0)
+    state = RecommendState(request_id="r", user_id="cold", k=5)
+    await stage(state)
+    assert state.candidates == ["i5", "i0", "i1", "i2", "i3"]
+    assert state.model_versions["popularity"] == "popularity"
+    quiet = RecommendState(request_id="r", user_id="cold", k=5)
+    await PopularityStage(TrendingStore(pairs[2:]), catalog, n=5)(quiet)
+    assert quiet.candidates == catalog[:5] and quiet.model_versions["popularity"] == "catalog_popularity"
