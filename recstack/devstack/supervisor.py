@@ -29,7 +29,7 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recstack.devstack.process import ManagedProcess, ProcessStartError, stop_tree
+from recstack.devstack.process import ManagedProcess, ProcessStartError, stop_tree, tail
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,60 @@ class Supervisor:
         while True:
             self.check_alive()
             time.sleep(interval)
+
+    def supervise(
+        self,
+        interval: float = 0.5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        stable_s: float = 60.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Block until interrupted (KeyboardInterrupt), restarting a child that exits while the
+        others keep serving, as a production supervisor does: the first restart after
+        ``backoff_s``, each quick crash again doubling the wait up to ``max_backoff_s``; a child
+        that stayed up ``stable_s`` starts from ``backoff_s`` again. Each restart is logged with
+        the exit code and the tail of the child's log. ``stop`` (tests) ends the loop."""
+        waits: dict[str, float] = {}
+        due: dict[str, float] = {}
+        started: dict[str, float] = dict.fromkeys(self._procs, time.monotonic())
+        while stop is None or not stop.is_set():
+            now = time.monotonic()
+            for name, proc in list(self._procs.items()):
+                code = proc.poll()
+                if code is None or name in due:
+                    continue
+                quick = now - started.get(name, now) < stable_s
+                waits[name] = min(max_backoff_s, waits.get(name, backoff_s / 2) * 2) if quick else backoff_s
+                due[name] = now + waits[name]
+                log.error(
+                    "%s exited with code %s; restarting in %.1fs\n%s",
+                    name,
+                    code,
+                    waits[name],
+                    tail(proc.log_path, 10),
+                )
+            for name, when in list(due.items()):
+                if now >= when:
+                    del due[name]
+                    self.restart(name)
+                    started[name] = time.monotonic()
+            time.sleep(interval)
+
+    def restart(self, name: str) -> ManagedProcess:
+        """Start ``name`` again from its spec (its log file is appended to)."""
+        spec = self._specs[name]
+        proc = ManagedProcess(
+            spec.name, spec.argv, self.run_dir / f"{spec.name}.log", env=dict(spec.env), cwd=self.cwd
+        )
+        self._procs[name] = proc
+        try:
+            proc.start()
+        except ProcessStartError as exc:
+            log.error("restarting %s failed: %s", name, exc)
+        else:
+            log.info("restarted %s (pid %s)", name, proc.pid)
+        return proc
 
     def stop_all(self) -> None:
         """SIGTERM in reverse start order, wait `grace`, SIGKILL the rest (process trees included)."""

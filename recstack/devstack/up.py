@@ -335,7 +335,7 @@ def run_stack(config: StackConfig, console: Console | None = None) -> int:
                 f"gateway: [bold]{running.gateway}[/bold]   events topic: {running.events_topic}   "
                 "Ctrl-C to stop"
             )
-            running.supervisor.wait_forever()
+            running.supervisor.supervise()
     except KeyboardInterrupt as exc:
         console.print(f"stopped ({exc or 'Ctrl-C'})")
         return 0

@@ -245,3 +245,31 @@ def test_children_die_when_the_supervising_process_is_killed(tmp_path: Path) -> 
     while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(child)
+
+
+def test_supervise_restarts_a_crashed_child_and_keeps_the_others(tmp_path: Path) -> None:
+    import sys
+    import threading
+
+    crash = [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(3)"]
+    steady = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with Supervisor(tmp_path, grace=2.0) as sup:
+        sup.start(ServiceSpec("flaky", crash))
+        sup.start(ServiceSpec("steady", steady))
+        steady_pid = sup.processes["steady"].pid
+        first_flaky = sup.processes["flaky"].pid
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=sup.supervise,
+            kwargs={"interval": 0.05, "backoff_s": 0.1, "max_backoff_s": 0.4, "stop": stop},
+        )
+        thread.start()
+        seen = {first_flaky}
+        deadline = time.monotonic() + 10
+        while len(seen) < 3 and time.monotonic() < deadline:
+            seen.add(sup.processes["flaky"].pid)
+            time.sleep(0.05)
+        stop.set()
+        thread.join(5)
+        assert len(seen) >= 3  # restarted again and again, with backoff
+        assert sup.processes["steady"].pid == steady_pid and sup.processes["steady"].poll() is None
