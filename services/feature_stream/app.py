@@ -28,7 +28,7 @@ from services.feature_stream.processor import (
     BatchProcessor,
     LagTracker,
     RawMessage,
-    dead_letter_headers,
+    dead_letter_record,
 )
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 
@@ -90,9 +90,8 @@ def create_app(settings: StreamSettings) -> faust.App:
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
-        delivered = await dlq_topic.send(
-            key=message.key, value=message.value, headers=dead_letter_headers(message, reason, detail)
-        )
+        key, value, headers = dead_letter_record(message, reason, detail)
+        delivered = await dlq_topic.send(key=key, value=value, headers=headers)
         await delivered
 
     processor = BatchProcessor(writer, send_dead_letter)

@@ -17,6 +17,7 @@ skips event_ids it has applied. So no event content can crash or stall the worke
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -45,6 +46,14 @@ DLQ_HEADER_MESSAGE = "recstack-error"
 DLQ_HEADER_TOPIC = "recstack-source-topic"
 DLQ_HEADER_PARTITION = "recstack-source-partition"
 DLQ_HEADER_OFFSET = "recstack-source-offset"
+DLQ_HEADER_SIZE = "recstack-original-size"
+DLQ_HEADER_SHA256 = "recstack-original-sha256"
+DLQ_HEADER_TRUNCATED = "recstack-truncated"
+# A dead letter carries the original bytes when they fit well under the producer's message limit
+# (Kafka's default 1,000,000 bytes); a bigger one carries this many of its first bytes, with the
+# original size and sha256 in its headers, so that no event can stall a partition.
+DLQ_MAX_VALUE_BYTES = 256 * 1024
+DLQ_MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,31 @@ DeadLetterSink = Callable[[RawMessage, str, str], Awaitable[None]]
 
 
 def dead_letter_headers(message: RawMessage, reason: str, detail: str) -> dict[str, bytes]:
-    """Kafka headers of a dead letter: reason code, detail, source topic/partition/offset."""
-    return {
+    """Kafka headers of a dead letter: reason code, detail, source topic/partition/offset, and the
+    original value's size and sha256 (a truncated dead letter says so)."""
+    value = message.value or b""
+    headers = {
         DLQ_HEADER_REASON: reason.encode(),
         DLQ_HEADER_MESSAGE: detail.encode("utf-8", "backslashreplace")[:1024],
         DLQ_HEADER_TOPIC: message.topic.encode(),
         DLQ_HEADER_PARTITION: str(message.partition).encode(),
         DLQ_HEADER_OFFSET: str(message.offset).encode(),
+        DLQ_HEADER_SIZE: str(len(value)).encode(),
+        DLQ_HEADER_SHA256: hashlib.sha256(value).hexdigest().encode(),
     }
+    if len(value) > DLQ_MAX_VALUE_BYTES or len(message.key or b"") > DLQ_MAX_KEY_BYTES:
+        headers[DLQ_HEADER_TRUNCATED] = b"1"
+    return headers
+
+
+def dead_letter_record(
+    message: RawMessage, reason: str, detail: str
+) -> tuple[bytes | None, bytes, dict[str, bytes]]:
+    """(key, value, headers) of the dead letter of ``message``: the original bytes, or their first
+    DLQ_MAX_VALUE_BYTES when bigger (the headers keep the original size and hash)."""
+    key = message.key[:DLQ_MAX_KEY_BYTES] if message.key else message.key
+    value = (message.value or b"")[:DLQ_MAX_VALUE_BYTES]
+    return key, value, dead_letter_headers(message, reason, detail)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_headers
+from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_record
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 from services.feature_stream.transport import FETCH_MAX_WAIT_MS
 
@@ -47,9 +47,9 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
-        headers = list(dead_letter_headers(message, reason, detail).items())
+        key, value, headers = dead_letter_record(message, reason, detail)
         await producer.send_and_wait(
-            settings.dead_letter_topic, value=message.value, key=message.key, headers=headers
+            settings.dead_letter_topic, value=value, key=key, headers=list(headers.items())
         )
 
     processor = BatchProcessor(writer, send_dead_letter)

@@ -212,3 +212,34 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
     finally:
         stop_worker(proc)
         server.stop()
+
+
+def test_an_event_of_a_megabyte_is_dead_lettered_truncated_and_never_stalls_the_partition(
+    worker: dict,
+) -> None:
+    """~1 MB (under Kafka's default limit, so any producer can send it) between valid events: the
+    valid ones are applied, the big one is dead-lettered truncated with its size and hash, and the
+    worker keeps committing."""
+    import hashlib
+
+    r: redis.Redis = worker["redis"]
+    p = worker["prefix"]
+    proc, log = worker["proc"], worker["log"]
+    before = [new_event("u9", "view", f"i{k % 2 + 1}") for k in range(10)]
+    huge = b'{"schema_version": 1, "pad": "' + b"x" * 999_000 + b'"}'
+    after = [new_event("u9", "click", "i1") for _ in range(10)]
+    values = (
+        [(b"u9", event_to_json(e)) for e in before]
+        + [(b"u9", huge)]
+        + [(b"u9", event_to_json(e)) for e in after]
+    )
+    asyncio.run(produce(worker["bootstrap"], worker["events_topic"], values))
+    wait_for(lambda: r.hget(f"{p}user:u9:stats", "click") == "10", "all 20 valid events applied", proc, log)
+    assert r.hget(f"{p}user:u9:stats", "view") == "10"
+    dead = asyncio.run(read_topic(worker["bootstrap"], worker["dlq_topic"], 1))
+    headers = dict(dead[0].headers)
+    assert headers["recstack-reason"] == b"too_large" and headers["recstack-truncated"] == b"1"
+    assert headers["recstack-original-size"] == str(len(huge)).encode()
+    assert headers["recstack-original-sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert dead[0].value == huge[: len(dead[0].value)] and len(dead[0].value) < len(huge)
+    assert proc.poll() is None, log.read_text()[-3000:]

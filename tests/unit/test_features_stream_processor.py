@@ -173,3 +173,19 @@ async def test_redis_refusing_writes_is_retried_not_dead_lettered() -> None:
     values = [event_to_json(new_event("u1", "view", f"i{n}")) for n in range(3)]
     outcome = await processor.process([msg(v, n) for n, v in enumerate(values)])
     assert outcome.applied == 3 and writer.failures == 0 and writer.applied == 3
+
+
+def test_dead_letter_record_truncates_what_cannot_be_sent_whole() -> None:
+    import hashlib
+
+    from services.feature_stream.processor import DLQ_MAX_VALUE_BYTES, dead_letter_record
+
+    small = RawMessage(b"{bad json", b"k", "t", 0, 7)
+    key, value, headers = dead_letter_record(small, "malformed_json", "Expecting value")
+    assert (key, value) == (b"k", b"{bad json") and "recstack-truncated" not in headers
+    assert headers["recstack-original-size"] == b"9"
+    big = RawMessage(b"x" * (DLQ_MAX_VALUE_BYTES + 10), b"k" * 5000, "t", 2, 9)
+    key, value, headers = dead_letter_record(big, "too_large", "event is big")
+    assert len(value) == DLQ_MAX_VALUE_BYTES and len(key) == 1024 and headers["recstack-truncated"] == b"1"
+    assert headers["recstack-original-sha256"] == hashlib.sha256(big.value).hexdigest().encode()
+    assert headers["recstack-source-offset"] == b"9" and headers["recstack-source-partition"] == b"2"
