@@ -15,6 +15,8 @@
 | bandit:tsseg:{seg}|{item} | hash | alpha, beta of the item's posterior in segment seg   |
 |                           |      | (both include the Beta(1, 1) prior; '|' never occurs |
 |                           |      | in a segment id, so no item id or segment collides)  |
+| stream:offsets            | hash | "topic:partition" -> newest offset applied (written  |
+|                           |      | with the batch: replays of any age are no-ops)       |
 | event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
 | imp:{request_id}          | hash | served item -> 0 (no reward yet) / 1 (rewarded)      |
 | imp:pending               | zset | request_id -> unix s when its reward window closes   |

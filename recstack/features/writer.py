@@ -49,6 +49,11 @@ no-ops like every other write (the event_id marker).
 ``beta += 1`` (zero reward), on the segment arm too when the impression had a segment. Arms,
 global and per segment, start from the Beta(1, 1) prior (both fields set to 1 first).
 
+Partition offsets: with the events' sources (``topic:partition``, offset), the script keeps the
+newest applied offset of each partition in ``stream:offsets`` (written in the same atomic call as
+the batch) and skips events at or below it: exactly-once that does not depend on the markers' TTL
+(those stay, for producers that send the same event twice).
+
 Keys are built inside the script from the prefix (single Redis or a hash-tagged prefix; not
 cluster-sharded). The script is loaded once (SCRIPT LOAD) and called with EVALSHA; redis-py's
 Script reloads it on NOSCRIPT (e.g. after a Redis restart).
@@ -240,8 +245,23 @@ local function transient_code(msg)
   end
 end
 local failed = {}
+local okey = prefix .. 'stream:offsets'
+local stored, newest = {}, {}
+local function seen_offset(src, off)
+  if src == '' then return false end
+  if stored[src] == nil then stored[src] = tonumber(redis.call('HGET', okey, src) or '-1') end
+  return off <= stored[src]
+end
 for i, ev in ipairs(batch) do
-  local ok, res = pcall(apply_one, ev)
+  local src, off = ev[15], ev[16]
+  local ok, res
+  if seen_offset(src, off) then
+    -- applied by an earlier call: a replay of any age is a no-op (whatever the event-id markers)
+    ok, res = true, 'dup'
+  else
+    ok, res = pcall(apply_one, ev)
+    if src ~= '' and (newest[src] == nil or off > newest[src]) then newest[src] = off end
+  end
   if not ok then
     local msg = type(res) == 'table' and tostring(res.err) or tostring(res)
     local code = transient_code(msg)
@@ -257,6 +277,9 @@ for i, ev in ipairs(batch) do
   else
     dup = dup + 1
   end
+end
+for src, off in pairs(newest) do
+  if off > stored[src] then redis.call('HSET', okey, src, off) end
 end
 return {applied, dup, rewards, failed}
 """
@@ -424,7 +447,7 @@ class FeatureWriter:
         # impressions/clicks with a request_id update the LinUCB statistics in Redis.
         self.linear_rewards = LinearRewardWriter(redis, self.keys.prefix, reward_window_s)
 
-    def _encode(self, event: UserEvent) -> list[Any]:
+    def _encode(self, event: UserEvent, source: tuple[str, int] | None = None) -> list[Any]:
         return [
             event.event_id,
             event.user_id,
@@ -439,14 +462,25 @@ class FeatureWriter:
             *ab_exposures(event),
             1 if event.is_interaction else 0,
             impression_segment(event),
+            source[0] if source else "",
+            int(source[1]) if source else -1,
         ]
 
-    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def apply(
+        self, events: Sequence[UserEvent], sources: Sequence[tuple[str, int]] | None = None
+    ) -> ApplyResult:
         """Apply validated events in order, in one EVALSHA. Raises redis.RedisError when Redis is
-        unreachable (then nothing of the batch was written); per-event errors are in ``failed``."""
+        unreachable (then nothing of the batch was written); per-event errors are in ``failed``.
+
+        ``sources``: each event's (``topic:partition``, offset). The script records the newest
+        applied offset of every partition in ``stream:offsets`` in the same atomic call and skips
+        (as duplicates) events at or below it, so a replay of any age is a no-op."""
         if not events:
             return ApplyResult(0, 0, 0)
-        payload = json.dumps([self._encode(e) for e in events], separators=(",", ":"))
+        if sources is not None and len(sources) != len(events):
+            raise ValueError(f"{len(sources)} sources for {len(events)} events")
+        encoded = [self._encode(e, sources[k] if sources else None) for k, e in enumerate(events)]
+        payload = json.dumps(encoded, separators=(",", ":"))
         applied, dup, rewards, failed = await self._apply(
             keys=[],
             args=[

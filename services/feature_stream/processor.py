@@ -141,7 +141,9 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 invalid += 1
                 await self._dead_letter(message, exc.reason_code, exc.message)
-        result = await self._apply_isolating(valid)
+        result = await self._apply_isolating(
+            valid, 0, [(f"{m.topic}:{m.partition}", m.offset) for m in sources]
+        )
         for index, error in result.failed:
             await self._dead_letter(sources[index], WRITE_FAILED, error)
         written_at = self.clock()
@@ -169,19 +171,24 @@ class BatchProcessor:
         )
         await self.dead_letter(message, reason, detail)
 
-    async def _apply_isolating(self, events: Sequence[UserEvent], offset: int = 0) -> ApplyResult:
+    async def _apply_isolating(
+        self, events: Sequence[UserEvent], offset: int = 0, sources: Sequence[tuple[str, int]] | None = None
+    ) -> ApplyResult:
         """Apply in order; a batch rejected as a whole is bisected down to the events that fail.
 
-        ``offset`` is the index of events[0] in the processed batch (indices in ``failed``)."""
+        ``offset`` is the index of events[0] in the processed batch (indices in ``failed``);
+        ``sources`` each event's (topic:partition, offset)."""
         try:
-            result = await self._apply_with_retry(events)
+            result = await self._apply_with_retry(events, sources)
         except (RedisError, ValueError, TypeError) as exc:
             if len(events) == 1:
                 return ApplyResult(0, 0, 0, ((offset, f"{type(exc).__name__}: {exc}"),))
             log.warning("batch of %d events rejected (%r); isolating the failing events", len(events), exc)
             half = len(events) // 2
-            first = await self._apply_isolating(events[:half], offset)
-            second = await self._apply_isolating(events[half:], offset + half)
+            first = await self._apply_isolating(events[:half], offset, sources[:half] if sources else None)
+            second = await self._apply_isolating(
+                events[half:], offset + half, sources[half:] if sources else None
+            )
             return ApplyResult(
                 first.applied + second.applied,
                 first.duplicates + second.duplicates,
@@ -197,11 +204,13 @@ class BatchProcessor:
             )
         return result
 
-    async def _apply_with_retry(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def _apply_with_retry(
+        self, events: Sequence[UserEvent], sources: Sequence[tuple[str, int]] | None = None
+    ) -> ApplyResult:
         backoff = self.initial_backoff_s
         while True:
             try:
-                return await self.writer.apply(events)
+                return await self.writer.apply(events, sources)
             except (RedisError, OSError) as exc:
                 if not is_transient(exc):
                     raise

@@ -19,7 +19,7 @@ class FlakyWriter:
         self.failures = failures
         self.batches: list[list[UserEvent]] = []
 
-    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def apply(self, events: Sequence[UserEvent], sources=None) -> ApplyResult:  # noqa: ANN001
         if self.failures:
             self.failures -= 1
             raise RedisConnectionError("connection refused")
@@ -83,7 +83,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class PartlyFailingWriter:
-    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def apply(self, events: Sequence[UserEvent], sources=None) -> ApplyResult:  # noqa: ANN001
         return ApplyResult(len(events) - 1, 0, 0, failed=((1, "WRONGTYPE Operation against a key"),))
 
 
@@ -107,7 +107,7 @@ class PoisonWriter:
     def __init__(self) -> None:
         self.applied: list[str] = []
 
-    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def apply(self, events: Sequence[UserEvent], sources=None) -> ApplyResult:  # noqa: ANN001
         if any(e.user_id == "poison" for e in events):
             raise ResponseError("Error running script: bad payload")
         self.applied.extend(e.event_id for e in events)
@@ -155,7 +155,7 @@ class OutOfMemoryWriter:
         self.failures = failures
         self.applied = 0
 
-    async def apply(self, events: Sequence[UserEvent]) -> ApplyResult:
+    async def apply(self, events: Sequence[UserEvent], sources=None) -> ApplyResult:  # noqa: ANN001
         if self.failures:
             self.failures -= 1
             # what redis-py raises for the reply "OOM command not allowed when used memory > ..."

@@ -416,3 +416,22 @@ async def test_consumed_items_are_kept_beyond_the_recent_items_and_capped(client
     }
     with pytest.raises(ValueError, match="consumed_cap"):
         FeatureWriter(client, consumed_cap=0)
+
+
+async def test_partition_offsets_make_a_replay_of_any_age_a_no_op(client: aioredis.Redis) -> None:
+    import asyncio
+
+    writer = FeatureWriter(client, dedup_ttl_s=1)  # markers gone after a second
+    events = [ev("u1", "click", f"i{k}", ts=T0 + k) for k in range(10)]
+    sources = [("user-events:3", 100 + k) for k in range(10)]
+    assert (await writer.apply(events, sources)).applied == 10
+    assert await client.hget("stream:offsets", "user-events:3") == "109"
+    await asyncio.sleep(1.2)
+    assert not await client.exists(f"event:{events[0].event_id}")  # the markers expired
+    replay = await writer.apply(events, sources)  # e.g. after a stall longer than the marker TTL
+    assert (replay.applied, replay.duplicates) == (0, 10)
+    assert await client.hget("user:u1:stats", "click") == "10"
+    later = await writer.apply([ev("u1", "click", "i99", ts=T0 + 99)], [("user-events:3", 110)])
+    assert later.applied == 1 and await client.hget("stream:offsets", "user-events:3") == "110"
+    other = await writer.apply([ev("u1", "view", "i5")], [("user-events:4", 0)])  # another partition
+    assert other.applied == 1
