@@ -238,9 +238,18 @@ def msprt(
     tau: float | None = None,
     tau_sd: float = 0.1,
     min_n: int = 20,
+    min_events: float = 10.0,
 ) -> SequentialResult:
     """Mixture SPRT for mean(treated) - mean(control), evaluated after every user in the given
-    (arrival) order. ``tau``: prior sd of the effect; default ``tau_sd`` x pooled sd of ``values``."""
+    (arrival) order. ``tau``: prior sd of the effect; default ``tau_sd`` x pooled sd of ``values``.
+
+    Valid whatever the order in which the arms arrive (a staged ramp, records grouped by variant):
+    the variance is the pooled one under the null hypothesis (every user of both arms), not a
+    running per-arm estimate that collapses to 0 on the first users of a rare metric; and an arm
+    counts only once it holds ``min_n`` users and, for a metric whose values are mostly one value
+    (a rare event), enough users to expect ``min_events`` of the other (the normal approximation
+    behind the test needs them).
+    """
     y = np.asarray(values, dtype=np.float64)
     t = np.asarray(treated, dtype=bool)
     if len(y) != len(t):
@@ -249,29 +258,30 @@ def msprt(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if min_n < 2:
         raise ValueError(f"min_n must be >= 2, got {min_n}")
+    sigma2 = float(y.var(ddof=1)) if len(y) > 1 else 0.0
     if tau is None:
-        tau = tau_sd * float(y.std(ddof=1)) if len(y) > 1 else 0.0
+        tau = tau_sd * math.sqrt(sigma2)
     empty = np.zeros(0)
-    if tau <= 0:  # constant data: nothing to test
+    if tau <= 0 or sigma2 <= 0:  # constant data: nothing to test
         return SequentialResult(empty.astype(np.int64), empty, empty, empty, empty, alpha, float(tau))
+    _, counts = np.unique(y, return_counts=True)
+    other = 1.0 - counts.max() / len(y)  # share of users whose value is not the most common one
+    min_arm = max(min_n, math.ceil(min_events / other)) if other > 0 else min_n
 
-    def running(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def running(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = np.cumsum(mask)
         s = np.cumsum(np.where(mask, y, 0.0))
-        ss = np.cumsum(np.where(mask, y * y, 0.0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = s / n
-            var = (ss - n * mean**2) / (n - 1)
-        return n, mean, np.maximum(var, 0.0)
+            return n, s / n
 
-    n1, m1, v1 = running(t)
-    n0, m0, v0 = running(~t)
-    look = (n1 >= min_n) & (n0 >= min_n)
+    n1, m1 = running(t)
+    n0, m0 = running(~t)
+    look = (n1 >= min_arm) & (n0 >= min_arm)
     if not look.any():
         return SequentialResult(empty.astype(np.int64), empty, empty, empty, empty, alpha, float(tau))
-    n1, m1, v1, n0, m0, v0 = (a[look] for a in (n1, m1, v1, n0, m0, v0))
+    n1, m1, n0, m0 = (a[look] for a in (n1, m1, n0, m0))
     diff = m1 - m0
-    v = np.maximum(v1 / n1 + v0 / n0, 1e-300)
+    v = sigma2 * (1.0 / n1 + 1.0 / n0)
     tau2 = tau * tau
     log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * diff**2 / (2.0 * v * (v + tau2))
     p = np.minimum.accumulate(np.minimum(1.0, np.exp(-log_lr)))
@@ -383,6 +393,17 @@ def per_user(records: pd.DataFrame, experiment_id: str | None = None) -> tuple[p
     return users, dropped
 
 
+ARRIVAL_SEED = 0
+
+
+def arrival_order(users: pd.DataFrame) -> np.ndarray:
+    """Row positions of ``users`` in arrival order for the sequential test: by first_exposure when
+    every record has one, else a seeded random permutation (documented in the report's notes)."""
+    if "first_exposure" in users.columns and not users["first_exposure"].isna().any():
+        return np.argsort(users["first_exposure"].to_numpy(dtype=np.float64), kind="stable")
+    return np.random.default_rng(ARRIVAL_SEED).permutation(len(users))
+
+
 def metric_values(users: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series | None]:
     """(per-user values, pre-period covariate or None) of a metric, on the users it is defined for."""
     if metric == "ctr":
@@ -452,6 +473,12 @@ def analyze(
         )
     if dropped:
         notes.append(f"{dropped} users appeared in more than one variant and were left out")
+    arrival = arrival_order(users)
+    if "first_exposure" not in users.columns or users["first_exposure"].isna().any():
+        notes.append(
+            "records without first_exposure: the sequential test takes the users in a random order "
+            f"(seed {ARRIVAL_SEED}), never the file's order (a file grouped by variant would fake an effect)"
+        )
 
     treatments = [v for v in weights if v != control and counts.get(v, 0) > 0]
     means: dict[str, dict[str, float]] = {}
@@ -459,6 +486,9 @@ def analyze(
     for metric in [*metrics, *guardrails]:
         y, x = metric_values(users, metric)
         arm = users.loc[y.index, "variant"].to_numpy()
+        arrival_rank = np.empty(len(users), dtype=np.int64)
+        arrival_rank[arrival] = np.arange(len(users))
+        by_arrival = np.argsort(arrival_rank[users.index.get_indexer(y.index)], kind="stable")
         means[metric] = {v: float(y[arm == v].mean()) for v in weights if (arm == v).any()}
         yv = y.to_numpy(dtype=np.float64)
         theta, reduction = 0.0, 0.0
@@ -473,7 +503,8 @@ def analyze(
             t_vals = yv[arm == v]
             w = welch_test(t_vals, c_vals, alpha)
             rel = relative_lift(t_vals, c_vals, alpha)
-            seq = msprt(yv[keep], arm[keep] == v, alpha=alpha, tau_sd=tau_sd)
+            order = by_arrival[keep[by_arrival]]  # the two arms' users in arrival order
+            seq = msprt(yv[order], arm[order] == v, alpha=alpha, tau_sd=tau_sd)
             raw.append(
                 {
                     "metric": metric,
