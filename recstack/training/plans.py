@@ -31,7 +31,7 @@ class UnknownModelNameError(ValueError):
 class ModelPlan:
     """How to train one model: model-config overrides, task settings, trainer settings.
 
-    For the sequential models ``task`` is their task config (e.g. ``SASRecTaskConfig.full()``)
+    For the sequential models ``task`` is their task config (e.g. ``SASRecTaskConfig.small()``)
     and ``trainer`` is built from its ``trainer_overrides()`` when left None.
     """
 
