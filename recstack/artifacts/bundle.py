@@ -115,12 +115,14 @@ def save_bundle(
     created_at: Mapping[str, int] | None = None,
     update_current: bool = True,
     indexes: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a new version directory under ``out_dir`` (and point CURRENT at it); return its path.
 
     ``models``: name -> module (classes known to :mod:`recstack.artifacts.registry`);
     ``serving``: settings the serving cores read (e.g. ``{"rerank": {"blend": 0.6}}``);
     ``indexes``: trained FAISS indexes of retrieval sources (``index-<source>.faiss``);
+    ``training``: how the bundle was trained (profile, parameters, how each model stopped, warnings);
     ``created_at``: item id -> creation time (unix s); catalog.json keeps the entries of
     ``item_ids`` (items without one are left out).
     The version directory is written under a temporary name and renamed when complete.
@@ -165,6 +167,7 @@ def save_bundle(
                 "data_spec": data_spec,
                 "models": manifest_models,
                 "serving": serving or {},
+                "training": dict(training or {}),
             },
         )
         final = out_dir / version

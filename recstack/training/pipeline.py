@@ -393,6 +393,12 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
         created_at=catalog.content["created_at"],
         update_current=False,
         indexes=indexes,
+        training={
+            "profile": config.profile,
+            "params": config.params,
+            "stopped_by": {n: r["stopped_by"] for n, r in records.items()},
+            "warnings": warnings,
+        },
     )
     write_current(Path(out), vdir.name)
     return vdir

@@ -48,6 +48,10 @@ def test_train_bundle_writes_a_loadable_bundle(tmp_path: Path) -> None:
         assert rec["train_seconds"] > 0 and rec["peak_rss_mb"] > 0 and 0 <= rec["test"]["NDCG@10"] <= 1
     assert "pipeline" in metrics and metrics["pipeline"]["test"]["users"] > 0
     assert b.configs["rerank"]["method"] in ("fusion", "order")
+    assert b.manifest["training"]["stopped_by"] == {
+        n: metrics["models"][n]["stopped_by"] for n in b.model_names
+    }
+    assert b.manifest["training"]["warnings"] == []
     assert b.configs["retrieval"]["sources"] == {"two_tower": 1.0}  # no sequence model trained
     # the pipeline is at least as good as every single stage's order on validation (by construction)
     valid = metrics["pipeline"]["valid"]
@@ -181,3 +185,19 @@ def test_large_catalogues_get_a_trained_ivf_index_saved_with_the_bundle(tmp_path
     assert evaluate_bundle(SPEC, tmp_path)["pipeline"]["NDCG@10"] == pytest.approx(
         metrics["pipeline"]["test"]["NDCG@10"], abs=1e-9
     )
+
+
+def test_the_wall_clock_safety_net_warns_in_the_log_and_the_manifest(tmp_path: Path, caplog) -> None:
+    import logging
+
+    cfg = tiny_config()
+    import dataclasses
+
+    plan = cfg.models["two_tower"]  # the plans share one TrainerConfig: replace, do not mutate
+    plan.trainer = dataclasses.replace(plan.trainer, max_minutes=1e-6)  # trips after the first epoch
+    with caplog.at_level(logging.WARNING):
+        vdir = train_bundle(SPEC, tmp_path, cfg)
+    assert "WALL-CLOCK SAFETY NET" in caplog.text
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["training"]["stopped_by"]["two_tower"] == "wall_clock"
+    assert manifest["training"]["warnings"] == ["two_tower was stopped by the wall-clock safety net"]
