@@ -13,8 +13,8 @@ import numpy as np
 
 from recstack.features.types import UserFeatures
 from recstack.rpc.client import call
-from recstack.rpc.convert import scored_items, user_to_proto
-from recstack.serving.stages import StageResult, components_by_name
+from recstack.rpc.convert import components_from_proto, scored_items, user_to_proto
+from recstack.serving.stages import StageResult
 from recstack.v1 import (
     bandit_pb2,
     bandit_pb2_grpc,
@@ -27,16 +27,12 @@ from recstack.v1 import (
 )
 
 
-def _components(items: Sequence[Any]) -> dict[str, dict[str, float]]:
-    return {x.item_id: dict(x.scores) for x in items if x.scores}
-
-
 def _result(items: Sequence[Any], version: str) -> StageResult:
     return StageResult(
         items=[x.item_id for x in items],
         scores=np.asarray([x.score for x in items], dtype=np.float64),
         version=version,
-        components=_components(items),
+        components=components_from_proto(items),
     )
 
 
@@ -89,13 +85,12 @@ class GrpcRerank(_GrpcBackend):
         items: Sequence[str],
         scores: np.ndarray,
         model: str,
-        components: Mapping[str, Mapping[str, float]] | None = None,
+        components: Mapping[str, np.ndarray] | None = None,
     ) -> StageResult:
-        """Sends the candidates with the scores of earlier stages (``components``: {item: {name:
-        score}}), which the bundle's fusion reads."""
-        per_name = components_by_name(items, components or {})
+        """Sends the candidates with the scores of earlier stages (``components``: {name: [N]}),
+        which the bundle's fusion reads."""
         request = rerank_pb2.RerankRequest(
-            user=user_to_proto(user), candidates=scored_items(items, scores, per_name), model=model
+            user=user_to_proto(user), candidates=scored_items(items, scores, components), model=model
         )
         reply = await call(self.stub.Rerank, request, self.timeout_s)
         return _result(reply.items, reply.model_version)

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from recstack.features.types import UserFeatures
-from recstack.serving.stages import components_by_name
 from recstack.v1 import common_pb2
 
 
@@ -56,4 +55,10 @@ def scored_items(
 
 def components_from_proto(items: Sequence[common_pb2.ScoredItem]) -> dict[str, np.ndarray]:
     """The ``scores`` maps of ScoredItem messages as {name: scores [N]}, NaN where one lacks it."""
-    return components_by_name([x.item_id for x in items], {x.item_id: dict(x.scores) for x in items})
+    out: dict[str, np.ndarray] = {}
+    for k, x in enumerate(items):
+        for name, value in x.scores.items():
+            if name not in out:
+                out[name] = np.full(len(items), np.nan)
+            out[name][k] = value
+    return out

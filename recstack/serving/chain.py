@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,8 +51,9 @@ class RecommendState:
     """Everything one Recommend request carries through the chain.
 
     candidates: item ids in the current order, best first [N]; scores: float64 [N] aligned with
-    them; components: per-item component scores (p_click ...); propensities: [N] once the bandit
-    ran, else None.
+    them; components: named scores of the stages, {name: [N] aligned with the candidates, NaN where
+    a stage did not score an item} (retrieval, two_tower, ranking, p_click ...); propensities: [N]
+    once the bandit ran, else None.
     """
 
     request_id: str
@@ -68,7 +69,7 @@ class RecommendState:
     known_user: bool = False
     candidates: list[str] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    components: dict[str, dict[str, float]] = field(default_factory=dict)
+    components: dict[str, np.ndarray] = field(default_factory=dict)
     propensities: np.ndarray | None = None
     stages_ran: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -112,11 +113,13 @@ class RecommendState:
         self,
         items: Sequence[str],
         scores: np.ndarray | Sequence[float],
-        components: dict[str, dict[str, float]] | None = None,
+        components: Mapping[str, np.ndarray] | None = None,
         propensities: np.ndarray | Sequence[float] | None = None,
     ) -> None:
         """Replace the current ordering (drops excluded and duplicate ids, keeps the first).
 
+        components: the stage's named scores, {name: [N] aligned with ``items``}; the earlier
+        stages' are carried over to the new order (NaN for an item they did not score).
         propensities [N] are kept aligned with the items; None clears them (a new ordering made
         after the bandit has no propensities)."""
         arr = np.asarray(scores, dtype=np.float64)
@@ -128,12 +131,20 @@ class RecommendState:
             if item not in seen and item not in self.exclude:
                 keep[i] = True
             seen.add(item)
-        self.candidates = [item for item, k in zip(items, keep, strict=True) if k]
+        kept = [item for item, k in zip(items, keep, strict=True) if k]
+        if self.components:
+            position = {item: i for i, item in enumerate(self.candidates)}
+            idx = np.fromiter((position.get(item, -1) for item in kept), dtype=np.int64, count=len(kept))
+            found = idx >= 0
+            for name, values in self.components.items():
+                moved = np.full(len(kept), np.nan)
+                moved[found] = values[idx[found]]
+                self.components[name] = moved
+        for name, values in (components or {}).items():
+            self.components[name] = np.asarray(values, dtype=np.float64)[keep]
+        self.candidates = kept
         self.scores = arr[keep]
         self.propensities = None if propensities is None else np.asarray(propensities, np.float64)[keep]
-        if components is not None:
-            for item, comp in components.items():
-                self.components.setdefault(item, {}).update(comp)
 
     def served_propensities(self) -> np.ndarray:
         """The probability with which each served item was placed: the bandit's, or 1.0 where no

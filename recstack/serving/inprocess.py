@@ -19,21 +19,11 @@ import numpy as np
 
 from recstack.features.types import UserFeatures
 from recstack.serving.batching import MicroBatcher
-from recstack.serving.stages import StageResult, components_by_name
+from recstack.serving.stages import StageResult
 
 log = logging.getLogger(__name__)
 
 IN_PROCESS = "inprocess"
-
-
-def _per_item(items: Sequence[str], components: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """{name: scores [N]} -> {item: {name: score}} (non-finite scores left out)."""
-    out: dict[str, dict[str, float]] = {item: {} for item in items}
-    for name, values in components.items():
-        for item, value in zip(items, np.asarray(values, dtype=np.float64), strict=True):
-            if np.isfinite(value):
-                out[item][name] = float(value)
-    return out
 
 
 class InProcessStages:
@@ -104,7 +94,7 @@ class InProcessRetrieval:
 
     async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
         (ids, scores, components), version = await self.batcher((user, n, set(exclude)))
-        return StageResult(list(ids), np.asarray(scores, np.float64), version, _per_item(ids, components))
+        return StageResult(list(ids), np.asarray(scores, np.float64), version, dict(components))
 
 
 class InProcessRanking:
@@ -122,7 +112,7 @@ class InProcessRanking:
         from recstack.serving.ranker import ranking_components
 
         (ids, combined, per_task), version = await self.batcher((user, list(items), model or None, weights))
-        comps = _per_item(ids, ranking_components(combined, per_task))
+        comps = ranking_components(combined, per_task)
         return StageResult(list(ids), np.asarray(combined, np.float64), version, comps)
 
 
@@ -136,8 +126,8 @@ class InProcessRerank:
         items: Sequence[str],
         scores: np.ndarray,
         model: str,
-        components: Mapping[str, Mapping[str, float]] | None = None,
+        components: Mapping[str, np.ndarray] | None = None,
     ) -> StageResult:
-        by_name = components_by_name(items, components or {})
-        (ids, final), version = await self.batcher((user, list(items), scores, model or None, by_name))
+        request = (user, list(items), scores, model or None, dict(components or {}))
+        (ids, final), version = await self.batcher(request)
         return StageResult(list(ids), np.asarray(final, np.float64), version)

@@ -34,26 +34,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageResult:
-    """items [N] best first, scores [N], optional per-item component scores and propensities [N]."""
+    """items [N] best first, scores [N], optional named scores {name: [N]} and propensities [N]."""
 
     items: list[str]
     scores: np.ndarray
     version: str = ""
-    components: dict[str, dict[str, float]] = field(default_factory=dict)
+    components: dict[str, np.ndarray] = field(default_factory=dict)
     propensities: np.ndarray | None = None
     stale: bool = False
-
-
-def components_by_name(
-    item_ids: Sequence[str], per_item: Mapping[str, Mapping[str, float]]
-) -> dict[str, np.ndarray]:
-    """{item: {name: score}} -> {name: scores [N] aligned with item_ids, NaN where an item lacks it}."""
-    names = sorted({name for i in item_ids for name in per_item.get(i, {})})
-    out = {name: np.full(len(item_ids), np.nan) for name in names}
-    for k, item in enumerate(item_ids):
-        for name, value in per_item.get(item, {}).items():
-            out[name][k] = value
-    return out
 
 
 class FeatureSource(Protocol):
@@ -84,7 +72,7 @@ class RerankBackend(Protocol):
         items: Sequence[str],
         scores: np.ndarray,
         model: str,
-        components: Mapping[str, Mapping[str, float]] | None = None,
+        components: Mapping[str, np.ndarray] | None = None,
     ) -> StageResult: ...
 
 

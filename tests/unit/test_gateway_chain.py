@@ -56,7 +56,7 @@ class FakeRetrieval:
             raise ConnectionError("retrieval unreachable")
         self.seen_exclude = set(exclude)
         items = [x for x in CATALOG if x not in exclude][:n]
-        comps = {x: {"retrieval": 1.0 / (k + 1), "two_tower": 0.5} for k, x in enumerate(items)}
+        comps = {"retrieval": 1.0 / np.arange(1, len(items) + 1), "two_tower": np.full(len(items), 0.5)}
         return StageResult(items, np.linspace(1, 0, len(items)), "v1", comps)
 
 
@@ -81,20 +81,21 @@ class FakeRanking:
         if self.fail:
             raise RuntimeError("boom")
         out = list(reversed(items))
-        comps = {x: {"p_click": 0.5} for x in out}
-        return StageResult(out, np.linspace(1, 0, len(out)), "v1", comps)
+        return StageResult(out, np.linspace(1, 0, len(out)), "v1", {"p_click": np.full(len(out), 0.5)})
 
 
 class FakeRerank:
     def __init__(self) -> None:
         self.calls = 0
         self.components: list[dict] = []
+        self.items: list[list[str]] = []
 
     async def rerank(
         self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str, components=None
     ) -> StageResult:
         self.calls += 1
         self.components.append(dict(components or {}))
+        self.items.append(list(items))
         return StageResult(list(items), np.asarray(scores), "v1")
 
 
@@ -128,7 +129,9 @@ async def test_full_chain_runs_every_stage() -> None:
     assert rerank.calls == 1
     # the rerank stage gets every earlier stage's scores of each candidate (its fusion reads them)
     sent = rerank.components[0]
-    assert sent["i49"] == {"retrieval": pytest.approx(1 / 47), "two_tower": 0.5, "p_click": 0.5}
+    assert set(sent) == {"retrieval", "two_tower", "p_click"}
+    first = rerank.items[0].index("i49")
+    assert sent["retrieval"][first] == pytest.approx(1 / 47) and sent["p_click"][first] == 0.5
 
 
 async def test_failing_stage_is_skipped_and_order_kept() -> None:

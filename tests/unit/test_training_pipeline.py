@@ -80,23 +80,18 @@ def test_bad_spec_and_model_names(tmp_path: Path) -> None:
 
 def test_same_data_and_seed_give_the_same_metrics_on_a_busy_machine(tmp_path: Path) -> None:
     """Training stops on epochs and validation only: CPU contention changes the time, not the result."""
-    import threading
+    import subprocess
+    import sys
 
     quiet = json.loads((train_bundle(SPEC, tmp_path / "a", tiny_config()) / "metrics.json").read_text())
-    stop = threading.Event()
-
-    def burn() -> None:
-        x = 0
-        while not stop.is_set():
-            x = (x * 31 + 7) % 1_000_003
-
-    burners = [threading.Thread(target=burn, daemon=True) for _ in range(2)]
-    for t in burners:
-        t.start()
+    # two other processes spinning on the 2 cores: the machine is busy, our process gets less CPU
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         busy = json.loads((train_bundle(SPEC, tmp_path / "b", tiny_config()) / "metrics.json").read_text())
     finally:
-        stop.set()
+        for proc in burners:
+            proc.kill()
+            proc.wait()
     for name, rec in quiet["models"].items():
         assert (
             busy["models"][name]["test"] == rec["test"]
