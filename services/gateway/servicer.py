@@ -34,10 +34,11 @@ from recstack.experiments.assignment import UnknownVariantError
 from recstack.experiments.config import ExperimentsConfig, Resolution
 from recstack.exploration.segments import SEGMENT_CONTEXT_KEY
 from recstack.logging import current_request_id, new_request_id, reset_request_id, set_request_id
+from recstack.rpc.convert import scored_items
 from recstack.rpc.server import REQUEST_ID_METADATA, StartupError
 from recstack.serving.chain import Chain, RecommendState
 from recstack.serving.stages import DiversityStage, PopularityStage
-from recstack.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.monitoring import REQUEST_LATENCY, REQUESTS, GatewayMonitor
 from services.gateway.validation import RequestError, validate_request
 
@@ -274,14 +275,9 @@ class Recommender:
             skipped=state.skipped,
             model_versions=state.model_versions,
         )
-        propensities = state.served_propensities()
-        for i, item in enumerate(state.candidates):
-            msg = common_pb2.ScoredItem(
-                item_id=item, score=float(state.scores[i]), propensity=float(propensities[i])
-            )
-            for name, value in state.components.get(item, {}).items():
-                msg.scores[name] = value
-            reply.items.append(msg)
+        reply.items.extend(
+            scored_items(state.candidates, state.scores, state.components, state.served_propensities())
+        )
         outcome = "degraded" if state.degraded else "ok"
         if self.monitor is not None:
             self.monitor.observe(state.candidates)

@@ -201,6 +201,8 @@ async def test_recommender_builds_reply_and_rejects_bad_requests() -> None:
     assert reply.variant in {"control", "treatment"}
     assert reply.request_id
     assert list(reply.stages) == ["features", "retrieval", "rerank", "bandit"]
+    for item in reply.items:  # the stages' named scores of every served item
+        assert set(item.scores) == {"retrieval", "two_tower"} and item.scores["two_tower"] == 0.5
     with pytest.raises(RequestError, match="k must be between 1 and 100, got 0"):
         await rec.recommend(gateway_pb2.RecommendRequest(user_id="u1", k=0))
 
