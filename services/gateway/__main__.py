@@ -19,7 +19,7 @@ from recstack.rpc.loading import start_reloader
 from recstack.rpc.server import StartupError, limit_threads, run
 from recstack.rpc.settings import load_settings
 from recstack.serving.chain import Chain
-from recstack.serving.stages import build_stages
+from recstack.serving.stages import LocalBandit, build_stages
 from recstack.v1 import gateway_pb2_grpc
 from services.gateway.monitoring import GatewayMonitor
 from services.gateway.servicer import (
@@ -58,9 +58,10 @@ async def watch_experiments(watcher: ConfigWatcher, recommender: Recommender, in
             log.exception("experiments watcher failed; keeping the current configuration")
 
 
-async def stage_backends(settings: GatewaySettings, channels: list) -> dict[str, object]:
+async def stage_backends(settings: GatewaySettings, channels: list, store: FeatureStore) -> dict[str, object]:
     """The backend of each stage: in process (the bundle's cores in this process, reloaded with the
-    bundle) or a gRPC stub over a new channel (appended to ``channels``)."""
+    bundle; with RECSTACK_STAGES=inprocess also Thompson sampling) or a gRPC stub over a new
+    channel (appended to ``channels``)."""
     grpc_backends = {
         "retrieval": (GrpcRetrieval, settings.retrieval_addr, settings.retrieval_timeout_s),
         "ranking": (GrpcRanking, settings.ranking_addr, settings.ranking_timeout_s),
@@ -83,7 +84,43 @@ async def stage_backends(settings: GatewaySettings, channels: list) -> dict[str,
         if stage not in out:
             channels.append(insecure_channel(address))
             out[stage] = backend(channels[-1], timeout_s)
+    if settings.stages == "inprocess":
+        out["bandit"] = ThompsonInProcess(local_thompson(store), out["bandit"])
     return out
+
+
+class ThompsonInProcess:
+    """The bandit stage of an in-process gateway: Thompson sampling here (its arms come from Redis,
+    the same ArmCache the bandit service reads), the contextual policies at the bandit service."""
+
+    def __init__(self, local: LocalBandit, remote: object):
+        self.local = local
+        self.remote = remote
+
+    async def explore(self, user, items, scores, k, policy, explore_slots, segment=""):  # noqa: ANN001
+        backend = self.local if policy in ("", "thompson") else self.remote
+        return await backend.explore(user, items, scores, k, policy, explore_slots, segment=segment)
+
+
+def local_thompson(store: FeatureStore) -> LocalBandit:
+    """Thompson over the stream's arms with the bandit service's settings (same variables)."""
+    from recstack.exploration.arms import ArmCache
+    from recstack.exploration.thompson import ThompsonSlatePolicy
+    from services.bandit.settings import BanditSettings
+
+    b = BanditSettings()
+    policy = ThompsonSlatePolicy(
+        b.explore_slots,
+        b.prior_alpha,
+        b.prior_beta,
+        b.seed,
+        b.n_draws,
+        segment_prior_strength=b.segment_prior_strength,
+    )
+    arms = ArmCache(
+        store.get_arms, ttl_s=b.arms_ttl_s, timeout_s=b.arms_timeout_s, segment_reader=store.get_segment_arms
+    )
+    return LocalBandit(policy, arms)
 
 
 def main() -> int:
@@ -99,7 +136,7 @@ def main() -> int:
         redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         resources["redis"] = redis
         store = FeatureStore(redis, Keys(settings.redis_prefix))
-        backends = await stage_backends(settings, channels)
+        backends = await stage_backends(settings, channels, store)
         stages = build_stages(
             store,
             backends["retrieval"],
