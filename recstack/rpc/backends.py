@@ -13,7 +13,13 @@ import numpy as np
 
 from recstack.features.types import UserFeatures
 from recstack.rpc.client import call
-from recstack.rpc.convert import components_from_proto, scored_items, user_to_proto
+from recstack.rpc.convert import (
+    candidates_from_proto,
+    candidates_to_proto,
+    components_from_proto,
+    scored_items,
+    user_to_proto,
+)
 from recstack.serving.stages import StageResult
 from recstack.v1 import (
     bandit_pb2,
@@ -36,6 +42,11 @@ def _result(items: Sequence[Any], version: str) -> StageResult:
     )
 
 
+def _columns(candidates: Any, version: str) -> StageResult:
+    ids, scores, components = candidates_from_proto(candidates)
+    return StageResult(items=ids, scores=scores, version=version, components=components)
+
+
 class _GrpcBackend:
     """One stub of ``stub_class`` over ``channel``; every call has the stage's deadline ``timeout_s``."""
 
@@ -52,7 +63,7 @@ class GrpcRetrieval(_GrpcBackend):
     async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
         request = retrieval_pb2.RetrieveRequest(user=user_to_proto(user), n=n, exclude_items=list(exclude))
         reply = await call(self.stub.Retrieve, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
+        return _columns(reply.candidates, reply.model_version)
 
 
 class GrpcRanking(_GrpcBackend):
@@ -68,12 +79,12 @@ class GrpcRanking(_GrpcBackend):
     ) -> StageResult:
         request = ranking_pb2.RankRequest(
             user=user_to_proto(user),
-            candidates=scored_items(items, scores),
+            candidates=candidates_to_proto(items, scores),
             model=model,
             task_weights=dict(weights or {}),
         )
         reply = await call(self.stub.Rank, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
+        return _columns(reply.candidates, reply.model_version)
 
 
 class GrpcRerank(_GrpcBackend):
@@ -90,10 +101,10 @@ class GrpcRerank(_GrpcBackend):
         """Sends the candidates with the scores of earlier stages (``components``: {name: [N]}),
         which the bundle's fusion reads."""
         request = rerank_pb2.RerankRequest(
-            user=user_to_proto(user), candidates=scored_items(items, scores, components), model=model
+            user=user_to_proto(user), candidates=candidates_to_proto(items, scores, components), model=model
         )
         reply = await call(self.stub.Rerank, request, self.timeout_s)
-        return _result(reply.items, reply.model_version)
+        return _columns(reply.candidates, reply.model_version)
 
 
 class GrpcBandit(_GrpcBackend):

@@ -62,3 +62,39 @@ def components_from_proto(items: Sequence[common_pb2.ScoredItem]) -> dict[str, n
                 out[name] = np.full(len(items), np.nan)
             out[name][k] = value
     return out
+
+
+def candidates_to_proto(
+    item_ids: Sequence[str],
+    scores: np.ndarray | Sequence[float],
+    components: Mapping[str, np.ndarray | Sequence[float]] | None = None,
+) -> common_pb2.Candidates:
+    """A Candidates message (packed columns) of ids, scores and named scores [N] each."""
+    msg = common_pb2.Candidates(item_ids=list(item_ids), scores=np.asarray(scores, dtype=np.float64).tolist())
+    for name, values in (components or {}).items():
+        msg.components[name].values.extend(np.asarray(values, dtype=np.float64).tolist())
+    return msg
+
+
+class CandidatesError(ValueError):
+    """A Candidates message whose columns do not line up (INVALID_ARGUMENT)."""
+
+
+def candidates_from_proto(msg: common_pb2.Candidates) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(ids, scores float64 [N], {name: float64 [N]}) of a Candidates message; CandidatesError when
+    a column's length differs from the ids' or an id is empty."""
+    ids = list(msg.item_ids)
+    scores = np.asarray(msg.scores, dtype=np.float64)
+    if len(scores) != len(ids):
+        raise CandidatesError(f"candidates.scores holds {len(scores)} values for {len(ids)} item_ids")
+    if any(not x for x in ids):
+        raise CandidatesError("candidates.item_ids must not be empty strings")
+    components = {}
+    for name, column in msg.components.items():
+        values = np.asarray(column.values, dtype=np.float64)
+        if len(values) != len(ids):
+            raise CandidatesError(
+                f"candidates.components[{name[:64]!r}] holds {len(values)} values for {len(ids)} item_ids"
+            )
+        components[name] = values
+    return ids, scores, components

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/common.proto\x12\x0brecstack.v1\"\xa4\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\npropensity\x18\x03 \x01(\x02\x12\x33\n\x06scores\x18\x04 \x03(\x0b\x32#.recstack.v1.ScoredItem.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xac\x02\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_items\x18\x02 \x03(\t\x12@\n\x0cgenre_scores\x18\x03 \x03(\x0b\x32*.recstack.v1.UserFeatures.GenreScoresEntry\x12\x39\n\x08\x63ounters\x18\x04 \x03(\x0b\x32\'.recstack.v1.UserFeatures.CountersEntry\x12\x13\n\x0blast_active\x18\x05 \x01(\x01\x1a\x32\n\x10GenreScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/common.proto\x12\x0brecstack.v1\"\xa4\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\npropensity\x18\x03 \x01(\x02\x12\x33\n\x06scores\x18\x04 \x03(\x0b\x32#.recstack.v1.ScoredItem.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xb3\x01\n\nCandidates\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12;\n\ncomponents\x18\x03 \x03(\x0b\x32\'.recstack.v1.Candidates.ComponentsEntry\x1a\x46\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.recstack.v1.Scores:\x02\x38\x01\"\x18\n\x06Scores\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xac\x02\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0crecent_items\x18\x02 \x03(\t\x12@\n\x0cgenre_scores\x18\x03 \x03(\x0b\x32*.recstack.v1.UserFeatures.GenreScoresEntry\x12\x39\n\x08\x63ounters\x18\x04 \x03(\x0b\x32\'.recstack.v1.UserFeatures.CountersEntry\x12\x13\n\x0blast_active\x18\x05 \x01(\x01\x1a\x32\n\x10GenreScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SCOREDITEM_SCORESENTRY']._loaded_options = None
   _globals['_SCOREDITEM_SCORESENTRY']._serialized_options = b'8\001'
+  _globals['_CANDIDATES_COMPONENTSENTRY']._loaded_options = None
+  _globals['_CANDIDATES_COMPONENTSENTRY']._serialized_options = b'8\001'
   _globals['_USERFEATURES_GENRESCORESENTRY']._loaded_options = None
   _globals['_USERFEATURES_GENRESCORESENTRY']._serialized_options = b'8\001'
   _globals['_USERFEATURES_COUNTERSENTRY']._loaded_options = None
@@ -41,10 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_end=206
   _globals['_SCOREDITEM_SCORESENTRY']._serialized_start=161
   _globals['_SCOREDITEM_SCORESENTRY']._serialized_end=206
-  _globals['_USERFEATURES']._serialized_start=209
-  _globals['_USERFEATURES']._serialized_end=509
-  _globals['_USERFEATURES_GENRESCORESENTRY']._serialized_start=410
-  _globals['_USERFEATURES_GENRESCORESENTRY']._serialized_end=460
-  _globals['_USERFEATURES_COUNTERSENTRY']._serialized_start=462
-  _globals['_USERFEATURES_COUNTERSENTRY']._serialized_end=509
+  _globals['_CANDIDATES']._serialized_start=209
+  _globals['_CANDIDATES']._serialized_end=388
+  _globals['_CANDIDATES_COMPONENTSENTRY']._serialized_start=318
+  _globals['_CANDIDATES_COMPONENTSENTRY']._serialized_end=388
+  _globals['_SCORES']._serialized_start=390
+  _globals['_SCORES']._serialized_end=414
+  _globals['_USERFEATURES']._serialized_start=417
+  _globals['_USERFEATURES']._serialized_end=717
+  _globals['_USERFEATURES_GENRESCORESENTRY']._serialized_start=618
+  _globals['_USERFEATURES_GENRESCORESENTRY']._serialized_end=668
+  _globals['_USERFEATURES_COUNTERSENTRY']._serialized_start=670
+  _globals['_USERFEATURES_COUNTERSENTRY']._serialized_end=717
 # @@protoc_insertion_point(module_scope)

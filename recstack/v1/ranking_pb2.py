@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import common_pb2 as recstack_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/ranking.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\xe7\x01\n\x0bRankRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\r\n\x05model\x18\x03 \x01(\t\x12?\n\x0ctask_weights\x18\x04 \x03(\x0b\x32).recstack.v1.RankRequest.TaskWeightsEntry\x1a\x32\n\x10TaskWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"M\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t2F\n\x07Ranking\x12;\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/ranking.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\xed\x01\n\x0bRankRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x05 \x01(\x0b\x32\x17.recstack.v1.Candidates\x12\r\n\x05model\x18\x03 \x01(\t\x12?\n\x0ctask_weights\x18\x04 \x03(\x0b\x32).recstack.v1.RankRequest.TaskWeightsEntry\x1a\x32\n\x10TaskWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01J\x04\x08\x02\x10\x03\"X\n\x0cRankResponse\x12+\n\ncandidates\x18\x03 \x01(\x0b\x32\x17.recstack.v1.Candidates\x12\x15\n\rmodel_version\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\x32\x46\n\x07Ranking\x12;\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKREQUEST_TASKWEIGHTSENTRY']._loaded_options = None
   _globals['_RANKREQUEST_TASKWEIGHTSENTRY']._serialized_options = b'8\001'
   _globals['_RANKREQUEST']._serialized_start=69
-  _globals['_RANKREQUEST']._serialized_end=300
+  _globals['_RANKREQUEST']._serialized_end=306
   _globals['_RANKREQUEST_TASKWEIGHTSENTRY']._serialized_start=250
   _globals['_RANKREQUEST_TASKWEIGHTSENTRY']._serialized_end=300
-  _globals['_RANKRESPONSE']._serialized_start=302
-  _globals['_RANKRESPONSE']._serialized_end=379
-  _globals['_RANKING']._serialized_start=381
-  _globals['_RANKING']._serialized_end=451
+  _globals['_RANKRESPONSE']._serialized_start=308
+  _globals['_RANKRESPONSE']._serialized_end=396
+  _globals['_RANKING']._serialized_start=398
+  _globals['_RANKING']._serialized_end=468
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import common_pb2 as recstack_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/rerank.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"t\n\rRerankRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\r\n\x05model\x18\x03 \x01(\t\"O\n\x0eRerankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t2K\n\x06Rerank\x12\x41\n\x06Rerank\x12\x1a.recstack.v1.RerankRequest\x1a\x1b.recstack.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/rerank.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"z\n\rRerankRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12+\n\ncandidates\x18\x04 \x01(\x0b\x32\x17.recstack.v1.Candidates\x12\r\n\x05model\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03\"Z\n\x0eRerankResponse\x12+\n\ncandidates\x18\x03 \x01(\x0b\x32\x17.recstack.v1.Candidates\x12\x15\n\rmodel_version\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\x32K\n\x06Rerank\x12\x41\n\x06Rerank\x12\x1a.recstack.v1.RerankRequest\x1a\x1b.recstack.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recstack.v1.rerank_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RERANKREQUEST']._serialized_start=67
-  _globals['_RERANKREQUEST']._serialized_end=183
-  _globals['_RERANKRESPONSE']._serialized_start=185
-  _globals['_RERANKRESPONSE']._serialized_end=264
-  _globals['_RERANK']._serialized_start=266
-  _globals['_RERANK']._serialized_end=341
+  _globals['_RERANKREQUEST']._serialized_end=189
+  _globals['_RERANKRESPONSE']._serialized_start=191
+  _globals['_RERANKRESPONSE']._serialized_end=281
+  _globals['_RERANK']._serialized_start=283
+  _globals['_RERANK']._serialized_end=358
 # @@protoc_insertion_point(module_scope)

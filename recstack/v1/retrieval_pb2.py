@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import common_pb2 as recstack_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecstack/v1/retrieval.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\\\n\x0fRetrieveRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x15\n\rexclude_items\x18\x03 \x03(\t\"Q\n\x10RetrieveResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t2T\n\tRetrieval\x12G\n\x08Retrieve\x12\x1c.recstack.v1.RetrieveRequest\x1a\x1d.recstack.v1.RetrieveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecstack/v1/retrieval.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/common.proto\"\\\n\x0fRetrieveRequest\x12\'\n\x04user\x18\x01 \x01(\x0b\x32\x19.recstack.v1.UserFeatures\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x15\n\rexclude_items\x18\x03 \x03(\t\"\\\n\x10RetrieveResponse\x12+\n\ncandidates\x18\x03 \x01(\x0b\x32\x17.recstack.v1.Candidates\x12\x15\n\rmodel_version\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\x32T\n\tRetrieval\x12G\n\x08Retrieve\x12\x1c.recstack.v1.RetrieveRequest\x1a\x1d.recstack.v1.RetrieveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEREQUEST']._serialized_start=70
   _globals['_RETRIEVEREQUEST']._serialized_end=162
   _globals['_RETRIEVERESPONSE']._serialized_start=164
-  _globals['_RETRIEVERESPONSE']._serialized_end=245
-  _globals['_RETRIEVAL']._serialized_start=247
-  _globals['_RETRIEVAL']._serialized_end=331
+  _globals['_RETRIEVERESPONSE']._serialized_end=256
+  _globals['_RETRIEVAL']._serialized_start=258
+  _globals['_RETRIEVAL']._serialized_end=342
 # @@protoc_insertion_point(module_scope)

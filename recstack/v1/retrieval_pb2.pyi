@@ -18,9 +18,9 @@ class RetrieveRequest(_message.Message):
     def __init__(self, user: _Optional[_Union[_common_pb2.UserFeatures, _Mapping]] = ..., n: _Optional[int] = ..., exclude_items: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("items", "model_version")
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("candidates", "model_version")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
+    candidates: _common_pb2.Candidates
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, candidates: _Optional[_Union[_common_pb2.Candidates, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from recstack.rpc.convert import scored_items, user_from_proto
+from recstack.rpc.convert import CandidatesError, candidates_from_proto, candidates_to_proto, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.serving.ranker import ranking_components
 from recstack.v1 import ranking_pb2, ranking_pb2_grpc
@@ -27,15 +27,18 @@ class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
             await abort_invalid(
                 context, f"model must be one of {list(RANKING_MODELS)} (or empty), got {model!r}"
             )
-        if not request.candidates:
+        try:
+            candidates, _, _ = candidates_from_proto(request.candidates)
+        except CandidatesError as exc:
+            await abort_invalid(context, str(exc))
+        if not candidates:
             return ranking_pb2.RankResponse(model_version=self.version)
-        candidates = [c.item_id for c in request.candidates]
-        if any(not c for c in candidates):
-            await abort_invalid(context, "candidates[].item_id must not be empty")
         weights = dict(request.task_weights) or None
         user = user_from_proto(request.user)
         (ids, scores, per_task), version = await self.call_batched(
             context, self.batch, (user, candidates, model, weights)
         )
         components = ranking_components(scores, per_task or {})
-        return ranking_pb2.RankResponse(items=scored_items(ids, scores, components), model_version=version)
+        return ranking_pb2.RankResponse(
+            candidates=candidates_to_proto(ids, scores, components), model_version=version
+        )

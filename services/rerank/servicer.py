@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
-from recstack.rpc.convert import components_from_proto, scored_items, user_from_proto
+from recstack.rpc.convert import CandidatesError, candidates_from_proto, candidates_to_proto, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.v1 import rerank_pb2, rerank_pb2_grpc
 
@@ -27,17 +26,13 @@ class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):
                 context,
                 f"model must be one of {list(RERANK_MODELS)} (or empty: default), got {request.model!r}",
             )
-        if not request.candidates:
+        try:
+            candidates, upstream, components = candidates_from_proto(request.candidates)
+        except CandidatesError as exc:
+            await abort_invalid(context, str(exc))
+        if not candidates:
             return rerank_pb2.RerankResponse(model_version=self.version)
-        candidates = [c.item_id for c in request.candidates]
-        upstream = np.asarray([c.score for c in request.candidates], dtype=np.float32)
         user = user_from_proto(request.user)
-        request_args = (
-            user,
-            candidates,
-            upstream,
-            request.model or None,
-            components_from_proto(request.candidates),
-        )
+        request_args = (user, candidates, upstream, request.model or None, components)
         (ids, scores), version = await self.call_batched(context, self.batch, request_args)
-        return rerank_pb2.RerankResponse(items=scored_items(ids, scores), model_version=version)
+        return rerank_pb2.RerankResponse(candidates=candidates_to_proto(ids, scores), model_version=version)

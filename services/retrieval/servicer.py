@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from recstack.rpc.convert import scored_items, user_from_proto
+from recstack.rpc.convert import candidates_to_proto, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.v1 import retrieval_pb2, retrieval_pb2_grpc
 
@@ -28,5 +28,5 @@ class RetrievalServicer(ModelServicer, retrieval_pb2_grpc.RetrievalServicer):
             context, self.batch, (user, request.n, set(request.exclude_items))
         )
         return retrieval_pb2.RetrieveResponse(
-            items=scored_items(ids, scores, components), model_version=version
+            candidates=candidates_to_proto(ids, scores, components), model_version=version
         )

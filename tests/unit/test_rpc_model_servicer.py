@@ -38,7 +38,9 @@ async def stub_and_servicer() -> AsyncIterator[tuple[ranking_pb2_grpc.RankingStu
 
 
 def request(*items: str) -> ranking_pb2.RankRequest:
-    return ranking_pb2.RankRequest(candidates=[common_pb2.ScoredItem(item_id=x) for x in items])
+    return ranking_pb2.RankRequest(
+        candidates=common_pb2.Candidates(item_ids=list(items), scores=[0.0] * len(items))
+    )
 
 
 async def test_status_codes_of_a_model_servicer(
@@ -52,8 +54,8 @@ async def test_status_codes_of_a_model_servicer(
 
     servicer.core, servicer.version = FakeRanker(), "v7"
     reply = await stub.Rank(request("a", "b"))
-    assert [x.item_id for x in reply.items] == ["b", "a"]
-    assert reply.items[0].scores["p_click"] == pytest.approx(0.1)
+    assert list(reply.candidates.item_ids) == ["b", "a"]
+    assert reply.candidates.components["p_click"].values[0] == pytest.approx(0.1)
     assert reply.model_version == "v7"
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -90,7 +92,7 @@ async def test_concurrent_requests_are_batched_and_a_full_queue_sheds_load(
     core = SlowRanker()
     servicer.core, servicer.version = core, "v1"
     replies = await asyncio.gather(*(stub.Rank(request("a", str(k))) for k in range(12)))
-    assert all(len(r.items) == 2 for r in replies)
+    assert all(len(r.candidates.item_ids) == 2 for r in replies)
     assert len(core.batches) < 12 and max(core.batches) > 1  # requests waiting behind a batch go together
     # a bad request in a batch fails alone
     mixed = await asyncio.gather(

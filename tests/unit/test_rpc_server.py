@@ -83,7 +83,7 @@ async def test_health_metrics_request_id_and_stop() -> None:
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         stub = ranking_pb2_grpc.RankingStub(channel)
         request = ranking_pb2.RankRequest(
-            candidates=[common_pb2.ScoredItem(item_id=x) for x in ("a", "b", "c")]
+            candidates=common_pb2.Candidates(item_ids=["a", "b", "c"], scores=[0.0, 0.0, 0.0])
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Rank(request, timeout=2)
@@ -95,8 +95,8 @@ async def test_health_metrics_request_id_and_stop() -> None:
         assert await health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
         reply = await call(stub.Rank, request, 2.0, request_id="rid-123")
-        assert [x.item_id for x in reply.items] == ["c", "b", "a"]
-        assert reply.items[0].scores["p_click"] == pytest.approx(0.2)
+        assert list(reply.candidates.item_ids) == ["c", "b", "a"]
+        assert reply.candidates.components["p_click"].values[0] == pytest.approx(0.2)
         assert reply.model_version == "v-test"
         assert core.request_ids == ["rid-123"]
 

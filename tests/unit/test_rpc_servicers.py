@@ -11,6 +11,7 @@ import pytest
 from recstack.exploration.arms import ArmCache
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
+from recstack.rpc.convert import candidates_from_proto, candidates_to_proto
 from recstack.serving.errors import UnknownItemError
 from recstack.v1 import (
     bandit_pb2,
@@ -91,16 +92,21 @@ def items(*ids: str) -> list[common_pb2.ScoredItem]:
     return [common_pb2.ScoredItem(item_id=x, score=float(len(ids) - i)) for i, x in enumerate(ids)]
 
 
+def columns(*ids: str, **components: list[float]) -> common_pb2.Candidates:
+    return candidates_to_proto(list(ids), [float(len(ids) - i) for i in range(len(ids))], components)
+
+
 async def test_retrieve_converts_user_and_excludes(channel) -> None:  # noqa: ANN001
     ch, retriever, _, _ = channel
     stub = retrieval_pb2_grpc.RetrievalStub(ch)
     user = common_pb2.UserFeatures(user_id="u1", recent_items=["i9"], genre_scores={"Drama": 0.5})
     reply = await stub.Retrieve(retrieval_pb2.RetrieveRequest(user=user, n=3, exclude_items=["i0"]))
-    assert [x.item_id for x in reply.items] == ["i1", "i2", "i3"]
+    ids, scores, components = candidates_from_proto(reply.candidates)
+    assert ids == ["i1", "i2", "i3"]
     assert reply.model_version == "v1"
     assert retriever.users[0].recent_items == ["i9"]
     assert retriever.users[0].genre_scores == {"Drama": pytest.approx(0.5)}
-    assert [x.scores["two_tower"] for x in reply.items] == pytest.approx([2 * x.score for x in reply.items])
+    np.testing.assert_allclose(components["two_tower"], 2 * scores)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2001])
@@ -115,20 +121,24 @@ async def test_retrieve_rejects_bad_n(channel, n: int) -> None:  # noqa: ANN001
 async def test_rerank_orders_and_maps_unknown_items(channel) -> None:  # noqa: ANN001
     stub = rerank_pb2_grpc.RerankStub(channel[0])
     reranker = channel[3]
-    reply = await stub.Rerank(rerank_pb2.RerankRequest(candidates=items("a", "b", "c")))
-    assert [x.item_id for x in reply.items] == ["c", "b", "a"]
-    cands = items("a", "b")
-    cands[0].scores["two_tower"] = 0.25  # "b" has no such score: NaN for the core
-    await stub.Rerank(rerank_pb2.RerankRequest(candidates=cands))
+    reply = await stub.Rerank(rerank_pb2.RerankRequest(candidates=columns("a", "b", "c")))
+    assert list(reply.candidates.item_ids) == ["c", "b", "a"]
+    # "b" has no such score (NaN): the core gets it as NaN
+    await stub.Rerank(rerank_pb2.RerankRequest(candidates=columns("a", "b", two_tower=[0.25, float("nan")])))
     got = reranker.components[-1]["two_tower"]
     assert got[0] == 0.25 and np.isnan(got[1])
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Rerank(rerank_pb2.RerankRequest(candidates=items("a", "x1")))
+        await stub.Rerank(rerank_pb2.RerankRequest(candidates=columns("a", "x1")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown item ids 'x1'" in info.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Rerank(rerank_pb2.RerankRequest(candidates=items("a"), model="lstm"))
+        await stub.Rerank(rerank_pb2.RerankRequest(candidates=columns("a"), model="lstm"))
     assert "model must be one of" in info.value.details()
+    misaligned = common_pb2.Candidates(item_ids=["a", "b"], scores=[1.0])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Rerank(rerank_pb2.RerankRequest(candidates=misaligned))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidates.scores holds 1 values for 2 item_ids" in info.value.details()
 
 
 async def test_bandit_explores_with_propensities_and_serves_stale_state(channel) -> None:  # noqa: ANN001
