@@ -237,6 +237,8 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
     with stack(config, Console(stderr=True, quiet=True)) as running:
         load_users = seed_redis(running.redis_url, artifacts, users)
         with floor_servers(running.redis_url, run_dir / "floor") as floor:
+            for address in (running.gateway, floor):  # a few seconds of steady state first
+                asyncio.run(open_loop(address, load_users, min(rates), 3.0, warmup=0.0))
             for rate in rates:
                 entry = {}
                 for target, address in (("stack", running.gateway), ("floor", floor)):

@@ -21,17 +21,23 @@ log = logging.getLogger(__name__)
 def load_core(artifacts: str | Path, factory: Callable[[Any], T]) -> tuple[T, str]:
     """Load the bundle under ``artifacts`` (resolving CURRENT) and build a core from it.
 
-    Returns (core, bundle version). A missing or broken bundle raises StartupError with the
-    BundleError message (which file is missing and the command that creates a bundle).
+    Returns (core, bundle version), the core warmed up (``warm_up()`` of the core, or of each core
+    of a dict of cores) so that the first request after SERVING is as fast as the next. A missing or
+    broken bundle raises StartupError with the BundleError message (which file is missing and the
+    command that creates a bundle).
     """
     from recstack.artifacts import BundleError, load_bundle
     from recstack.serving.errors import UnknownModelError
 
     try:
         bundle = load_bundle(Path(artifacts))
-        return factory(bundle), str(bundle.version)
+        core = factory(bundle)
     except (BundleError, UnknownModelError) as exc:
         raise StartupError(str(exc)) from exc
+    for part in core.values() if isinstance(core, dict) else [core]:
+        if hasattr(part, "warm_up"):  # first calls allocate and load kernels: do it before SERVING
+            part.warm_up()
+    return core, str(bundle.version)
 
 
 def current_version_dir(artifacts: str | Path) -> Path | None:

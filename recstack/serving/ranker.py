@@ -115,6 +115,11 @@ class Ranker:
             for row, i in enumerate(idx)
         ]
 
+    def warm_up(self) -> None:
+        """One request (see Retriever.warm_up)."""
+        ids = self.bundle.item_map.ids
+        self.rank(UserFeatures("warm-up", recent_items=list(ids[:5])), list(ids[:50]), self.default_model)
+
     def rank_many(
         self, requests: Sequence[tuple[UserFeatures, list[str], str | None, Mapping[str, float] | None]]
     ) -> list[tuple[list[str], np.ndarray, dict[str, np.ndarray]]]:

@@ -262,6 +262,14 @@ class Reranker:
             return self.fusion.score(scores, len(upstream))
         return scores.get(self.order_by, upstream)
 
+    def warm_up(self) -> None:
+        """One request with the bundle's method (see Retriever.warm_up)."""
+        ids = self.bundle.item_map.ids
+        if self.method == "blend" and self.passthrough_default:
+            return
+        cands = list(ids[:50])
+        self.rerank(UserFeatures("warm-up", recent_items=list(ids[:5])), cands, np.linspace(1, 0, len(cands)))
+
     def rerank(
         self,
         user: UserFeatures,

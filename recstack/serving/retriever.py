@@ -169,6 +169,12 @@ class Retriever:
         shares = {n: s for n, s in self.shares.items() if usable[n] and s > 0}
         return shares or {n: 1.0 for n, ok in usable.items() if ok}
 
+    def warm_up(self) -> None:
+        """One request through every source (first calls allocate and load kernels): the service
+        reports SERVING with its first real request as fast as the next."""
+        recent = self._ids[: min(5, len(self._ids))]
+        self.retrieve(UserFeatures("warm-up", recent_items=list(recent)), min(200, self.n_items))
+
     def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str] = ()) -> Retrieved:
         """Top ``n`` items skipping ``exclude``: (ids [<= n], scores float32 [<= n], {source: scores}).
 

@@ -56,3 +56,18 @@ async def test_reloader_swaps_on_new_current_and_survives_a_broken_bundle(tmp_pa
     write_current(tmp_path, "v3")
     assert not await reloader.check()
     assert len(applied) == 1  # the v2 core stays
+
+
+def test_load_core_warms_the_core_up_before_it_serves(tmp_path: Path) -> None:
+    class Warm(Core):
+        warmed = 0
+
+        def warm_up(self) -> None:
+            Warm.warmed += 1
+
+    write_version(tmp_path, "v1", ["a", "b"])
+    write_current(tmp_path, "v1")
+    load_core(tmp_path, Warm)
+    assert Warm.warmed == 1
+    load_core(tmp_path, lambda bundle: {"x": Warm(bundle), "y": Warm(bundle)})  # cores of in-process stages
+    assert Warm.warmed == 3
