@@ -343,7 +343,7 @@ DEFAULT_ML100K = "ml-100k"  # fetched into the cache when no directory is given
 @bench_app.command("serve")
 def bench_serve_cmd(
     artifacts: Path | None = typer.Option(
-        None, "--artifacts", help="Bundle to serve (default: a small bundle on 10,000 synthetic items)."
+        None, "--artifacts", help="Bundle to serve (default: a small bundle on 10,169 synthetic items)."
     ),
     rates: str = typer.Option("25,50,100,200,300", "--rates", help="Offered requests/s, comma-separated."),
     duration: float = typer.Option(15.0, "--duration", min=1.0, help="Seconds of load per rate and target."),

@@ -3,7 +3,7 @@
 For each mode (``split``: five services as separate processes, as ``recstack up``; ``inprocess``:
 retrieval, ranking and rerank inside the gateway), the bench starts the real stack on free ports
 with a bundle (``--artifacts``; default: a bundle trained once with the small profile on a
-synthetic catalogue of 10,000 items, kept under reports/bench/serve-bundle), gives every user of
+synthetic catalogue of 10,169 items, kept under reports/bench/serve-bundle), gives every user of
 the load recent items in Redis (so every stage runs), starts the floor (``recstack.devstack.floor``:
 a grpc.aio front that reads one Redis pipeline and calls four echo servers one after another,
 each its own process) and, at each offered rate, runs the load against the stack and then against
@@ -39,7 +39,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_RATES = (25, 50, 100, 200, 300)
-DEFAULT_DATA = "synthetic:n_users=3000,n_items=10000"
+DEFAULT_DATA = "synthetic:n_users=6000,n_items=13000"  # 10,169 items with interactions
 DEFAULT_BUNDLE = Path("reports/bench/serve-bundle")
 P99_LIMIT_MS = 200.0
 DEGRADED_LIMIT = 0.01
