@@ -84,14 +84,17 @@ def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> 
 
 
 async def open_loop(address: str, users: Sequence[str], rate: float, duration: float, k: int = 10,
-                    deadline: float = 1.0, warmup: float = 1.0) -> dict:  # fmt: skip
-    """Requests at fixed intervals for ``duration`` seconds (after ``warmup`` unrecorded seconds)."""
+                    deadline: float = 1.0, warmup: float = 1.0, connections: int = 4) -> dict:  # fmt: skip
+    """Requests at fixed intervals for ``duration`` seconds (after ``warmup`` unrecorded seconds),
+    spread round-robin over ``connections`` client connections (as several backends would call)."""
     import grpc
 
     from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
+    try:
+        stubs = [gateway_pb2_grpc.GatewayStub(c) for c in channels]
         loop = asyncio.get_running_loop()
         latencies: list[float] = []
         errors: Counter[str] = Counter()
@@ -105,7 +108,7 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
             request = gateway_pb2.RecommendRequest(user_id=users[i % len(users)], k=k)
             t0 = time.perf_counter()
             try:
-                reply = await stub.Recommend(request, timeout=deadline)
+                reply = await stubs[i % len(stubs)].Recommend(request, timeout=deadline)
             except grpc.aio.AioRpcError as exc:
                 if i >= n_warm:
                     errors[exc.code().name] += 1
@@ -115,6 +118,9 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
                 degraded += bool(reply.degraded)
 
         await asyncio.gather(*(one(i) for i in range(n_warm + n)))
+    finally:
+        for c in channels:
+            await c.close()
     lat = np.asarray(latencies) * 1000.0
     q = (lambda p: round(float(np.percentile(lat, p)), 2)) if len(lat) else (lambda p: None)
     return {

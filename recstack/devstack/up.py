@@ -206,6 +206,9 @@ def service_specs(
         if name == "gateway":
             extra.update({STAGE_ADDR_ENV[s]: addr[s] for s in STAGE_ADDR_ENV})
             extra["RECSTACK_STAGES"] = config.stages
+            if config.stages == "inprocess" and "RECSTACK_GATEWAY_WORKERS" not in base:
+                # the gateway does the model work: one process per core
+                extra["RECSTACK_GATEWAY_WORKERS"] = str(max(1, min(4, os.cpu_count() or 1)))
         specs.append(ServiceSpec(name, config.command(name), _child_env(config, base, **extra), health))
     return specs
 

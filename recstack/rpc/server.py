@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ from recstack.rpc.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
+SHARED_PORT_ENV = "RECSTACK_SHARED_PORT"
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 2
 
@@ -201,12 +203,16 @@ async def serve(
     stop: an alternative to a signal (tests).
     Raises ServeError when a port is taken or the loader fails.
     """
-    _check_port_free(settings.host, settings.port, "gRPC", "RECSTACK_PORT")
+    # Worker processes of one service share its gRPC port (SO_REUSEPORT: the kernel spreads the
+    # connections); a lone process refuses a taken port with a clear error instead.
+    shared = os.environ.get(SHARED_PORT_ENV) == "1"
+    if not shared:
+        _check_port_free(settings.host, settings.port, "gRPC", "RECSTACK_PORT")
     _check_port_free("0.0.0.0", settings.metrics_port, "metrics", "RECSTACK_METRICS_PORT")
 
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 1 if shared else 0)],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -18,6 +18,7 @@ from recstack.rpc.client import insecure_channel
 from recstack.rpc.loading import start_reloader
 from recstack.rpc.server import StartupError, limit_threads, run
 from recstack.rpc.settings import load_settings
+from recstack.rpc.workers import extra_workers
 from recstack.serving.chain import Chain
 from recstack.serving.stages import LocalBandit, build_stages
 from recstack.v1 import gateway_pb2_grpc
@@ -195,13 +196,15 @@ def main() -> int:
         if isinstance(redis, aioredis.Redis):
             await redis.aclose()
 
-    return run(
-        lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server),
-        SERVICE_NAME,
-        settings,
-        load,
-        on_stop=on_stop,
-    )
+    argv = [sys.executable, "-m", "services.gateway"]
+    with extra_workers(settings.workers, argv, settings.metrics_port):
+        return run(
+            lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server),
+            SERVICE_NAME,
+            settings,
+            load,
+            on_stop=on_stop,
+        )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class GatewaySettings(ModelServiceSettings):
     # batched); "grpc": each stage is its own service at *_ADDR. A single stage can also be moved
     # in-process with its address set to "inprocess".
     stages: str = Field("grpc", pattern="^(grpc|inprocess)$", validation_alias=env("RECSTACK_STAGES"))
+    # Gateway processes on the shared port (one Python process serves one core at most): worth
+    # the cores of the machine with in-process stages (recstack/rpc/workers.py).
+    workers: int = Field(1, ge=1, le=64, validation_alias=env("RECSTACK_GATEWAY_WORKERS"))
 
     @field_validator("retrieval_addr", "ranking_addr", "rerank_addr")
     @classmethod
