@@ -95,6 +95,19 @@ def test_service_specs_wire_addresses_and_health(tmp_path: Path) -> None:
         assert spec.env["RECSTACK_ARTIFACTS"] == str(tmp_path)
 
 
+def test_in_process_stack_starts_no_stage_processes(tmp_path: Path) -> None:
+    config = StackConfig(stages="inprocess")
+    plan = {name: (grpc, metrics) for name, (grpc, metrics) in DEFAULT_PORTS.items()}
+    specs = service_specs(config, plan, "k:1", "redis://r:1/0", tmp_path, base_env={})
+    assert [s.name for s in specs] == ["bandit", "feature_stream", "gateway"]
+    gateway = specs[-1]
+    assert gateway.env["RECSTACK_STAGES"] == "inprocess" and int(gateway.env["RECSTACK_GATEWAY_WORKERS"]) >= 1
+    mine = service_specs(
+        config, plan, "k:1", "redis://r:1/0", tmp_path, base_env={"RECSTACK_GATEWAY_WORKERS": "3"}
+    )
+    assert mine[-1].env["RECSTACK_GATEWAY_WORKERS"] == "3"  # the user's setting wins
+
+
 def test_service_specs_keep_user_grace_and_threads(tmp_path: Path) -> None:
     plan = dict(DEFAULT_PORTS)
     base = {"RECSTACK_GRACE_S": "8", "OMP_NUM_THREADS": "2"}
