@@ -7,8 +7,12 @@ Ownership while the skeleton is built: each section below belongs to one part of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from services.feature_stream.settings import StreamSettings
 
 app = typer.Typer(
     name="recstack",
@@ -206,8 +210,18 @@ def stream_cmd(
     redis_url: str = typer.Option(None, envvar="REDIS_URL", help="redis://host:port/db"),
     artifacts: str = typer.Option(None, envvar="RECSTACK_ARTIFACTS", help="Bundle dir (item genres)."),
     metrics_port: int = typer.Option(None, envvar="RECSTACK_METRICS_PORT", help="Prometheus port, 0: off."),
+    rebuild: bool = typer.Option(
+        False,
+        "--rebuild",
+        help="Replay the retained events topic into Redis (e.g. an empty one after a loss), then exit. "
+        "Idempotent; safe beside the live worker.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="With --rebuild: print the report as JSON."),
 ) -> None:
-    """Run the feature-stream worker (user events -> Redis features and bandit rewards) until SIGTERM."""
+    """Run the feature-stream worker (user events -> Redis features and bandit rewards) until SIGTERM.
+
+    With --rebuild: rebuild Redis from the events topic and exit (the topic's retention bounds what
+    can be rebuilt; see docs/DESIGN.md)."""
     from pydantic import ValidationError
 
     from services.feature_stream.app import run_worker
@@ -223,7 +237,47 @@ def stream_cmd(
         settings = StreamSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         _fail(f"invalid stream settings (--bootstrap/KAFKA_BOOTSTRAP_SERVERS, --redis-url/REDIS_URL):\n{exc}")
+    if rebuild:
+        _rebuild_redis(settings, as_json)
+        return
     raise typer.Exit(run_worker(settings))
+
+
+def _rebuild_redis(settings: StreamSettings, as_json: bool) -> None:
+    import asyncio
+    import json
+
+    from tqdm import tqdm
+
+    from services.feature_stream.rebuild import RebuildError
+    from services.feature_stream.rebuild import rebuild as run_rebuild
+
+    bar = tqdm(unit="ev", desc=f"rebuild from {settings.events_topic}", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = asyncio.run(run_rebuild(settings, on_progress=progress))
+    except RebuildError as exc:
+        _fail(str(exc))
+    finally:
+        bar.close()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(
+            f"rebuilt Redis from {report.topic}: {report.read} events read, {report.applied} applied, "
+            f"{report.skipped} already in Redis, {report.invalid} invalid, in {report.seconds:.1f} s"
+        )
+    if report.truncated:
+        typer.echo(
+            f"warning: partitions {report.truncated} start past offset 0: their oldest events are past "
+            "the topic's retention and are not in Redis",
+            err=True,
+        )
 
 
 @events_app.command("produce")

@@ -73,8 +73,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port and it can be bound."""
+    """True when nothing listens on host:port and a server can bind it. With SO_REUSEADDR, as
+    redis-server, Tansu and gRPC bind: connections of a server that just stopped (TIME_WAIT,
+    FIN_WAIT_2 while its clients still hold them) do not make its port busy for a restart."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

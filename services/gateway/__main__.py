@@ -163,7 +163,7 @@ def main() -> int:
             if settings.kafka_bootstrap_servers
             else None
         )
-        impressions = ImpressionPublisher(producer)
+        impressions = ImpressionPublisher(producer, max_pending=settings.impression_buffer)
         resources["impressions"] = impressions
         monitor = GatewayMonitor(
             lists.catalog_size, lists.similarity, lists.created_at, settings.coverage_window_s

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from recstack.diversity.catalog import CatalogSimilarity
 from recstack.events.producer import EventProducer
@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 
 IMPRESSIONS = Counter(
     "recstack_gateway_impressions",
-    "Impression events by outcome (sent, failed, disabled).",
+    "Impression events by outcome (sent, failed, dropped: the buffer was full, disabled).",
     ["outcome"],
+)
+IMPRESSIONS_PENDING = Gauge(
+    "recstack_gateway_impressions_pending",
+    "Impression events waiting for the broker's acknowledgement (bounded by RECSTACK_IMPRESSION_BUFFER).",
 )
 MAX_ECHO = 128  # characters of a caller's value repeated in logs
 DEADLINE_MARGIN_S = 0.01
@@ -126,12 +130,16 @@ class ImpressionPublisher:
     """Fire-and-forget impression events: never blocks nor fails a reply.
 
     The Kafka producer is started lazily (and retried at most every ``retry_s`` seconds) so that
-    a gateway started before Kafka still serves; failures are logged and counted.
+    a gateway started before Kafka still serves; failures are logged and counted. While the broker
+    is down, impressions wait in the producer (up to its request timeout) and at most
+    ``max_pending`` of them are held: past that they are dropped and counted (``dropped``), so a
+    long outage costs exposure records, never the gateway's memory or its replies.
     """
 
-    def __init__(self, producer: EventProducer | None, retry_s: float = 5.0):
+    def __init__(self, producer: EventProducer | None, retry_s: float = 5.0, max_pending: int = 10_000):
         self.producer = producer
         self.retry_s = retry_s
+        self.max_pending = max_pending
         self._started = False
         self._next_try = 0.0
         self._lock = asyncio.Lock()
@@ -141,9 +149,17 @@ class ImpressionPublisher:
         if self.producer is None:
             IMPRESSIONS.labels("disabled").inc()
             return
+        if len(self._tasks) >= self.max_pending:
+            IMPRESSIONS.labels("dropped").inc()
+            return
         task = asyncio.create_task(self._send(state))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        IMPRESSIONS_PENDING.set(len(self._tasks))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        IMPRESSIONS_PENDING.set(len(self._tasks))
 
     async def _ensure_started(self) -> bool:
         assert self.producer is not None

@@ -22,6 +22,8 @@ class GatewaySettings(ModelServiceSettings):
     # Empty: impressions are not published.
     kafka_bootstrap_servers: str = Field("", validation_alias=env("KAFKA_BOOTSTRAP_SERVERS"))
     events_topic: str = Field("user-events", validation_alias=env("RECSTACK_EVENTS_TOPIC"))
+    # Impressions held while the broker does not acknowledge them; past it they are dropped (counted).
+    impression_buffer: int = Field(10_000, ge=1, validation_alias=env("RECSTACK_IMPRESSION_BUFFER"))
     n_candidates: int = Field(200, ge=1, le=2000, validation_alias=env("RECSTACK_N_CANDIDATES"))
     features_timeout_s: float = Field(0.05, gt=0, validation_alias=env("RECSTACK_FEATURES_TIMEOUT_S"))
     retrieval_timeout_s: float = Field(0.15, gt=0, validation_alias=env("RECSTACK_RETRIEVAL_TIMEOUT_S"))

@@ -35,7 +35,7 @@ from tests.integration.stream_support import (
     write_catalog,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 USERS = [f"u{n}" for n in range(24)]
 ITEMS = [f"i{n}" for n in range(40)]

@@ -182,6 +182,7 @@ def test_offsets_commit_only_after_redis_writes(
         server.stop()
 
 
+@pytest.mark.chaos
 def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
     kafka_broker: str, kafka_topic: Callable[..., str], artifacts: Path, tmp_path: Path
 ) -> None:
@@ -214,6 +215,7 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
         server.stop()
 
 
+@pytest.mark.chaos
 def test_an_event_of_a_megabyte_is_dead_lettered_truncated_and_never_stalls_the_partition(
     worker: dict,
 ) -> None:

@@ -93,3 +93,19 @@ def test_json_log_lines_carry_the_request_id() -> None:
     obj = json.loads(line)
     assert obj["severity"] == "WARNING" and obj["logger"] == "recstack.x"
     assert obj["message"] == "hello world" and obj["request_id"] == "rid-9"
+
+
+async def test_a_full_buffer_drops_and_counts_without_blocking() -> None:
+    producer = FakeProducer(delay=0.3)  # a broker that does not acknowledge for a while
+    pub = ImpressionPublisher(producer, max_pending=3)  # type: ignore[arg-type]
+    dropped, sent = counter("dropped"), counter("sent")
+    for _ in range(5):
+        pub.publish(state())
+    assert REGISTRY.get_sample_value("recstack_gateway_impressions_pending") == 3
+    assert counter("dropped") - dropped == 2
+    await asyncio.wait(set(pub._tasks))  # the broker acknowledges
+    assert counter("sent") - sent == 3 and len(producer.sent) == 3
+    assert REGISTRY.get_sample_value("recstack_gateway_impressions_pending") == 0
+    pub.publish(state())  # room again
+    await pub.close()
+    assert counter("sent") - sent == 4 and counter("dropped") - dropped == 2
