@@ -15,7 +15,9 @@ the bench reports failed calls, degraded share, replies whose stages ran differe
 how long until every stage answered with the new version (``hot_swap``).
 
 Per rate and target: achieved_rps (OK replies per second), p50/p95/p99 latency of the OK replies,
-errors by status code, degraded_share. Per target: sustained_rps, the highest offered rate with
+errors by status code, degraded_share, cpu_ms_per_request (CPU time of each program of the bench
+per OK reply: the stack's processes, Tansu, Redis, the stream and the load's own client). Per
+target: sustained_rps, the highest offered rate with
 p99 < 200 ms, no errors and < 1 % degraded replies; then capacity_ratio = stack / floor
 sustained_rps and p99_ratio_at_100 (stack p99 / floor p99 at 100 RPS).
 """
@@ -135,6 +137,21 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
     }
 
 
+def measured_load(address: str, users: Sequence[str], rate: float, duration: float) -> dict:
+    """open_loop, plus ``cpu_ms_per_request``: the CPU milliseconds each program of the bench (its
+    child processes by name, and this process, the load's client) spent per OK reply."""
+    from recstack.devstack.proc_cpu import descendants_cpu_s, per_request_ms
+
+    before, client = descendants_cpu_s(), time.process_time()
+    result = asyncio.run(open_loop(address, users, rate, duration))
+    after = descendants_cpu_s()
+    before["bench client"], after["bench client"] = client, time.process_time()
+    # the load's warm-up second is in the CPU window too: count its requests
+    replies = result["achieved_rps"] * (duration + 1.0)
+    result["cpu_ms_per_request"] = per_request_ms(before, after, replies)
+    return result
+
+
 def sustained(per_rate: dict, target: str) -> float:
     """The highest offered rate with p99 < 200 ms, no errors and < 1 % degraded (0 if none)."""
     ok = [
@@ -248,7 +265,7 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
             for rate in rates:
                 entry = {}
                 for target, address in (("stack", running.gateway), ("floor", floor)):
-                    entry[target] = asyncio.run(open_loop(address, load_users, rate, duration))
+                    entry[target] = measured_load(address, load_users, rate, duration)
                     log.info("%s %s at %s RPS: %s", mode, target, rate, entry[target])
                 per_rate[f"{rate:g}"] = entry
         swap = asyncio.run(hot_swap_load(running.gateway, load_users, artifacts)) if hot_swap else None

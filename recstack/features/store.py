@@ -30,12 +30,31 @@ def _arms(item_ids: Sequence[str], rows: Sequence[Any]) -> dict[str, tuple[float
     return arms
 
 
+# alpha and beta of every arm hash in KEYS, flattened ([a1, b1, a2, b2, ...], nil where missing):
+# one command instead of a pipeline of one HMGET per candidate (measured: ~0.5 ms of client CPU for
+# 200 arms against ~3 ms for the pipeline). Reads only; like the stream's scripts, not Cluster-safe.
+_ARMS_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'alpha', 'beta')
+  out[2 * i - 1] = v[1] or false
+  out[2 * i] = v[2] or false
+end
+return out
+"""
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
 class FeatureStore:
     """Async reader of user features, popularity and bandit arms (works with or without decode_responses)."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys | None = None) -> None:
         self.redis = redis
         self.keys = keys or Keys()
+        self._read_arms = redis.register_script(_ARMS_LUA)
 
     async def get_user_features(self, user_id: str) -> UserFeatures:
         """Recent items, genre scores and counters of one user in one round trip (a pipeline).
@@ -98,10 +117,8 @@ class FeatureStore:
         """
         if not item_ids:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for item in item_ids:
-            pipe.hmget(self.keys.bandit_arm(item), "alpha", "beta")
-        return _arms(item_ids, await pipe.execute())
+        flat = await self._read_arms(keys=[self.keys.bandit_arm(item) for item in item_ids])
+        return _arms(item_ids, _pairs(flat))
 
     async def get_segment_arms(
         self, item_ids: Sequence[str], segment: str
@@ -111,12 +128,9 @@ class FeatureStore:
         ``segment`` must be a valid segment id (recstack/exploration/segments.py)."""
         if not item_ids:
             return {}, {}
-        pipe = self.redis.pipeline(transaction=False)
-        for item in item_ids:
-            pipe.hmget(self.keys.bandit_arm(item), "alpha", "beta")
-        for item in item_ids:
-            pipe.hmget(self.keys.bandit_segment_arm(segment, item), "alpha", "beta")
-        rows = await pipe.execute()
+        keys = [self.keys.bandit_arm(item) for item in item_ids]
+        keys += [self.keys.bandit_segment_arm(segment, item) for item in item_ids]
+        rows = _pairs(await self._read_arms(keys=keys))
         n = len(item_ids)
         return _arms(item_ids, rows[:n]), _arms(item_ids, rows[n:])
 
