@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import random
 import socket
 import tempfile
@@ -137,6 +138,7 @@ class _EmbeddedServer:
     """Shared lifecycle: start a ManagedProcess on a free port, probe readiness, stop on exit."""
 
     name = "server"
+    env: dict[str, str] | None = None  # the process environment (None: this process's)
 
     def __init__(
         self,
@@ -167,7 +169,7 @@ class _EmbeddedServer:
                 f"{self.name}: port {self.host}:{self.port} is already in use; pick another port "
                 "or leave it unset to get a free one."
             )
-        self.process = ManagedProcess(self.name, self.argv(), self.log_path)
+        self.process = ManagedProcess(self.name, self.argv(), self.log_path, env=self.env)
         self.process.start()
         try:
             _wait_until(self.process, self.ready, self.startup_timeout, f"accept connections on {self.port}")
@@ -231,9 +233,27 @@ class EmbeddedRedis(_EmbeddedServer):
 
 
 class EmbeddedKafka(_EmbeddedServer):
-    """Tansu broker with in-memory storage. `.bootstrap` is HOST:PORT."""
+    """Tansu broker. `.bootstrap` is HOST:PORT.
+
+    storage: Tansu's storage engine URL; ``memory://tansu/`` (default) loses every topic when the
+    broker stops, ``s3://BUCKET/`` persists them (env: AWS_ENDPOINT, AWS_ALLOW_HTTP, keys; the
+    chaos tests run it against a local moto S3 server to restart the broker without losing data).
+    """
 
     name = "kafka"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_dir: Path | None = None,
+        startup_timeout: float = 20.0,
+        storage: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(port, host, log_dir, startup_timeout)
+        self.storage = storage
+        self.env = {**os.environ, **env} if env else None
 
     @property
     def bootstrap(self) -> str:
@@ -249,7 +269,7 @@ class EmbeddedKafka(_EmbeddedServer):
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage,
         ]
 
     def ready(self) -> bool:
