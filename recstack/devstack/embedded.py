@@ -138,7 +138,6 @@ class _EmbeddedServer:
     """Shared lifecycle: start a ManagedProcess on a free port, probe readiness, stop on exit."""
 
     name = "server"
-    env: dict[str, str] | None = None  # the process environment (None: this process's)
 
     def __init__(
         self,
@@ -146,7 +145,10 @@ class _EmbeddedServer:
         host: str = "127.0.0.1",
         log_dir: Path | None = None,
         startup_timeout: float = 20.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """env: variables added to this process's environment for the server (None: inherit it)."""
+        self.env = {**os.environ, **env} if env else None
         self.host = host
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
@@ -242,18 +244,9 @@ class EmbeddedKafka(_EmbeddedServer):
 
     name = "kafka"
 
-    def __init__(
-        self,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        log_dir: Path | None = None,
-        startup_timeout: float = 20.0,
-        storage: str = "memory://tansu/",
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(port, host, log_dir, startup_timeout)
+    def __init__(self, *args: Any, storage: str = "memory://tansu/", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.storage = storage
-        self.env = {**os.environ, **env} if env else None
 
     @property
     def bootstrap(self) -> str:
