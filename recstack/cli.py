@@ -630,7 +630,8 @@ def ope_cmd(
     """Off-policy estimates (IPS, SNIPS, DR, replay) of a target policy on a logged file."""
     import json
 
-    from recstack.exploration.ope import OPEError, run_ope
+    from recstack.exploration.ope.data import OPEError
+    from recstack.exploration.ope.runner import run_ope
 
     if fmt not in ("auto", "recstack", "obd"):
         _fail(f"--format must be auto, recstack or obd, got {fmt!r}")

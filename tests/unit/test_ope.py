@@ -11,20 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recstack.exploration.ope import (
-    LoggedBandit,
-    OPEError,
-    TargetPolicy,
-    doubly_robust,
-    evaluate,
-    ips,
-    policy_from_spec,
-    read_obd_csv,
-    read_recstack_log,
-    replay,
-    run_ope,
-    snips,
-)
+from recstack.exploration.ope.data import LoggedBandit, OPEError, read_obd_csv, read_recstack_log
+from recstack.exploration.ope.estimators import TargetPolicy, doubly_robust, evaluate, ips, replay, snips
+from recstack.exploration.ope.policies import policy_from_spec
+from recstack.exploration.ope.runner import run_ope
 
 # ---------------------------------------------------------------- synthetic logs, known truth
 

@@ -1,12 +1,12 @@
-"""Replay evaluation of learning policies (recstack.exploration.replay)."""
+"""Replay evaluation of learning policies (recstack.exploration.ope.replay)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from recstack.exploration.ope import LoggedBandit, OPEError
-from recstack.exploration.replay import parse_spec, replay_learning
+from recstack.exploration.ope.data import LoggedBandit, OPEError
+from recstack.exploration.ope.replay import parse_spec, replay_learning
 
 MEANS = np.array([0.1, 0.2, 0.3, 0.4, 0.8])
 

@@ -30,7 +30,8 @@ from collections.abc import Callable
 import numpy as np
 
 from recstack.exploration.linucb import HybridLinUCB, LinTS, LinUCB
-from recstack.exploration.ope import Estimate, LoggedBandit, OPEError, _ratio_estimate
+from recstack.exploration.ope.data import LoggedBandit, OPEError
+from recstack.exploration.ope.estimators import Estimate, ratio_estimate
 from recstack.exploration.thompson import ThompsonSlatePolicy
 
 LEARNING_POLICIES = ("linucb", "lints", "linucb-hybrid", "thompson")
@@ -132,4 +133,4 @@ def replay_learning(
     if matched == 0:
         nan = float("nan")
         return Estimate("replay", nan, nan, nan, ci, level, data.n, 0.0)
-    return _ratio_estimate("replay", data.rewards, accepted, ci, level, n_boot, seed, matched)
+    return ratio_estimate("replay", data.rewards, accepted, ci, level, n_boot, seed, matched)
