@@ -3,13 +3,18 @@
 bucket(user) = first 8 bytes of sha256(f"{salt}:{user_id}") / 2**64, uniform in [0, 1); the
 variants own consecutive intervals of [0, 1) proportional to their weights. The same user
 always lands in the same variant of the same experiment; a new salt reshuffles everyone.
+
+The experiments model is the pydantic one in ``recstack.experiments.config`` (``assign`` takes
+its ``ExperimentConfig``); ``PipelineConfig`` is the flat view of a resolved pipeline that the
+gateway chain reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 
 class UnknownVariantError(ValueError):
@@ -45,35 +50,28 @@ class PipelineConfig:
     segment_by: str = ""
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    weight: float
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """An experiment: id, hashing salt and weighted variants (weights need not sum to 1)."""
-
-    experiment_id: str
-    salt: str
-    variants: tuple[Variant, ...]
-
-    def __post_init__(self) -> None:
-        if not self.variants:
-            raise ExperimentConfigError(f"experiment {self.experiment_id!r} has no variants")
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ExperimentConfigError(f"experiment {self.experiment_id!r} has duplicate variants {names}")
-        if any(v.weight < 0 for v in self.variants) or sum(v.weight for v in self.variants) <= 0:
-            raise ExperimentConfigError(
-                f"experiment {self.experiment_id!r}: weights must be >= 0 with a positive sum"
-            )
+class _Weighted(Protocol):
+    @property
+    def name(self) -> str: ...
 
     @property
-    def by_name(self) -> Mapping[str, Variant]:
-        return {v.name: v for v in self.variants}
+    def weight(self) -> float: ...
+
+
+V_co = TypeVar("V_co", bound=_Weighted, covariant=True)
+
+
+class HashedExperiment(Protocol[V_co]):
+    """What ``assign`` reads of an experiment (``recstack.experiments.config.ExperimentConfig``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def hash_salt(self) -> str: ...
+
+    @property
+    def variants(self) -> Sequence[V_co]: ...
 
 
 def bucket(salt: str, user_id: str) -> float:
@@ -82,33 +80,21 @@ def bucket(salt: str, user_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign(experiment: Experiment, user_id: str, force_variant: str = "") -> Variant:
+def assign(experiment: HashedExperiment[V_co], user_id: str, force_variant: str = "") -> V_co:
     """The user's variant; ``force_variant`` (QA) overrides the hash and must name a variant."""
     if force_variant:
-        variant = experiment.by_name.get(force_variant)
-        if variant is None:
-            raise UnknownVariantError(
-                f"force_variant {force_variant!r} is not a variant of experiment "
-                f"{experiment.experiment_id!r}; use one of {sorted(experiment.by_name)}"
-            )
-        return variant
+        for variant in experiment.variants:
+            if variant.name == force_variant:
+                return variant
+        raise UnknownVariantError(
+            f"force_variant {force_variant!r} is not a variant of experiment "
+            f"{experiment.id!r}; use one of {sorted(v.name for v in experiment.variants)}"
+        )
     total = sum(v.weight for v in experiment.variants)
-    point = bucket(experiment.salt, user_id) * total
+    point = bucket(experiment.hash_salt, user_id) * total
     acc = 0.0
     for variant in experiment.variants:
         acc += variant.weight
         if point < acc:
             return variant
     return experiment.variants[-1]
-
-
-DEFAULT_EXPERIMENT = Experiment(
-    experiment_id="explore-slots-v1",
-    salt="explore-slots-v1",
-    variants=(
-        Variant("control", 0.5, PipelineConfig(explore_slots=1)),
-        Variant("treatment", 0.5, PipelineConfig(explore_slots=2)),
-    ),
-)
-"""The experiment the gateway runs until experiments are configured outside the code:
-treatment opens two bandit slots instead of one."""

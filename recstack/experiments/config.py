@@ -35,10 +35,9 @@ Hashing (all through ``recstack.experiments.assignment.bucket``, uniform in [0, 
 - layer slot: ``bucket(f"layer:{layer}", user)``; the layer's experiments own consecutive
   intervals of [0, 1) of width ``traffic`` in file order, so within a layer no user is in two
   experiments (traffic in a layer sums to at most 1);
-- variant: ``assignment.assign`` with salt ``f"{layer}:{salt}"`` (the layer is part of the salt, so
-  experiments in different layers hash independently and do not collide). In the layer
-  ``default`` the salt is used as is, so an experiment written without a layer hashes exactly as
-  the same ``assignment.Experiment`` does in the gateway today (e.g. ``DEFAULT_EXPERIMENT``).
+- variant: ``assignment.assign`` with salt ``f"{layer}:{salt}"`` (``ExperimentConfig.hash_salt``;
+  the layer is part of the salt, so experiments in different layers hash independently and do not
+  collide). In the layer ``default`` the salt is used as is (e.g. ``DEFAULT_EXPERIMENT``).
 
 Errors raise ``ExperimentConfigError`` (the class of ``recstack.experiments.assignment``) whose
 message names the bad field, e.g. ``experiments[1].variants[0].pipeline.diversity.lambda: must be
@@ -54,7 +53,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -67,6 +65,7 @@ from recstack.exploration.segments import parse_segment_by
 
 __all__ = [
     "Assignment",
+    "DEFAULT_EXPERIMENT",
     "ConfigWatcher",
     "ExperimentConfig",
     "ExperimentConfigError",
@@ -217,43 +216,24 @@ class ExperimentConfig(_Strict):
             f"use one of {[v.name for v in self.variants]}"
         )
 
-    @cached_property
-    def hashing(self) -> assignment.Experiment:
-        """``to_experiment()``, built once (the model is frozen)."""
-        return self.to_experiment()
+    @property
+    def hash_salt(self) -> str:
+        """The salt ``assignment.assign`` hashes with: includes the layer (except in layer "default")."""
+        return self.salt if self.layer == DEFAULT_LAYER else f"{self.layer}:{self.salt}"
 
-    @classmethod
-    def from_assignment(cls, experiment: assignment.Experiment) -> ExperimentConfig:
-        """An experiment defined in code (layer "default", all traffic): same id, salt, variants,
-        weights, ranker and bandit settings, so it hashes users identically."""
-        variants = []
-        for v in experiment.variants:
-            p = v.pipeline
-            bandit: dict[str, Any] = {"policy": p.policy, "slots": p.explore_slots}
-            if p.segment_by:
-                bandit["segment_by"] = p.segment_by
-            pipeline = {"bandit": bandit, "ranker": p.ranking_model}
-            if p.rerank_model:
-                pipeline["rerank"] = {"model": p.rerank_model}
-            variants.append({"name": v.name, "weight": v.weight, "pipeline": pipeline})
-        data = {"id": experiment.experiment_id, "salt": experiment.salt, "variants": variants}
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            lines = [f"{_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
-            raise ExperimentConfigError(
-                f"experiment {experiment.experiment_id!r}: " + "; ".join(lines)
-            ) from None
 
-    def to_experiment(self) -> assignment.Experiment:
-        """The hash-assignment view; the salt includes the layer (except in layer "default")."""
-        return assignment.Experiment(
-            experiment_id=self.id,
-            salt=self.salt if self.layer == DEFAULT_LAYER else f"{self.layer}:{self.salt}",
-            variants=tuple(
-                assignment.Variant(v.name, v.weight, v.pipeline.to_assignment()) for v in self.variants
-            ),
-        )
+DEFAULT_EXPERIMENT = ExperimentConfig.model_validate(
+    {
+        "id": "explore-slots-v1",
+        "salt": "explore-slots-v1",
+        "variants": [
+            {"name": "control", "weight": 0.5, "pipeline": {"bandit": {"slots": 1}}},
+            {"name": "treatment", "weight": 0.5, "pipeline": {"bandit": {"slots": 2}}},
+        ],
+    }
+)
+"""The experiment the gateway runs until experiments are configured outside the code:
+treatment opens two bandit slots instead of one."""
 
 
 @dataclass(frozen=True)
@@ -303,7 +283,7 @@ class ExperimentsConfig(_Strict):
     def builtin(cls) -> ExperimentsConfig:
         """The gateway's configuration without an experiments file: ``DEFAULT_EXPERIMENT`` on all
         traffic (hashes exactly as ``assignment.assign(DEFAULT_EXPERIMENT, user)``)."""
-        return cls(experiments=[ExperimentConfig.from_assignment(assignment.DEFAULT_EXPERIMENT)])
+        return cls(experiments=[DEFAULT_EXPERIMENT])
 
     def get(self, experiment_id: str) -> ExperimentConfig:
         for exp in self.experiments:
@@ -332,7 +312,7 @@ class ExperimentsConfig(_Strict):
             start = 0.0
             for exp in exps:
                 if start <= point < start + exp.traffic:
-                    v = assignment.assign(exp.hashing, user_id)
+                    v = assignment.assign(exp, user_id)
                     out.append(Assignment(exp.id, layer, v.name, exp.variant(v.name).pipeline))
                     break
                 start += exp.traffic

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from recstack.experiments.assignment import DEFAULT_EXPERIMENT
-from recstack.experiments.config import ExperimentConfig, ExperimentsConfig, load_experiments
+from recstack.experiments.config import (
+    DEFAULT_EXPERIMENT,
+    ExperimentConfig,
+    ExperimentsConfig,
+    load_experiments,
+)
 from recstack.experiments.stats import ExperimentResult, ExperimentStatsError, analyze
 
 RecordSource = pd.DataFrame | str | Path
@@ -109,16 +113,16 @@ def resolve_experiment(
     experiment: ExperimentConfig | str, config: ExperimentsConfig | str | Path | None = None
 ) -> ExperimentConfig:
     """An ExperimentConfig as is; an id looked up in ``config`` (UnknownExperimentError if absent).
-    Without a config, the id of ``assignment.DEFAULT_EXPERIMENT`` (the gateway's built-in
+    Without a config, the id of ``DEFAULT_EXPERIMENT`` (the gateway's built-in
     experiment) resolves to that experiment."""
     if isinstance(experiment, ExperimentConfig):
         return experiment
-    if config is None and experiment == DEFAULT_EXPERIMENT.experiment_id:
-        return ExperimentConfig.from_assignment(DEFAULT_EXPERIMENT)
+    if config is None and experiment == DEFAULT_EXPERIMENT.id:
+        return DEFAULT_EXPERIMENT
     if config is None:
         raise ExperimentStatsError(
             f"unknown experiment {experiment!r}: without an experiments file only the built-in "
-            f"{DEFAULT_EXPERIMENT.experiment_id!r} is known; pass the experiments file "
+            f"{DEFAULT_EXPERIMENT.id!r} is known; pass the experiments file "
             "(--config or RECSTACK_EXPERIMENTS)"
         )
     cfg = config if isinstance(config, ExperimentsConfig) else load_experiments(config)

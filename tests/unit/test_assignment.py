@@ -2,15 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from recstack.experiments.assignment import (
-    DEFAULT_EXPERIMENT,
-    Experiment,
-    ExperimentConfigError,
-    UnknownVariantError,
-    Variant,
-    assign,
-    bucket,
-)
+from recstack.experiments.assignment import ExperimentConfigError, UnknownVariantError, assign, bucket
+from recstack.experiments.config import DEFAULT_EXPERIMENT, ExperimentConfig, parse_experiments
+
+
+def experiment(id: str, salt: str, *variants: tuple[str, float]) -> dict:
+    return {"id": id, "salt": salt, "variants": [{"name": n, "weight": w} for n, w in variants]}
 
 
 def test_assignment_is_stable() -> None:
@@ -20,7 +17,7 @@ def test_assignment_is_stable() -> None:
 
 
 def test_split_follows_weights() -> None:
-    exp = Experiment("e", "salt-1", (Variant("a", 0.2), Variant("b", 0.8)))
+    exp = ExperimentConfig.model_validate(experiment("e", "salt-1", ("a", 0.2), ("b", 0.8)))
     n = 20_000
     share_a = sum(assign(exp, f"user-{i}").name == "a" for i in range(n)) / n
     assert share_a == pytest.approx(0.2, abs=0.015)
@@ -42,8 +39,8 @@ def test_force_variant() -> None:
 
 def test_bad_experiments() -> None:
     with pytest.raises(ExperimentConfigError):
-        Experiment("e", "s", ())
+        parse_experiments({"experiments": [experiment("e", "s")]})
     with pytest.raises(ExperimentConfigError):
-        Experiment("e", "s", (Variant("a", 1), Variant("a", 1)))
+        parse_experiments({"experiments": [experiment("e", "s", ("a", 1), ("a", 1))]})
     with pytest.raises(ExperimentConfigError):
-        Experiment("e", "s", (Variant("a", 0),))
+        parse_experiments({"experiments": [experiment("e", "s", ("a", 0))]})

@@ -12,8 +12,8 @@ import yaml
 
 from recstack.experiments import assignment
 from recstack.experiments.config import (
+    DEFAULT_EXPERIMENT,
     ConfigWatcher,
-    ExperimentConfig,
     ExperimentConfigError,
     ExperimentsConfig,
     UnknownExperimentError,
@@ -82,13 +82,12 @@ def test_valid_yaml_and_json_load(tmp_path: Path) -> None:
 
 def test_adopts_the_hash_assignment() -> None:
     cfg = parse_experiments(VALID)
-    exp = cfg.get("slots").to_experiment()
-    assert isinstance(exp, assignment.Experiment)
-    assert exp.salt == "bandit:slots-v1"  # the layer is part of the salt
-    assert exp.by_name["treatment"].pipeline.explore_slots == 2
+    exp = cfg.get("slots")
+    assert exp.hash_salt == "bandit:slots-v1"  # the layer is part of the salt
+    assert exp.variant("treatment").pipeline.to_assignment().explore_slots == 2
     for i in range(300):
         for a in cfg.assign(f"u{i}"):
-            expected = assignment.assign(cfg.get(a.experiment_id).to_experiment(), f"u{i}")
+            expected = assignment.assign(cfg.get(a.experiment_id), f"u{i}")
             assert a.variant == expected.name
 
 
@@ -222,13 +221,13 @@ def test_watcher_first_load_must_succeed(tmp_path: Path) -> None:
 
 
 def test_default_layer_keeps_the_gateway_hash() -> None:
-    cfg = ExperimentConfig.from_assignment(assignment.DEFAULT_EXPERIMENT)
-    assert cfg.layer == "default" and cfg.to_experiment().salt == assignment.DEFAULT_EXPERIMENT.salt
+    cfg = DEFAULT_EXPERIMENT
+    assert cfg.layer == "default" and cfg.hash_salt == DEFAULT_EXPERIMENT.salt
     assert cfg.variant("treatment").pipeline.bandit.slots == 2
     full = ExperimentsConfig(experiments=[cfg])
     for i in range(500):
         (got,) = full.assign(f"u{i}")
-        assert got.variant == assignment.assign(assignment.DEFAULT_EXPERIMENT, f"u{i}").name
+        assert got.variant == assignment.assign(DEFAULT_EXPERIMENT, f"u{i}").name
 
 
 @pytest.mark.parametrize("policy", ["thompson", "linucb", "lints", "linucb-hybrid"])

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from recstack.diversity.catalog import CatalogSimilarity
-from recstack.experiments.assignment import DEFAULT_EXPERIMENT, UnknownVariantError, assign
-from recstack.experiments.config import ConfigWatcher, ExperimentsConfig, parse_experiments
+from recstack.experiments.assignment import UnknownVariantError, assign
+from recstack.experiments.config import (
+    DEFAULT_EXPERIMENT,
+    ConfigWatcher,
+    ExperimentsConfig,
+    parse_experiments,
+)
 from recstack.exploration.arms import ArmCache
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
@@ -139,7 +144,7 @@ def test_builtin_config_hashes_like_the_default_experiment() -> None:
         r = cfg.resolve(user)
         expected = assign(DEFAULT_EXPERIMENT, user)
         assert r.primary is not None and r.primary.variant == expected.name
-        assert r.pipeline.explore_slots == expected.pipeline.explore_slots
+        assert r.pipeline.explore_slots == expected.pipeline.to_assignment().explore_slots
 
 
 async def test_recommender_runs_the_variant_pipeline_and_logs_exposure() -> None:
