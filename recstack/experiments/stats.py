@@ -9,10 +9,11 @@ analysis is the user, never the event. Users seen in more than one variant are d
 
 Metrics (per user): ``ctr`` = clicks / exposures (users with exposures > 0), ``likes`` and
 ``purchases`` per user; guardrail ``exposures`` per user. For each metric and each variant
-against the control: Welch's t-test (scipy), absolute lift with a Welch CI, relative lift with a
-delta-method CI, CUPED (theta = cov(y, x) / var(x) on all users of the experiment; missing
-covariates imputed with the mean), and an always-valid mSPRT p-value and confidence sequence.
-Holm and Benjamini-Hochberg adjust the p-values across primary metrics x variants; guardrail
+against the control: Welch's t-test and the Welch CI of the absolute lift (scipy
+``ttest_ind(equal_var=False)``), relative lift with a delta-method CI, CUPED (theta = cov(y, x) /
+var(x) on all users of the experiment; missing covariates imputed with the mean), and an
+always-valid mSPRT p-value and confidence sequence. Holm and Benjamini-Hochberg (scipy
+``false_discovery_control``) adjust the p-values across primary metrics x variants; guardrail
 metrics are outside that family. The sample-ratio-mismatch check compares user counts with the
 configured weights (chi-square, flagged at p < 0.001).
 
@@ -81,9 +82,8 @@ def welch_test(treatment: np.ndarray, control: np.ndarray, alpha: float = 0.05) 
         raise ExperimentStatsError(
             f"Welch's t-test needs at least 2 users per variant, got {len(a)} and {len(b)}"
         )
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     diff = float(a.mean() - b.mean())
-    se = math.sqrt(va + vb)
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     if se == 0.0:  # both arms constant
         return WelchResult(
             diff,
@@ -94,10 +94,11 @@ def welch_test(treatment: np.ndarray, control: np.ndarray, alpha: float = 0.05) 
             math.copysign(math.inf, diff) if diff else 0.0,
             1.0 if diff == 0 else 0.0,
         )
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    res = sst.ttest_ind(a, b, equal_var=False)
-    half = float(sst.t.ppf(1 - alpha / 2, df)) * se
-    return WelchResult(diff, se, float(df), diff - half, diff + half, float(res.statistic), float(res.pvalue))
+    res = sst.ttest_ind(a, b, equal_var=False)  # Welch-Satterthwaite df in res.df
+    ci = res.confidence_interval(confidence_level=1 - alpha)
+    return WelchResult(
+        diff, se, float(res.df), float(ci.low), float(ci.high), float(res.statistic), float(res.pvalue)
+    )
 
 
 def relative_lift(
@@ -194,13 +195,9 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     p = np.asarray(p_values, dtype=np.float64)
     out = np.full_like(p, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    if m == 0:
+    if len(ok) == 0:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(scaled[::-1])[::-1]
-    out[order] = np.minimum(adj, 1.0)
+    out[ok] = sst.false_discovery_control(p[ok], method="bh")
     return out
 
 

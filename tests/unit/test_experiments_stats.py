@@ -96,6 +96,30 @@ def test_welch_matches_scipy_and_known_ci() -> None:
     assert rel == pytest.approx(a.mean() / b.mean() - 1) and lo < rel < hi
 
 
+def test_welch_and_bh_equal_the_textbook_formulas() -> None:
+    """scipy's Welch interval and BH adjustment give what the formulas give."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        a = rng.normal(1.0, rng.uniform(0.1, 3), size=int(rng.integers(2, 300)))
+        b = rng.normal(1.2, rng.uniform(0.1, 3), size=int(rng.integers(2, 300)))
+        alpha = float(rng.choice([0.01, 0.05, 0.1]))
+        w = welch_test(a, b, alpha)
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+        half = sst.t.ppf(1 - alpha / 2, df) * np.sqrt(va + vb)
+        diff = a.mean() - b.mean()
+        assert w.df == pytest.approx(df, rel=1e-12)
+        assert (w.ci_low, w.ci_high) == pytest.approx((diff - half, diff + half), rel=1e-12, abs=1e-12)
+        p = rng.uniform(size=int(rng.integers(1, 30))) ** 2
+        p[rng.uniform(size=p.size) < 0.2] = 0.05  # ties
+        m = p.size
+        order = np.argsort(p, kind="stable")
+        stepped = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+        expected = np.empty(m)
+        expected[order] = np.minimum(stepped, 1.0)
+        assert benjamini_hochberg(p) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
 def test_aa_p_values_are_uniform_and_false_positive_rate_is_alpha() -> None:
     rng = np.random.default_rng(1)
     p_ctr = []
