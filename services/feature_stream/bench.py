@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -53,6 +52,7 @@ from recstack.events.producer import events_from_interactions
 from recstack.events.schema import UserEvent, event_to_json, new_event
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
+from recstack.metrics_text import sample, samples, scrape
 
 log = logging.getLogger(__name__)
 
@@ -112,35 +112,16 @@ async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> d
 # --- Prometheus text ------------------------------------------------------------------------------
 
 
-def _scrape(port: int) -> str:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return ""
-
-
 def _events_done(text: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("recstack_stream_events_total{")
-    )
+    return sum(value for _, value in samples(text, "recstack_stream_events_total"))
 
 
 def _sample(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sample(text, name) or 0.0
 
 
 def _buckets(text: str, name: str) -> list[tuple[float, float]]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    return out
+    return [(float(labels["le"]), value) for labels, value in samples(text, f"{name}_bucket")]
 
 
 def histogram_quantile(text: str, name: str, q: float, before: str = "") -> float:
@@ -194,7 +175,7 @@ class Consumer:
         self.out = out
 
     def metrics(self) -> str:
-        return _scrape(self.port)
+        return scrape(self.port)
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
         deadline = time.monotonic() + timeout

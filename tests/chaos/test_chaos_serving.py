@@ -13,7 +13,6 @@ Real redis-server and Tansu of their own (so they can be stopped), a small train
 from __future__ import annotations
 
 import json
-import re
 import signal
 import time
 import uuid
@@ -27,6 +26,7 @@ import redis
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, ensure_topics
 from recstack.events.schema import parse_event
 from recstack.features.keys import Keys
+from recstack.metrics_text import sample
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.chaos.support import Load, report
 from tests.integration.procs import (
@@ -101,10 +101,7 @@ def gateway_address(stack: dict[str, Service]) -> str:
 
 
 def impressions(stack: dict[str, Service], outcome: str) -> float:
-    found = re.search(
-        rf'^recstack_gateway_impressions_total{{outcome="{outcome}"}} (\S+)$', metrics(stack["gateway"]), re.M
-    )
-    return float(found.group(1)) if found else 0.0
+    return sample(metrics(stack["gateway"]), "recstack_gateway_impressions_total", outcome=outcome) or 0.0
 
 
 @pytest.mark.parametrize("stage", list(DOWNSTREAM))

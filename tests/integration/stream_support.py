@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from recstack.events.producer import EventProducer
+from recstack.metrics_text import sample, scrape
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
@@ -100,40 +100,9 @@ def stop_worker(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def scrape(port: int) -> str:
-    """The worker's /metrics text ('' when it does not answer)."""
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return ""
-
-
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample of one metric name in a /metrics text."""
-    out: list[tuple[dict[str, str], float]] = []
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            body = head[len(name) :].strip("{}")
-            labels = dict(pair.split("=", 1) for pair in body.split(",") if pair)
-            out.append(({k: v.strip('"') for k, v in labels.items()}, float(value)))
-    return out
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample of ``name`` with exactly these labels; None when absent."""
-    for have, value in samples(text, name):
-        if have == labels:
-            return value
-    return None
-
-
-def metric(port: int, line_prefix: str) -> float:
-    """Value of the first sample whose line starts with line_prefix (0.0 when absent or unreachable)."""
-    for line in scrape(port).splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def metric(port: int, name: str) -> float:
+    """Value of the unlabelled sample ``name`` on the port's /metrics (0.0 when absent or unreachable)."""
+    return sample(scrape(port), name) or 0.0
 
 
 async def produce(bootstrap: str, topic: str, values: Sequence[tuple[bytes | None, bytes | None]]) -> None:

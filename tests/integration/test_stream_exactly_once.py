@@ -23,11 +23,10 @@ from recstack.devstack.embedded import free_port
 from recstack.events import UserEvent, event_to_json, new_event
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
+from recstack.metrics_text import samples, scrape
 from tests.integration.stream_support import (
     committed_offsets,
     produce_batched,
-    samples,
-    scrape,
     start_worker,
     stop_worker,
     wait_for,

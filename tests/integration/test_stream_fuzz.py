@@ -19,12 +19,10 @@ import redis
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.events.schema import MAX_EVENT_BYTES
+from recstack.metrics_text import sample, samples, scrape
 from tests.integration.stream_support import (
     produce_batched,
     read_topic,
-    sample,
-    samples,
-    scrape,
     start_worker,
     stop_worker,
     wait_for,

@@ -13,11 +13,9 @@ import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
+from recstack.metrics_text import sample, samples, scrape
 from tests.integration.stream_support import (
     produce_batched,
-    sample,
-    samples,
-    scrape,
     start_worker,
     stop_worker,
     wait_for,

@@ -15,12 +15,11 @@ import redis
 
 from recstack.devstack.embedded import EmbeddedRedis, free_port
 from recstack.events import event_to_json, new_event
+from recstack.metrics_text import sample, scrape
 from tests.integration.stream_support import (
     metric,
     produce,
     read_topic,
-    sample,
-    scrape,
     start_worker,
     stop_worker,
     wait_for,
@@ -150,7 +149,7 @@ def test_offsets_commit_only_after_redis_writes(
         server.stop()
 
         asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[1:]))
-        retries = "recstack_stream_redis_retries_total "
+        retries = "recstack_stream_redis_retries_total"
         # five failed attempts take > 3 s of backoff: longer than Faust's 2.8 s commit interval
         wait_for(lambda: metric(metrics_port, retries) >= 5, "redis write retries", first, log)
 
@@ -202,7 +201,7 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
         r.close()  # an open client would keep the port in FIN-WAIT-2, and the restart on it would fail
         server.stop()
         asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[1:]))
-        retries = "recstack_stream_redis_retries_total "
+        retries = "recstack_stream_redis_retries_total"
         wait_for(lambda: metric(metrics_port, retries) >= 2, "redis write retries", proc, log)
         server = EmbeddedRedis(port=port, log_dir=tmp_path).start()  # empty: only the new writes land
         r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
