@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ class IdMap:
 
     def index(self, ids: Iterable[str]) -> np.ndarray:
         """Indices of ids as int64, 0 for unknown ids."""
-        return np.fromiter((self._index.get(x, 0) for x in ids), dtype=np.int64)
+        return np.fromiter(map(self._index.get, ids, repeat(0)), dtype=np.int64)
 
     def id(self, idx: int) -> str:
         if not 1 <= idx <= len(self.ids):

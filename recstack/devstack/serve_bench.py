@@ -86,7 +86,7 @@ def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> 
 
 
 async def open_loop(address: str, users: Sequence[str], rate: float, duration: float, k: int = 10,
-                    deadline: float = 1.0, warmup: float = 1.0, connections: int = 4) -> dict:  # fmt: skip
+                    deadline: float = 1.0, warmup: float = 1.0, connections: int = 16) -> dict:  # fmt: skip
     """Requests at fixed intervals for ``duration`` seconds (after ``warmup`` unrecorded seconds),
     spread round-robin over ``connections`` client connections (as several backends would call)."""
     import grpc

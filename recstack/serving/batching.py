@@ -3,9 +3,16 @@
 ``MicroBatcher(fn)`` turns ``fn(list[request]) -> list[result]`` (a batch method of a serving core)
 into ``await batcher(request) -> result``. The first request of an idle batcher starts a batch
 at once (no added latency at low load); requests that arrive while a batch runs queue up and go,
-up to ``max_batch`` at a time, into the next one, as Triton's dynamic batcher does. Batches run in
-a worker thread (torch and FAISS release the GIL), so the event loop keeps answering health checks
-and I/O while a model computes. The queue is bounded: beyond ``max_queue`` waiting requests a call
+up to ``max_batch`` at a time, into the next one, as Triton's dynamic batcher does.
+
+Where a batch runs (``offload``, default from ``RECSTACK_INFERENCE``): ``inline`` (the default) on
+the event loop itself, which yields between batches; ``thread`` in a worker thread (torch and FAISS
+release the GIL), so the loop answers I/O while a model computes. Measured on 2 cores (the bench
+bundle, ``recstack bench serve``), the thread hand-off, its futures and the GIL switches cost about a
+quarter of an in-process gateway's CPU per request; parallelism comes from one process per core
+(``RECSTACK_GATEWAY_WORKERS``, replicas) instead. ``thread`` suits a process with spare cores and
+large models. A batch holds the loop for its compute time (milliseconds at ``max_batch`` 64 here);
+health checks wait at most that long. The queue is bounded: beyond ``max_queue`` waiting requests a call
 raises :class:`Overloaded` at once (the servicer maps it to RESOURCE_EXHAUSTED) instead of letting
 every request time out. When a batch fails, its requests are retried one by one, so a bad request
 fails alone with its own error.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -46,6 +54,19 @@ BATCH_LATENCY = Histogram(
 )
 
 
+INFERENCE_ENV = "RECSTACK_INFERENCE"
+INFERENCE_MODES = ("inline", "thread")
+
+
+def offload_from_env() -> bool:
+    """True when ``RECSTACK_INFERENCE`` is ``thread``; ``inline`` or unset: False. Anything else
+    raises ValueError naming the variable."""
+    mode = os.environ.get(INFERENCE_ENV, "inline").strip().lower() or "inline"
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"{INFERENCE_ENV}={mode!r}: use one of {', '.join(INFERENCE_MODES)}")
+    return mode == "thread"
+
+
 class Overloaded(RuntimeError):
     """The batcher's queue is full: the service sheds the request (RESOURCE_EXHAUSTED)."""
 
@@ -59,6 +80,7 @@ class MicroBatcher(Generic[Req, Res]):
         name: str,
         max_batch: int = 64,
         max_queue: int = 512,
+        offload: bool | None = None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
@@ -66,6 +88,7 @@ class MicroBatcher(Generic[Req, Res]):
         self.name = name
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.offload = offload_from_env() if offload is None else offload
         self._pending: list[tuple[Req, asyncio.Future, float]] = []
         self._worker: asyncio.Task | None = None
 
@@ -94,7 +117,8 @@ class MicroBatcher(Generic[Req, Res]):
             for _, _, t in live:
                 BATCH_WAIT.labels(self.name).observe(start - t)
             BATCH_SIZE.labels(self.name).observe(len(live))
-            results = await asyncio.to_thread(self._run, [r for r, _, _ in live])
+            requests = [r for r, _, _ in live]
+            results = await asyncio.to_thread(self._run, requests) if self.offload else self._run(requests)
             BATCH_LATENCY.labels(self.name).observe(time.perf_counter() - start)
             for (_, future, _), (ok, value) in zip(live, results, strict=True):
                 if future.done():
@@ -103,6 +127,8 @@ class MicroBatcher(Generic[Req, Res]):
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+            if not self.offload:
+                await asyncio.sleep(0)  # let the callers and the I/O run between inline batches
 
     def _run(self, requests: list[Req]) -> list[tuple[bool, object]]:
         """(ok, result or exception) per request; a failed batch is retried request by request."""

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -125,21 +126,35 @@ class RecommendState:
         arr = np.asarray(scores, dtype=np.float64)
         if arr.shape != (len(items),):
             raise ValueError(f"scores must have shape ({len(items)},), got {arr.shape}")
-        seen: set[str] = set()
-        keep = np.zeros(len(items), dtype=bool)
-        for i, item in enumerate(items):
-            if item not in seen and item not in self.exclude:
-                keep[i] = True
-            seen.add(item)
-        kept = [item for item, k in zip(items, keep, strict=True) if k]
+        items = list(items)
+        distinct = set(items)
+        if len(distinct) == len(items) and distinct.isdisjoint(self.exclude):
+            keep = np.ones(len(items), dtype=bool)  # the common case, without a Python loop
+            kept = items
+        else:
+            seen: set[str] = set()
+            keep = np.zeros(len(items), dtype=bool)
+            for i, item in enumerate(items):
+                if item not in seen and item not in self.exclude:
+                    keep[i] = True
+                seen.add(item)
+            kept = [item for item, k in zip(items, keep, strict=True) if k]
         if self.components:
-            position = {item: i for i, item in enumerate(self.candidates)}
-            idx = np.fromiter((position.get(item, -1) for item in kept), dtype=np.int64, count=len(kept))
-            found = idx >= 0
-            for name, values in self.components.items():
-                moved = np.full(len(kept), np.nan)
-                moved[found] = values[idx[found]]
-                self.components[name] = moved
+            if kept == self.candidates:
+                moved_idx = None
+            else:
+                position = dict(zip(self.candidates, range(len(self.candidates)), strict=True))
+                moved_idx = np.fromiter(map(position.get, kept, repeat(-1)), dtype=np.int64, count=len(kept))
+            if moved_idx is not None:
+                found = moved_idx >= 0
+                every = bool(found.all())
+                for name, values in self.components.items():
+                    if every:
+                        self.components[name] = values[moved_idx]
+                    else:
+                        moved = np.full(len(kept), np.nan)
+                        moved[found] = values[moved_idx[found]]
+                        self.components[name] = moved
         for name, values in (components or {}).items():
             self.components[name] = np.asarray(values, dtype=np.float64)[keep]
         self.candidates = kept
