@@ -1,5 +1,5 @@
 """Benchmark the feature stream, raw aiokafka ceiling vs the Faust app, and print JSON
-(see services/feature_stream/bench.py; the same as `recstack bench stream --json`).
+(see recstack/devstack/stream_bench.py; the same as `recstack bench stream --json`).
 
     python bench/stream.py [--events 20000] [--batch 500] [--rate 2000] [--duration 10]
                            [--repeats 2] [--no-e2e]
@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from services.feature_stream.bench import DEFAULT_DURATION_S, DEFAULT_RATE, run_stream_bench
+from recstack.devstack.stream_bench import DEFAULT_DURATION_S, DEFAULT_RATE, run_stream_bench
 
 
 def main(argv: list[str] | None = None) -> int:

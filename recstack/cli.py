@@ -357,7 +357,7 @@ def bench_stream_cmd(
     import json
     import os
 
-    from services.feature_stream.bench import BenchError, run_stream_bench
+    from recstack.devstack.stream_bench import BenchError, run_stream_bench
 
     try:
         result = run_stream_bench(

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from recstack.devstack.bundle import SMALL_DATA_SPEC, BundleMissingError, bundle_exists, train_small_bundle
-from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, ensure_topics
+from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis
+from recstack.events.topics import ensure_topics
 
 
 @pytest.fixture(scope="session")

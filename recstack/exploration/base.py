@@ -1,30 +1,37 @@
-"""The contract shared by the contextual slate policies (LinUCB, hybrid LinUCB, LinTS).
+"""The contract of every slate policy (Thompson, LinUCB, hybrid LinUCB, LinTS): ``SlatePolicy``.
 
-A policy sees the upstream ranking of one request as ``arm_ids`` (item ids, best first, [C])
-and one feature row per candidate (``contexts`` [C, d]). It returns a ``SlateDecision`` of
-``k`` items: the first ``k - explore_slots`` positions keep the upstream order (propensity 1.0),
-the last ``explore_slots`` positions are chosen by the policy from the remaining candidates.
+A policy sees the upstream ranking of one request (item ids, best first, [C]) plus what it
+learns from: Beta arm statistics (``ThompsonSlatePolicy.select(candidates, scores, k, arms)``) or
+one feature row per candidate (``ContextualSlatePolicy.select(contexts, arm_ids, k,
+explore_slots)``). Every policy returns a ``SlateDecision``: the first ``k - explore_slots``
+positions keep the upstream order (propensity 1.0), the last ``explore_slots`` positions are
+chosen by the policy from the remaining candidates. ``recstack.exploration.explorer.Explorer``
+gathers each policy's inputs and is what the services call.
 
 Propensity of an explored item = the probability that the policy puts that item into the
-exploration slots (set membership, not a particular slot), the same meaning as in
-``recstack.exploration.thompson``; off-policy estimators divide by it.
+exploration slots (set membership, not a particular slot); off-policy estimators divide by it.
 
-Input errors are ``PolicyInputError`` (a ``ValueError``) subclasses whose message names the
-argument; a corrupted serialised state is ``CorruptStateError``, which the loading code turns
-into a reset to the prior (``LinUCB.load_arm``).
+Errors, one hierarchy: invalid input is a ``PolicyInputError`` (a ``ValueError``; ``PolicyError``
+is the same class) or one of its subclasses, whose message names the argument; a corrupted
+serialised state is ``CorruptStateError``, which the loading code turns into a reset to the prior
+(``LinUCB.load_arm``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 
 class PolicyInputError(ValueError):
     """Invalid input to a contextual policy; the message says which argument and why."""
+
+
+PolicyError = PolicyInputError
+"""The name ``recstack.exploration.thompson`` used for the same class."""
 
 
 class FeatureSizeError(PolicyInputError):
@@ -62,10 +69,57 @@ class SlateDecision:
     propensities: np.ndarray
     explored: np.ndarray
 
+    @classmethod
+    def empty(cls) -> SlateDecision:
+        """The slate of a request without candidates."""
+        return cls([], np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+
+    @classmethod
+    def of(
+        cls,
+        items: Sequence[str],
+        scores: Sequence[float] | np.ndarray,
+        propensities: Sequence[float],
+        fixed: int,
+    ) -> SlateDecision:
+        """A slate whose first ``fixed`` positions keep the upstream order, the rest explored."""
+        return cls(
+            list(items),
+            np.asarray(scores, dtype=np.float64),
+            np.asarray(propensities, dtype=np.float64),
+            explored_mask(len(items), fixed),
+        )
+
+    def __iter__(self):  # noqa: ANN204
+        """Unpacks as ``items, scores, propensities = decision``."""
+        return iter((self.items, self.scores, self.propensities))
+
+    def __getitem__(self, i: int) -> Any:
+        """``decision[0]`` items, ``[1]`` scores, ``[2]`` propensities (as unpacking)."""
+        return (self.items, self.scores, self.propensities)[i]
+
+
+def explored_mask(k: int, fixed: int) -> np.ndarray:
+    """The ``explored`` mask of a slate: False for the ``fixed`` first positions, then True [k]."""
+    mask = np.ones(k, dtype=bool)
+    mask[:fixed] = False
+    return mask
+
 
 @runtime_checkable
-class ContextualSlatePolicy(Protocol):
-    """What the bandit service calls; implemented by ``LinUCB``, ``HybridLinUCB`` and ``LinTS``."""
+class SlatePolicy(Protocol):
+    """What every policy is: a ``name`` and a ``select(...)`` that returns a ``SlateDecision`` and
+    raises ``PolicyInputError`` on invalid input. Its inputs depend on what the policy learns from
+    (``ContextualSlatePolicy``; ``ThompsonSlatePolicy``)."""
+
+    name: str
+
+    def select(self, *args: Any, **kwargs: Any) -> SlateDecision: ...
+
+
+@runtime_checkable
+class ContextualSlatePolicy(SlatePolicy, Protocol):
+    """A ``SlatePolicy`` over feature rows: ``LinUCB``, ``HybridLinUCB`` and ``LinTS``."""
 
     name: str
     dim: int

@@ -51,6 +51,7 @@ from recstack.exploration.base import (
     check_finite_contexts,
     check_select_args,
     check_update_args,
+    explored_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -366,14 +367,9 @@ class _LinearSlatePolicy:
             props[fixed:] = p
         else:
             order, props = np.arange(k), np.ones(k)
-        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, _explored(k, fixed))
-
-
-def _explored(k: int, fixed: int) -> np.ndarray:
-    """The ``explored`` mask of a slate: False for the ``fixed`` first positions, then True [k]."""
-    mask = np.ones(k, dtype=bool)
-    mask[:fixed] = False
-    return mask
+        return SlateDecision(
+            [arm_ids[i] for i in order.tolist()], score[order], props, explored_mask(k, fixed)
+        )
 
 
 class LinUCB(_LinearSlatePolicy):
@@ -492,7 +488,9 @@ class LinUCB(_LinearSlatePolicy):
         else:
             order[fixed:] = top
             props[fixed:] = self._greedy_propensity(m, explore_slots)
-        return SlateDecision([arm_ids[i] for i in order.tolist()], score[order], props, _explored(k, fixed))
+        return SlateDecision(
+            [arm_ids[i] for i in order.tolist()], score[order], props, explored_mask(k, fixed)
+        )
 
     def update_batch(self, arm_ids: Sequence[str], xs: np.ndarray, rewards: np.ndarray) -> None:
         """Add observations in order: arm_ids [N], xs [N, d], rewards [N]."""

@@ -21,6 +21,10 @@ requests only correlates the estimation error between requests whose pools share
 draw that actually fills the slots is fresh on every request. A decision over items whose
 statistics all changed costs as much as before (one vectorised ``Generator.beta`` call).
 
+Contract (recstack/exploration/base.py): ``select`` returns a ``SlateDecision`` (scores: the
+upstream scores of the served items) and raises ``PolicyInputError`` (``PolicyError`` is the same
+class) naming the argument.
+
 Segments (recstack/exploration/segments.py). ``select(..., segment=S, segment_arms=...)`` draws
 every pool item from its segment posterior: the cold-item prior (prior_alpha, prior_beta) plus
 the global arm's evidence scaled down to at most ``segment_prior_strength`` pseudo-observations,
@@ -38,11 +42,10 @@ from itertools import repeat
 import numpy as np
 
 from recstack.exploration import kernels
+from recstack.exploration.base import PolicyError, PolicyInputError, SlateDecision, SlateSizeError
 from recstack.exploration.segments import segment_beta_params, stack_arms
 
-
-class PolicyError(ValueError):
-    """Invalid input to an exploration policy; the message names the argument."""
+__all__ = ["PolicyError", "ThompsonSlatePolicy"]
 
 
 class _DrawCache:
@@ -127,19 +130,19 @@ class ThompsonSlatePolicy:
         segment_prior_strength: float = 10.0,
     ):
         if explore_slots < 0:
-            raise PolicyError(f"explore_slots must be >= 0, got {explore_slots}")
+            raise SlateSizeError(f"explore_slots must be >= 0, got {explore_slots}")
         if prior_alpha <= 0 or prior_beta <= 0:
-            raise PolicyError(f"prior_alpha and prior_beta must be > 0, got {prior_alpha}, {prior_beta}")
+            raise PolicyInputError(f"prior_alpha and prior_beta must be > 0, got {prior_alpha}, {prior_beta}")
         if n_draws < 1:
-            raise PolicyError(f"n_draws must be >= 1, got {n_draws}")
+            raise PolicyInputError(f"n_draws must be >= 1, got {n_draws}")
         self.explore_slots = explore_slots
         self.prior_alpha = prior_alpha
         self.prior_beta = prior_beta
         self.n_draws = n_draws
         if cache_items < 1:
-            raise PolicyError(f"cache_items must be >= 1, got {cache_items}")
+            raise PolicyInputError(f"cache_items must be >= 1, got {cache_items}")
         if not segment_prior_strength >= 0:  # also rejects NaN
-            raise PolicyError(f"segment_prior_strength must be >= 0, got {segment_prior_strength}")
+            raise PolicyInputError(f"segment_prior_strength must be >= 0, got {segment_prior_strength}")
         self.segment_prior_strength = float(segment_prior_strength)
         self._rng = np.random.default_rng(seed)
         self._draws = _DrawCache(n_draws, self._rng, cache_items)
@@ -208,7 +211,7 @@ class ThompsonSlatePolicy:
         *,
         segment: str = "",
         segment_arms: Mapping[str, tuple[float, float]] | None = None,
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    ) -> SlateDecision:
         """Choose a slate of ``min(k, len(candidates))`` items.
 
         candidates: item ids ranked best first [C]; scores: their upstream scores [C].
@@ -218,18 +221,19 @@ class ThompsonSlatePolicy:
         segment_arms: item id -> stored (alpha, beta) of its arm in that segment (missing: no
         segment data) and every pool item draws from its borrowed-prior segment posterior
         (``segment_params``).
-        Returns (items [S], upstream scores [S], propensities [S]) in slate order.
+        Returns the ``SlateDecision`` (items [S], upstream scores [S], propensities [S], explored
+        [S]) in slate order.
         """
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(candidates),):
-            raise PolicyError(f"scores must have shape ({len(candidates)},), got {scores.shape}")
+            raise PolicyInputError(f"scores must have shape ({len(candidates)},), got {scores.shape}")
         if k < 1:
-            raise PolicyError(f"k must be >= 1, got {k}")
+            raise SlateSizeError(f"k must be >= 1, got {k}")
         if len(set(candidates)) != len(candidates):
-            raise PolicyError("candidates must be distinct item ids")
+            raise PolicyInputError("candidates must be distinct item ids")
         slots = self.explore_slots if explore_slots is None else explore_slots
         if slots < 0:
-            raise PolicyError(f"explore_slots must be >= 0, got {slots}")
+            raise SlateSizeError(f"explore_slots must be >= 0, got {slots}")
         size = min(k, len(candidates))
         slots = min(slots, size)
         fixed = size - slots
@@ -252,4 +256,4 @@ class ThompsonSlatePolicy:
                 items.append(pool[j])
                 out_scores.append(scores[fixed + j])
                 props.append(max(float(inclusion[j]), floor))
-        return items, np.asarray(out_scores, dtype=np.float64), np.asarray(props, dtype=np.float64)
+        return SlateDecision.of(items, out_scores, props, fixed)

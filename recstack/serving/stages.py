@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recstack.exploration.arms import ArmCache
-from recstack.exploration.segments import is_valid_segment
+from recstack.exploration.explorer import Explorer
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
 from recstack.serving.chain import FALLBACKS, RecommendState
@@ -346,10 +346,13 @@ def build_stages(
 
 
 class LocalBandit:
-    """Thompson slate policy over an ArmCache, in process. A ``segment`` (a valid segment id, else
-    ValueError) draws from the segment arms; the ArmCache then needs a ``segment_reader``."""
+    """Thompson slate policy over an ArmCache, in process: ``recstack.exploration.explorer.Explorer``
+    with Thompson only, the core the bandit service calls. A ``segment`` (a valid segment id, else
+    ValueError) draws from the segment arms; the ArmCache then needs a ``segment_reader``. Errors
+    are ``PolicyInputError`` (a ValueError)."""
 
     def __init__(self, policy: ThompsonSlatePolicy, arms: ArmCache):
+        self.explorer = Explorer(policy, arms)
         self.policy = policy
         self.arms = arms
 
@@ -363,18 +366,9 @@ class LocalBandit:
         explore_slots: int,
         segment: str = "",
     ) -> StageResult:
-        if policy not in ("", self.policy.name):
-            raise ValueError(f"policy {policy!r} is not available; use 'thompson'")
-        if segment and not is_valid_segment(segment):
-            raise ValueError(f"segment {segment[:80]!r} is not a valid segment id")
-        arms, segment_arms, stale = await self.arms.get_segmented(list(items), segment)
-        ids, out, props = self.policy.select(
-            items,
-            scores,
-            k,
-            arms,
-            explore_slots=explore_slots or None,
-            segment=segment,
-            segment_arms=segment_arms,
+        decision, stale = await self.explorer.explore(
+            policy, items, scores, k, explore_slots, segment=segment
         )
-        return StageResult(ids, out, self.policy.name, propensities=props, stale=stale)
+        return StageResult(
+            decision.items, decision.scores, self.policy.name, propensities=decision.propensities, stale=stale
+        )

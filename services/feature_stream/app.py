@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from recstack.devstack.embedded import EmbeddedError, ensure_topics
+from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
 from services.feature_stream import metrics, transport
 from services.feature_stream.processor import (
@@ -185,7 +185,7 @@ def declare_topics(settings: StreamSettings) -> None:
             settings.kafka_bootstrap_servers,
             {settings.events_topic: settings.events_partitions, settings.dead_letter_topic: 1},
         )
-    except EmbeddedError as exc:
+    except TopicError as exc:
         log.warning("could not declare topics (%s); they must exist before events arrive", exc)
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from recstack.devstack.embedded import EmbeddedKafka, ensure_topics, free_port
+from recstack.devstack.embedded import EmbeddedKafka, free_port
 from recstack.events import event_to_json, new_event
+from recstack.events.topics import ensure_topics
 from recstack.features.keys import Keys
 from tests.chaos.support import report
 from tests.integration.stream_support import start_worker, stop_worker, worker_env, write_catalog

@@ -23,8 +23,9 @@ import grpc
 import pytest
 import redis
 
-from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, ensure_topics
+from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis
 from recstack.events.schema import parse_event
+from recstack.events.topics import ensure_topics
 from recstack.features.keys import Keys
 from recstack.metrics_text import sample
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc

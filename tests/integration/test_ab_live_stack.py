@@ -32,9 +32,10 @@ import pytest
 import redis
 import yaml
 
-from recstack.devstack.embedded import ensure_topics, free_port
+from recstack.devstack.embedded import free_port
 from recstack.events import new_event
 from recstack.events.producer import EventProducer
+from recstack.events.topics import ensure_topics
 from recstack.experiments.config import parse_experiments
 from recstack.features.keys import Keys
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc

@@ -11,7 +11,8 @@ import psutil
 import pytest
 import redis
 
-from recstack.devstack.embedded import EmbeddedError, EmbeddedKafka, EmbeddedRedis, ensure_topics, free_port
+from recstack.devstack.embedded import EmbeddedError, EmbeddedKafka, EmbeddedRedis, free_port
+from recstack.events.topics import TopicError, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def test_embedded_kafka_topics_produce_consume() -> None:
 
 def test_ensure_topics_on_unreachable_broker_is_clear() -> None:
     port = free_port()
-    with pytest.raises(EmbeddedError, match=f"127.0.0.1:{port}.*KAFKA_BOOTSTRAP_SERVERS"):
+    with pytest.raises(TopicError, match=f"127.0.0.1:{port}.*KAFKA_BOOTSTRAP_SERVERS"):
         ensure_topics(f"127.0.0.1:{port}", {"x": 1}, timeout=2.0)
 
 

@@ -17,10 +17,10 @@ import pytest
 import redis
 from rich.console import Console
 
-from recstack.devstack.embedded import ensure_topics
 from recstack.devstack.process import ProcessStartError
 from recstack.devstack.supervisor import grpc_serving
 from recstack.devstack.up import DEFAULT_PORTS, PortInUseError, StackConfig, stack
+from recstack.events.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

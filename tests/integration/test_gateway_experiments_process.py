@@ -11,7 +11,7 @@ import pytest
 
 from recstack.devstack.embedded import free_port
 from recstack.experiments.config import load_experiments
-from tests.integration.test_services_chain import REPO, service_env
+from tests.integration.procs import REPO, service_env
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,9 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.artifacts import write_current
-from recstack.devstack.embedded import ensure_topics, free_port
+from recstack.devstack.embedded import free_port
 from recstack.events.schema import parse_event
+from recstack.events.topics import ensure_topics
 from recstack.features.keys import Keys
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import (

@@ -10,23 +10,25 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from recstack.devstack.embedded import free_port
-from recstack.events import UserEvent, event_to_json, new_event
-from recstack.features.keys import Keys
-from recstack.features.writer import FeatureWriter
+from recstack.events import event_to_json
 from recstack.metrics_text import samples, scrape
 from tests.integration.stream_support import (
+    GENRES,
+    ITEMS,
+    USERS,
+    apply_reference,
     committed_offsets,
+    make_events,
     produce_batched,
+    snapshot,
     start_worker,
     stop_worker,
     wait_for,
@@ -36,56 +38,9 @@ from tests.integration.stream_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-USERS = [f"u{n}" for n in range(24)]
-ITEMS = [f"i{n}" for n in range(40)]
-GENRES = {item: [["Action", "Drama", "Comedy", "Horror"][n % 4]] for n, item in enumerate(ITEMS)}
-
-
-def make_events(rng: random.Random, n: int) -> list[UserEvent]:
-    """n events (interactions, impressions, rewards) with ~10% re-sent duplicates of earlier ones."""
-    t0 = time.time() - 60
-    events: list[UserEvent] = []
-    for k in range(n):
-        if events and rng.random() < 0.1:
-            events.append(rng.choice(events))  # a producer retry: same event_id, same bytes
-            continue
-        user, ts = rng.choice(USERS), t0 + k * 0.01
-        kind = rng.choice(["view", "view", "click", "like", "purchase", "rating", "impression"])
-        if kind == "impression":
-            slate = rng.sample(ITEMS, 3)
-            events.append(new_event(user, "impression", items=slate, request_id=f"r{k}", timestamp=ts))
-            events.append(new_event(user, "click", slate[0], request_id=f"r{k}", timestamp=ts))
-        elif kind == "rating":
-            events.append(new_event(user, "rating", rng.choice(ITEMS), rating=4.0, timestamp=ts))
-        else:
-            events.append(new_event(user, kind, rng.choice(ITEMS), timestamp=ts))
-    return events
-
 
 def lags(port: int) -> list[float]:
     return sorted(v for _, v in samples(scrape(port), "recstack_stream_consumer_lag"))
-
-
-def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
-    keys = Keys(prefix)
-    state: dict[str, object] = {}
-    for user in USERS:
-        state[f"recent:{user}"] = r.lrange(keys.recent_items(user), 0, -1)
-        state[f"genres:{user}"] = {k: float(v) for k, v in r.hgetall(keys.genre_scores(user)).items()}
-        state[f"stats:{user}"] = {k: float(v) for k, v in r.hgetall(keys.user_stats(user)).items()}
-    for item in ITEMS:
-        state[f"item:{item}"] = {k: float(v) for k, v in r.hgetall(keys.item_stats(item)).items()}
-        state[f"arm:{item}"] = {k: float(v) for k, v in r.hgetall(keys.bandit_arm(item)).items()}
-    state["popularity"] = dict(r.zrange(keys.popularity(), 0, -1, withscores=True))
-    return state
-
-
-async def apply_reference(redis_url: str, prefix: str, events: list[UserEvent]) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        await FeatureWriter(client, Keys(prefix), catalog=GENRES).apply(events)
-    finally:
-        await client.aclose()
 
 
 def test_sigkill_mid_backlog_applies_every_event_exactly_once(

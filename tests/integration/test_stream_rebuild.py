@@ -19,8 +19,15 @@ import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json
-from tests.integration.stream_support import produce_batched, worker_env, write_catalog
-from tests.integration.test_stream_exactly_once import GENRES, apply_reference, make_events, snapshot
+from tests.integration.stream_support import (
+    GENRES,
+    apply_reference,
+    make_events,
+    produce_batched,
+    snapshot,
+    worker_env,
+    write_catalog,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,42 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recstack.artifacts import FORMAT_VERSION, BundleError, load_bundle, save_bundle
-from recstack.models.multitask import MMoERanker, MultiTaskConfig
-from recstack.models.ncf import NeuMF, NeuMFConfig
-from recstack.models.two_tower import TwoTower, TwoTowerConfig
-
-
-def make_bundle(
-    root: Path, n_users: int = 6, n_items: int = 8, created_at: dict[str, int] | None = None
-) -> Path:
-    torch.manual_seed(0)
-    genres = torch.zeros(n_items + 1, 2)
-    genres[1:, 0] = 1.0
-    genres[::2, 1] = 1.0
-    genres[0] = 0.0
-    models = {
-        "two_tower": TwoTower(TwoTowerConfig(n_users, n_items, 2, dim=8, hidden=8, max_len=5), genres),
-        "multitask": MMoERanker(
-            MultiTaskConfig(n_users, n_items, 2, dim=4, max_len=5, bottom=(8,), tower=4, mmoe=True), genres
-        ),
-        "ncf": NeuMF(NeuMFConfig(n_users, n_items, mf_dim=4, mlp_dims=(8, 4))),
-    }
-    item_ids = [f"i{k}" for k in range(1, n_items + 1)]
-    return save_bundle(
-        root,
-        models=models,
-        item_ids=item_ids,
-        item_genres={i: ["A"] + (["B"] if k % 2 == 1 else []) for k, i in enumerate(item_ids)},
-        titles={i: f"title {i}" for i in item_ids},
-        genre_vocab=["A", "B"],
-        popularity=list(reversed(item_ids)),
-        user_ids=[f"u{k}" for k in range(1, n_users + 1)],
-        metrics={"models": {"two_tower": {"test": {"NDCG@10": 0.5}}}},
-        data_spec="synthetic",
-        serving={"rerank": {"blend": 0.5}},
-        created_at=created_at,
-    )
+from recstack.artifacts import FORMAT_VERSION, BundleError, load_bundle
+from recstack.models.multitask import MMoERanker
+from tests.helpers import make_bundle
 
 
 def test_round_trip(tmp_path: Path) -> None:

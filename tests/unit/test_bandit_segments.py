@@ -36,7 +36,7 @@ from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2
 from services.bandit.servicer import BanditServicer
 from services.gateway.servicer import Recommender, impression_context
 from tests.grpc_support import in_process_channel
-from tests.unit.test_gateway_chain import POPULAR, FakeRanking, FakeRerank, FakeRetrieval, FakeStore
+from tests.helpers import POPULAR, FakeRanking, FakeRerank, FakeRetrieval, FakeStore
 
 NAN = (math.nan, math.nan)
 T0 = 1_700_000_000.0

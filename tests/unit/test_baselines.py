@@ -9,7 +9,7 @@ from recstack.data import load_dataset
 from recstack.evaluation import evaluate_scores, leave_one_out
 from recstack.models.baselines import ItemKNN, ItemKNNConfig, NotFittedError, Popularity
 from tests.datasets import ML100K
-from tests.unit.test_evaluation_split import make_dataset
+from tests.helpers import make_dataset
 
 
 @pytest.fixture

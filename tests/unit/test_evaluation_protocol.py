@@ -18,7 +18,7 @@ from recstack.evaluation import (
     user_histories,
 )
 from recstack.evaluation.split import Split
-from tests.unit.test_evaluation_split import make_dataset
+from tests.helpers import make_dataset
 
 
 @pytest.fixture

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from recstack.data import DataError, Dataset, load_dataset
+from recstack.data import DataError, load_dataset
 from recstack.evaluation import leave_one_out
 from tests.datasets import ML100K
+from tests.helpers import make_dataset
 
 ML100K_FINGERPRINT = "c39a254605c780114ee02675c0b7e8754142a3e1773419fd4ece121566df9600"
-
-
-def make_dataset(rows: list[tuple[str, str, int]], genres: dict[str, list[str]] | None = None) -> Dataset:
-    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    inter["timestamp"] = inter["timestamp"].astype(np.int64)
-    inter["event_type"] = "click"
-    inter["rating"] = np.arange(len(rows), dtype=np.float64)
-    genres = genres or {}
-    ids = sorted(set(inter["item_id"]))
-    items = pd.DataFrame({"item_id": ids, "genres": [genres.get(i, []) for i in ids], "title": ids})
-    return Dataset(name="tiny", interactions=inter, items=items)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from recstack.serving.fusion import (
     rank_feature,
 )
 from recstack.serving.reranker import Reranker
-from tests.unit.test_reranker import FakeBundle, SuccessorModel
+from tests.helpers import FakeBundle, SuccessorModel
 
 
 def test_design_matrix_standardises_ranks_and_zeros_missing_scores() -> None:

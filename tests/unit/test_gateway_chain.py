@@ -3,108 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection
 
 import numpy as np
 import pytest
 
-from recstack.exploration.arms import ArmCache
-from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.types import UserFeatures
-from recstack.serving.chain import Chain, RecommendState
-from recstack.serving.stages import LocalBandit, StageResult, build_stages
+from recstack.serving.chain import RecommendState
+from recstack.serving.stages import StageResult
 from recstack.v1 import gateway_pb2
 from services.gateway.servicer import Recommender
 from services.gateway.validation import RequestError
-
-CATALOG = [f"i{i}" for i in range(50)]
-POPULAR = list(reversed(CATALOG))  # i49 most popular
-
-
-class FakeStore:
-    def __init__(self, features: dict[str, UserFeatures] | None = None, down: bool = False):
-        self.features = features or {}
-        self.down = down
-        self.popular_calls = 0
-
-    async def get_user_features(self, user_id: str) -> UserFeatures:
-        if self.down:
-            raise ConnectionError("redis down")
-        return self.features.get(user_id, UserFeatures(user_id))
-
-    async def get_popular_scores(self, n: int, half_life_s: float) -> list[tuple[str, float]]:
-        self.popular_calls += 1
-        if self.down:
-            raise ConnectionError("redis down")
-        return []  # nothing streamed yet: the catalogue list is used
-
-    async def get_arms(self, items: Sequence[str]) -> dict[str, tuple[float, float]]:
-        if self.down:
-            raise ConnectionError("redis down")
-        return {}
-
-
-class FakeRetrieval:
-    def __init__(self, fail: bool = False, delay: float = 0.0):
-        self.fail = fail
-        self.delay = delay
-        self.seen_exclude: set[str] = set()
-
-    async def retrieve(self, user: UserFeatures, n: int, exclude: Collection[str]) -> StageResult:
-        await asyncio.sleep(self.delay)
-        if self.fail:
-            raise ConnectionError("retrieval unreachable")
-        self.seen_exclude = set(exclude)
-        items = [x for x in CATALOG if x not in exclude][:n]
-        comps = {"retrieval": 1.0 / np.arange(1, len(items) + 1), "two_tower": np.full(len(items), 0.5)}
-        return StageResult(items, np.linspace(1, 0, len(items)), "v1", comps)
-
-
-class FakeRanking:
-    """Reverses the order (so a skipped ranking is visible)."""
-
-    def __init__(self, fail: bool = False, delay: float = 0.0):
-        self.fail = fail
-        self.delay = delay
-        self.calls: list[tuple[str, Mapping[str, float] | None]] = []
-
-    async def rank(
-        self,
-        user: UserFeatures,
-        items: Sequence[str],
-        scores: np.ndarray,
-        model: str,
-        weights: Mapping[str, float] | None = None,
-    ) -> StageResult:
-        self.calls.append((model, weights))
-        await asyncio.sleep(self.delay)
-        if self.fail:
-            raise RuntimeError("boom")
-        out = list(reversed(items))
-        return StageResult(out, np.linspace(1, 0, len(out)), "v1", {"p_click": np.full(len(out), 0.5)})
-
-
-class FakeRerank:
-    def __init__(self) -> None:
-        self.calls = 0
-        self.components: list[dict] = []
-        self.items: list[list[str]] = []
-
-    async def rerank(
-        self, user: UserFeatures, items: Sequence[str], scores: np.ndarray, model: str, components=None
-    ) -> StageResult:
-        self.calls += 1
-        self.components.append(dict(components or {}))
-        self.items.append(list(items))
-        return StageResult(list(items), np.asarray(scores), "v1")
-
-
-def make_chain(store: FakeStore, retrieval: FakeRetrieval, ranking: FakeRanking, rerank: FakeRerank) -> Chain:
-    bandit = LocalBandit(ThompsonSlatePolicy(explore_slots=1, seed=0), ArmCache(store.get_arms))
-    stages = build_stages(
-        store, retrieval, ranking, rerank, bandit, POPULAR, ranking_timeout_s=0.05, retrieval_timeout_s=0.05
-    )
-    return Chain(stages, POPULAR)
+from tests.helpers import FakeRanking, FakeRerank, FakeRetrieval, FakeStore, make_chain
 
 
 def state(

@@ -26,14 +26,7 @@ from recstack.serving.stages import LocalBandit, build_stages
 from recstack.v1 import gateway_pb2
 from services.gateway.__main__ import watch_experiments
 from services.gateway.servicer import Recommender
-from tests.unit.test_gateway_chain import (
-    CATALOG,
-    POPULAR,
-    FakeRanking,
-    FakeRerank,
-    FakeRetrieval,
-    FakeStore,
-)
+from tests.helpers import CATALOG, POPULAR, FakeRanking, FakeRerank, FakeRetrieval, FakeStore
 
 LAYERED = {
     "holdout": 0.1,

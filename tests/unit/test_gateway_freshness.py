@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from recstack.serving.chain import Chain
 from services.gateway.monitoring import GatewayMonitor
 from services.gateway.servicer import Recommender, read_bundle_lists
-from tests.unit.test_artifacts_bundle import make_bundle
+from tests.helpers import make_bundle
 
 NOW = 1_800_000_000.0
 

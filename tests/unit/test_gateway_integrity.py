@@ -6,7 +6,7 @@ from recstack.features.types import UserFeatures
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.servicer import GatewayServicer, Recommender
 from tests.grpc_support import in_process_channel
-from tests.unit.test_gateway_chain import FakeRanking, FakeRerank, FakeRetrieval, FakeStore, make_chain
+from tests.helpers import FakeRanking, FakeRerank, FakeRetrieval, FakeStore, make_chain
 
 
 class Publisher:

@@ -22,9 +22,6 @@ from recstack.exploration.linucb import (
     build_context,
     decode_state,
     encode_state,
-    load_arms,
-    redis_key,
-    save_arms,
     top_indices,
 )
 
@@ -319,26 +316,6 @@ def test_build_context_layout() -> None:
         build_context({}, [], vocab, 0.0, d=4)
     with pytest.raises(NonFiniteInputError):
         build_context({}, [], vocab, float("nan"), d=8)
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("make", [lambda: LinUCB(D, seed=0), lambda: HybridLinUCB(D, seed=0)])
-def test_state_round_trip_through_real_redis(make, redis_url: str, caplog) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    rng = np.random.default_rng(9)
-    src, dst = make(), make()
-    ids = _ids(6)
-    ctx = rng.normal(size=(6, D))
-    src.update_batch(ids * 3, np.tile(ctx, (3, 1)), rng.random(18))
-    save_arms(client, src, ids, prefix="t:")
-    client.hset(redis_key("i5", src.kind, "t:"), "state", b"\x00" * 7)  # corrupt one arm
-    with caplog.at_level(logging.WARNING, logger="recstack.exploration.linucb"):
-        reset = load_arms(client, dst, [*ids, "never-stored"], prefix="t:")
-    assert reset == ["i5"] and "i5" in caplog.text
-    np.testing.assert_allclose(dst.score(ctx[:5], ids[:5]), src.score(ctx[:5], ids[:5]), rtol=1e-4, atol=1e-5)
-    client.close()
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 5])

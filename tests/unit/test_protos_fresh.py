@@ -28,6 +28,6 @@ def test_committed_stubs_match_protos(tmp_path: Path) -> None:
 
 def test_every_service_proto_has_a_stub() -> None:
     protos = {p.stem for p in (ROOT / "protos" / "recstack" / "v1").glob("*.proto")}
-    assert {"common", "events", "gateway", "retrieval", "ranking", "rerank", "bandit"} <= protos
+    assert {"common", "gateway", "retrieval", "ranking", "rerank", "bandit"} <= protos
     for name in protos:
         assert (ROOT / "recstack" / "v1" / f"{name}_pb2.py").exists()

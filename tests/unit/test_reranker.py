@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
 
-from recstack.data.schema import IdMap
 from recstack.features.types import UserFeatures
 from recstack.models.sasrec import SASRec, SASRecConfig
 from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.reranker import Reranker, blend_scores, standardize
-
-N_ITEMS = 10
-ITEM_IDS = [f"m{i}" for i in range(1, N_ITEMS + 1)]  # index i <-> "m{i}"
-
-
-class SuccessorModel(torch.nn.Module):
-    """Scores candidate c by -|c - (newest history item + 1)|: the successor of the newest item first."""
-
-    max_len = 5
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def score_candidates(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        self.seen.append(history.clone())
-        return -(candidates - (history[:, -1:] + 1)).abs().float()
-
-
-@dataclass
-class FakeBundle:
-    """The part of recstack.artifacts.Bundle the reranker and the features adapter read."""
-
-    models: dict[str, torch.nn.Module]
-    item_map: IdMap = field(default_factory=lambda: IdMap(ITEM_IDS))
-    user_map: IdMap = field(default_factory=lambda: IdMap(["u1"]))
-    genre_vocab: list[str] = field(default_factory=list)
-    configs: dict = field(default_factory=dict)
-    version: str = "v-test"
-
-    def model(self, name: str) -> torch.nn.Module:
-        return self.models[name]
+from tests.helpers import N_ITEMS, FakeBundle, SuccessorModel
 
 
 def user(*recent_newest_first: str) -> UserFeatures:

@@ -11,7 +11,7 @@ from recstack.features.types import UserFeatures
 from recstack.serving.features_adapter import user_features_to_arrays, user_features_to_tensors
 from recstack.serving.ranker import Ranker
 from recstack.serving.retriever import Retriever, merge_ranked
-from tests.unit.test_artifacts_bundle import make_bundle
+from tests.helpers import make_bundle
 
 USER = UserFeatures("u2", recent_items=["i3", "i1", "unknown-item"], genre_scores={"A": 0.4, "Z": 9.0})
 

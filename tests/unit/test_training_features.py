@@ -9,7 +9,7 @@ from recstack.evaluation import leave_one_out
 from recstack.serving.features_adapter import ItemGenres, event_weights, genre_profile, genre_profile_prefixes
 from recstack.training.examples import build_features, like_purchase_labels
 from recstack.training.negatives import NegativeSampler
-from tests.unit.test_training_trainer import planted_dataset
+from tests.helpers import planted_dataset
 
 GENRES = ItemGenres.from_lists([[], ["A"], ["B"], ["A", "B"]])
 

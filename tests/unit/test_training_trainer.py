@@ -5,37 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from recstack.data.schema import Dataset
 from recstack.evaluation import Split, evaluate_scores, leave_one_out
 from recstack.models.mf import BPRMF, BPRMFConfig
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 from recstack.training.examples import build_features
 from recstack.training.tasks import BPRTask, TwoTowerTask, TwoTowerTaskConfig
 from recstack.training.trainer import TrainerConfig, TrainingError, fit, seed_everything
-
-
-def planted_dataset(n_users: int = 80, per_group: int = 30, per_user: int = 10, seed: int = 0) -> Dataset:
-    """Two user groups; group g only consumes items of genre G{g} (items g*per_group+1 ..)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        g = u % 2
-        items = rng.choice(per_group, size=per_user, replace=False) + g * per_group
-        for t, i in enumerate(items):
-            rows.append((f"u{u}", f"i{i}", 1000 + t, "click", np.nan))
-    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event_type", "rating"])
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{i}" for i in range(2 * per_group)],
-            "genres": [[f"G{i // per_group}"] for i in range(2 * per_group)],
-            "title": [f"item {i}" for i in range(2 * per_group)],
-        }
-    )
-    return Dataset("planted", inter, items)
+from tests.helpers import planted_dataset
 
 
 @pytest.fixture(scope="module")

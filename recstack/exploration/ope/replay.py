@@ -107,7 +107,7 @@ def replay_learning(
         beta_arms: dict[str, tuple[float, float]] = {}
         zeros = np.zeros(len(arms))
         for i in range(data.n):
-            chosen = policy.select(arms, zeros, 1, beta_arms, explore_slots=1)[0][0]
+            chosen = policy.select(arms, zeros, 1, beta_arms, explore_slots=1).items[0]
             if chosen != arms[data.actions[i]] or rng.random() >= accept_prob[i]:
                 continue
             accepted[i] = 1.0

@@ -47,9 +47,10 @@ import redis
 import redis.asyncio as aioredis
 
 from recstack.data import load_dataset
-from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, ensure_topics, free_port
+from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from recstack.events.producer import events_from_interactions
 from recstack.events.schema import UserEvent, event_to_json, new_event
+from recstack.events.topics import ensure_topics
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 from recstack.metrics_text import sample, samples, scrape
