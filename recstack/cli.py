@@ -434,6 +434,26 @@ def bench_serve_cmd(
         )
 
 
+@bench_app.command("doc")
+def bench_doc_cmd(
+    results: Path = typer.Option(Path("bench/results"), "--results", help="The committed benchmark JSON."),
+    out: Path = typer.Option(Path("docs/benchmarks.md"), "--out", help="The document to write."),
+    check: bool = typer.Option(False, "--check", help="Fail when OUT differs instead of writing it."),
+) -> None:
+    """Render docs/benchmarks.md from the committed benchmark JSON (every number from a run)."""
+    from recstack.bench.doc import render
+
+    text = render(results)
+    if check:
+        if not out.exists() or out.read_text() != text:
+            _fail(f"{out} is not what `recstack bench doc` renders from {results}; run it and commit")
+        typer.echo(f"{out} is up to date")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    typer.echo(f"wrote {out}")
+
+
 @bench_app.command("retrieval")
 def bench_retrieval_cmd(
     items: int = typer.Option(1_000_000, "--items", min=1000, help="Catalogue size (synthetic vectors)."),
