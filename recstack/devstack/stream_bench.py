@@ -51,6 +51,7 @@ from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from recstack.events.producer import events_from_interactions
 from recstack.events.schema import UserEvent, event_to_json, new_event
 from recstack.events.topics import ensure_topics
+from recstack.exploration.rewards import LinearRewardWriter
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 from recstack.metrics_text import sample, samples, scrape
@@ -90,7 +91,8 @@ async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> d
     """Apply events in batches with one FeatureWriter; events/s and batch latency percentiles."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        writer = FeatureWriter(client, keys=Keys(f"bench-w-{uuid.uuid4().hex[:6]}:"))
+        keys = Keys(f"bench-w-{uuid.uuid4().hex[:6]}:")  # the stream's writer: bandit rewards included
+        writer = FeatureWriter(client, keys=keys, bandit_rewards=LinearRewardWriter(client, keys.prefix))
         latencies = []
         started = time.perf_counter()
         for start in range(0, len(events), batch):

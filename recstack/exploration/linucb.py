@@ -25,18 +25,18 @@ epsilon 0.1, 2 slots, 200 candidates), so IPS weights reach ``m / (epsilon * s)`
 of very different policies are noisy; the greedy choice is served ``1 - epsilon`` of the time only.
 
 Persistence. ``LinUCB.arm_hash`` / ``load_arm`` map one arm to a Redis hash whose ``state``
-field holds float32 bytes (little endian); ``decode_state`` validates it and raises
-``CorruptStateError``, which ``load_arm`` turns into a reset of that arm to the prior with a
-logged warning. Policy objects are not thread-safe: use one per event loop / worker.
+field holds float32 bytes (little endian; the format is recstack/exploration/state_codec.py);
+``decode_state`` validates it and raises ``CorruptStateError``, which ``load_arm`` turns into a
+reset of that arm to the prior with a logged warning. The Redis I/O is
+recstack/exploration/linear_store.py, the context features recstack/exploration/context.py.
+Policy objects are not thread-safe: use one per event loop / worker.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
 
 import numpy as np
 
@@ -53,71 +53,9 @@ from recstack.exploration.base import (
     check_update_args,
     explored_mask,
 )
+from recstack.exploration.state_codec import decode_state, state_fields, state_hash
 
 log = logging.getLogger(__name__)
-
-STATE_DTYPE = np.dtype("<f4")
-SYMMETRY_RTOL = 1e-3
-
-
-def redis_key(arm_id: str, kind: str = "linucb", prefix: str = "") -> str:
-    """Redis key of an arm's hash: ``{prefix}bandit:{kind}:{arm_id}`` (kind linucb / linucb-hybrid)."""
-    return f"{prefix}bandit:{kind}:{arm_id}"
-
-
-def encode_state(*blocks: np.ndarray) -> bytes:
-    """Concatenate arrays (row-major) as little-endian float32 bytes."""
-    return b"".join(np.ascontiguousarray(x, dtype=STATE_DTYPE).tobytes() for x in blocks)
-
-
-def decode_state(
-    data: bytes, shapes: Sequence[tuple[int, ...]], symmetric: Sequence[int] = ()
-) -> list[np.ndarray]:
-    """Split float32 bytes into float64 arrays of ``shapes``; raise ``CorruptStateError`` when
-    the length is wrong, a value is NaN/inf, a matrix listed in ``symmetric`` (block indices) is
-    not symmetric or has a non-positive diagonal."""
-    sizes = [int(np.prod(s)) for s in shapes]
-    want = sum(sizes) * STATE_DTYPE.itemsize
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CorruptStateError(f"state must be bytes, got {type(data).__name__}")
-    if len(data) != want:
-        raise CorruptStateError(f"state has {len(data)} bytes, expected {want} for blocks {list(shapes)}")
-    flat = np.frombuffer(bytes(data), dtype=STATE_DTYPE).astype(np.float64)
-    if not np.isfinite(flat).all():
-        raise CorruptStateError("state contains NaN or inf")
-    out: list[np.ndarray] = []
-    start = 0
-    for size, shape in zip(sizes, shapes, strict=True):
-        out.append(flat[start : start + size].reshape(shape).copy())
-        start += size
-    for i in symmetric:
-        m = out[i]
-        scale = max(float(np.abs(m).max()), 1e-12)
-        if np.abs(m - m.T).max() > SYMMETRY_RTOL * scale:
-            raise CorruptStateError(f"state block {i} {m.shape} is not symmetric")
-        if (np.diag(m) <= 0).any():
-            raise CorruptStateError(f"state block {i} {m.shape} has a non-positive diagonal")
-    return out
-
-
-@dataclass(frozen=True)
-class ArmState:
-    """Sufficient statistics of one disjoint arm: A^{-1} [d, d], b [d], update count n."""
-
-    ainv: np.ndarray
-    b: np.ndarray
-    n: int = 0
-
-    def to_bytes(self) -> bytes:
-        """A^{-1} (row-major) then b as little-endian float32."""
-        return encode_state(self.ainv, self.b)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, dim: int, n: int = 0) -> ArmState:
-        """Inverse of ``to_bytes``; raises ``CorruptStateError`` (wrong length, NaN/inf,
-        A^{-1} not symmetric or with a non-positive diagonal)."""
-        ainv, b = decode_state(data, [(dim, dim), (dim,)], symmetric=[0])
-        return cls(ainv, b, n)
 
 
 class _ArmRows:
@@ -301,7 +239,7 @@ class _LinearSlatePolicy:
         """Redis hash of one arm: ``format``, ``dim``, ``n`` and ``state`` = the arm's blocks
         (float32; LinUCB: A^{-1} then b)."""
         row = self._arms.rows([arm_id])[0]
-        return _state_hash(self.kind, self.dim, int(self._arms.counts[row]), *self._arm_blocks(row))
+        return state_hash(self.kind, self.dim, int(self._arms.counts[row]), *self._arm_blocks(row))
 
     def load_arm(self, arm_id: str, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install an arm's statistics; a corrupted hash resets the arm to the prior (logged
@@ -312,7 +250,7 @@ class _LinearSlatePolicy:
             return True
         row = self._arms.row(arm_id)
         try:
-            fields = _fields(mapping, self.kind, self.dim)
+            fields = state_fields(mapping, self.kind, self.dim)
             seen = (fields["n"], hash(bytes(fields["state"])))
             if self._arms.loaded.get(row) == seen:
                 return True
@@ -701,7 +639,7 @@ class HybridLinUCB(_LinearSlatePolicy):
 
     def shared_hash(self) -> dict[str, bytes]:
         """Redis hash of the shared statistics: ``state`` = A0 then b0 (float32)."""
-        return _state_hash(f"{self.kind}-shared", self.k_dim, 0, self.a0, self.b0)
+        return state_hash(f"{self.kind}-shared", self.k_dim, 0, self.a0, self.b0)
 
     def load_shared(self, mapping: Mapping[bytes | str, bytes | str]) -> bool:
         """Install A0, b0; corrupted (or not positive definite) -> reset shared stats, False."""
@@ -709,7 +647,7 @@ class HybridLinUCB(_LinearSlatePolicy):
             return True
         kd = self.k_dim
         try:
-            fields = _fields(mapping, f"{self.kind}-shared", kd)
+            fields = state_fields(mapping, f"{self.kind}-shared", kd)
             a0, b0 = decode_state(fields["state"], [(kd, kd), (kd,)], symmetric=[0])
             if np.linalg.eigvalsh(a0).min() <= 0:
                 raise CorruptStateError("A0 is not positive definite")
@@ -736,42 +674,6 @@ class HybridLinUCB(_LinearSlatePolicy):
         self._arms.set(row, ainv=ainv, B=bmat, b=b, M32=ainv @ bmat, h32=ainv @ b)
 
 
-def _state_hash(kind: str, dim: int, n: int, *blocks: np.ndarray) -> dict[str, bytes]:
-    """A Redis hash of serialised statistics: ``format`` ``{kind}-v1``, ``dim``, update count ``n``
-    and ``state`` (the blocks as float32); ``_fields`` reads it back."""
-    return {
-        "format": f"{kind}-v1".encode(),
-        "dim": str(dim).encode(),
-        "n": str(n).encode(),
-        "state": encode_state(*blocks),
-    }
-
-
-def _fields(mapping: Mapping[bytes | str, bytes | str], kind: str, dim: int) -> dict:
-    """Decode the common hash fields (format, dim, n, state) and check format and dim."""
-    m = {(k.decode() if isinstance(k, bytes) else k): v for k, v in mapping.items()}
-    missing = {"format", "dim", "n", "state"} - m.keys()
-    if missing:
-        raise CorruptStateError(f"state hash lacks fields {sorted(missing)}")
-
-    def text(v: bytes | str) -> str:
-        return v.decode() if isinstance(v, bytes) else v
-
-    if text(m["format"]) != f"{kind}-v1":
-        raise CorruptStateError(f"state format is {text(m['format'])!r}, expected {kind}-v1")
-    try:
-        got_dim, n = int(text(m["dim"])), int(text(m["n"]))
-    except ValueError as exc:
-        raise CorruptStateError(f"dim/n are not integers: {exc}") from None
-    if got_dim != dim:
-        raise CorruptStateError(f"state has dim {got_dim}, the policy has {dim}")
-    if n < 0:
-        raise CorruptStateError(f"update count n is negative ({n})")
-    if isinstance(m["state"], str):
-        raise CorruptStateError("state was read as text: read bandit hashes with decode_responses=False")
-    return {"state": m["state"], "n": n}
-
-
 def check_vector(x: np.ndarray, dim: int, name: str = "x") -> np.ndarray:
     """A finite float64 vector [dim] or ``FeatureSizeError`` / ``NonFiniteInputError``."""
     v = np.asarray(x, dtype=np.float64)
@@ -780,102 +682,3 @@ def check_vector(x: np.ndarray, dim: int, name: str = "x") -> np.ndarray:
     if not np.isfinite(v).all():
         raise NonFiniteInputError(f"{name} contains NaN or inf")
     return v
-
-
-def shared_key(kind: str = "linucb-hybrid", prefix: str = "") -> str:
-    """Redis key of the hybrid model's shared statistics: ``{prefix}bandit:{kind}-shared``."""
-    return f"{prefix}bandit:{kind}-shared"
-
-
-def save_arms(client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = "") -> None:
-    """Write the arms' hashes (and the hybrid shared hash) with one pipelined round trip.
-
-    ``client`` is a synchronous ``redis.Redis`` (bytes responses)."""
-    pipe = client.pipeline(transaction=False)
-    for arm in arm_ids:
-        pipe.hset(redis_key(arm, policy.kind, prefix), mapping=policy.arm_hash(arm))
-    if isinstance(policy, HybridLinUCB):
-        pipe.hset(shared_key(policy.kind, prefix), mapping=policy.shared_hash())
-    pipe.execute()
-
-
-def queue_state_reads(
-    pipe: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = "", shared: bool = True
-) -> None:
-    """Queue HGETALL of the arms' hashes on a Redis pipeline (sync or asyncio), then, for a hybrid
-    policy with ``shared``, of its shared hash; ``install_state`` reads the replies."""
-    for arm in arm_ids:
-        pipe.hgetall(redis_key(arm, policy.kind, prefix))
-    if shared and isinstance(policy, HybridLinUCB):
-        pipe.hgetall(shared_key(policy.kind, prefix))
-
-
-def install_state(
-    policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], replies: list, shared: bool = True
-) -> list[str]:
-    """Load the replies of ``queue_state_reads`` into ``policy``; returns the arms whose stored
-    state was corrupted and reset to the prior (each logged as a warning)."""
-    if shared and isinstance(policy, HybridLinUCB):
-        policy.load_shared(replies[-1])
-        replies = replies[:-1]
-    return [arm for arm, mapping in zip(arm_ids, replies, strict=True) if not policy.load_arm(arm, mapping)]
-
-
-def load_arms(
-    client: Any, policy: LinUCB | HybridLinUCB, arm_ids: Sequence[str], prefix: str = ""
-) -> list[str]:
-    """Read the arms' hashes (and the hybrid shared hash) in one round trip into ``policy``;
-    returns the arms whose stored state was corrupted and reset to the prior (each logged as a
-    warning). Missing keys keep the prior. ``client`` must return bytes (``decode_responses=False``)."""
-    pipe = client.pipeline(transaction=False)
-    queue_state_reads(pipe, policy, arm_ids, prefix)
-    return install_state(policy, arm_ids, pipe.execute())
-
-
-CONTEXT_FIXED = 3
-
-
-def build_context(
-    user_genre_scores: Mapping[str, float],
-    item_genres: Sequence[str],
-    genre_vocab: Sequence[str],
-    upstream_score: float,
-    d: int,
-) -> np.ndarray:
-    """Feature vector [d] of one (user, candidate) pair for the contextual policies.
-
-    Layout (g = (d - 3) // 2 genre buckets; genre j of ``genre_vocab`` goes to bucket j % g, so
-    a vocabulary larger than g folds genres together):
-      x[0]            1.0 (bias)
-      x[1]            upstream_score (the ranker's score, as given)
-      x[2]            affinity: mean of the user's genre scores over the item's genres (0 if none)
-      x[3 : 3+g]      item genre indicator per bucket (1.0 if the item has a genre in the bucket)
-      x[3+g : 3+2g]   user genre score per bucket (sum of the bucket's genres)
-      x[3+2g :]       0.0 (one padding column when d - 3 is odd)
-    Genres outside ``genre_vocab`` (item or user side) are ignored. Raises ``FeatureSizeError``
-    for d < 5 and ``NonFiniteInputError`` for a NaN/inf score.
-    """
-    if d < CONTEXT_FIXED + 2:
-        raise FeatureSizeError(
-            f"d must be >= {CONTEXT_FIXED + 2} (bias, score, affinity, 1+1 genre buckets), got {d}"
-        )
-    score = float(upstream_score)
-    if not np.isfinite(score):
-        raise NonFiniteInputError(f"upstream_score must be finite, got {upstream_score}")
-    g = (d - CONTEXT_FIXED) // 2
-    position = {genre: j for j, genre in enumerate(genre_vocab)}
-    x = np.zeros(d, dtype=np.float64)
-    x[0], x[1] = 1.0, score
-    known = [position[genre] for genre in item_genres if genre in position]
-    for j in known:
-        x[CONTEXT_FIXED + j % g] = 1.0
-    for genre, value in user_genre_scores.items():
-        j = position.get(genre)
-        if j is not None:
-            v = float(value)
-            if not np.isfinite(v):
-                raise NonFiniteInputError(f"user genre score of {genre!r} is not finite: {value}")
-            x[CONTEXT_FIXED + g + j % g] += v
-    if known:
-        x[2] = float(np.mean([float(user_genre_scores.get(genre_vocab[j], 0.0)) for j in known]))
-    return x

@@ -1,16 +1,12 @@
-"""Serving the contextual policies (LinUCB, LinTS) from Redis state; pure, no grpc.
+"""Serving the contextual policies (LinUCB, LinTS, hybrid LinUCB) from Redis state; pure, no grpc.
 
-* ``ContextBuilder``: the context matrix [C, d] of one request in one vectorised pass, row for row
-  equal to ``linucb.build_context`` (user genre scores, the item's genres from the bundle
-  catalogue, the upstream ranking score).
-* ``LinearStateCache``: reads the candidates' ``bandit:linucb:{item}`` hashes (written by the
-  stream, ``recstack.exploration.rewards``) into the policy with a short TTL, one pipelined round
-  trip under a deadline. Redis slow or down: the policy keeps the last state it loaded (the prior
-  for arms never read) and the decision is marked stale. A corrupted hash resets that arm to the
-  prior with a logged warning (``LinUCB.load_arm``).
-* ``ContextualExplorer``: validates one request, builds contexts, refreshes state, selects the
-  slate and records the explored items' contexts for the reward join (``ContextRecorder``,
-  fire-and-forget: a failed write is logged, the decision is served anyway).
+* ``ContextualExplorer``: validates one request, builds contexts (``ContextBuilder``,
+  recstack/exploration/context.py), refreshes the arm state (``LinearStateCache``,
+  recstack/exploration/linear_store.py: Redis slow or down -> the last state loaded, the
+  decision marked stale), selects the slate and records the explored items' contexts for the
+  reward join (``ContextRecorder``, fire-and-forget: a failed write is logged, the decision is
+  served anyway).
+* ``make_policies`` / ``make_state_caches``: the policies a bandit service offers and their caches.
 
 Behaviour on edge cases (the bandit service documents the same): no candidates -> empty slate;
 ``k`` larger than the candidates -> a slate of all candidates; ``explore_slots`` larger than the
@@ -21,157 +17,21 @@ duplicate candidate ids -> ``PolicyInputError``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from recstack.exploration.base import NonFiniteInputError, PolicyInputError, SlateDecision
-from recstack.exploration.linucb import (
-    CONTEXT_FIXED,
-    HybridLinUCB,
-    LinTS,
-    LinUCB,
-    build_context,
-    install_state,
-    queue_state_reads,
-)
+from recstack.exploration.base import PolicyInputError, SlateDecision
+from recstack.exploration.context import ContextBuilder
+from recstack.exploration.linear_store import LinearPolicy, LinearStateCache
+from recstack.exploration.linucb import HybridLinUCB, LinTS, LinUCB
 from recstack.exploration.rewards import ContextRecorder
 
 log = logging.getLogger(__name__)
 
 CONTEXTUAL_POLICIES = ("linucb", "lints", "linucb-hybrid")
-LinearPolicy = LinUCB | HybridLinUCB
-
-
-class ContextBuilder:
-    """Contexts of (user, candidate) pairs; the layout is ``build_context``'s.
-
-    genre_vocab: the bundle's genre vocabulary; item_genres: item id -> genres; d: dimension (>= 5).
-    """
-
-    def __init__(self, genre_vocab: Sequence[str], item_genres: Mapping[str, Sequence[str]], d: int = 32):
-        build_context({}, [], [], 0.0, d)  # validates d
-        self.d = d
-        self.genre_vocab = list(genre_vocab)
-        self.g = (d - CONTEXT_FIXED) // 2
-        self._pos = {genre: j for j, genre in enumerate(self.genre_vocab)}
-        v = len(self.genre_vocab)
-        self._index = {item: r + 1 for r, item in enumerate(item_genres)}
-        counts = np.zeros((len(self._index) + 1, v))  # row 0: unknown item, no genres
-        for item, genres in item_genres.items():
-            for genre in genres:
-                j = self._pos.get(genre)
-                if j is not None:
-                    counts[self._index[item], j] += 1.0
-        fold = np.zeros((v, self.g))
-        fold[np.arange(v), np.arange(v) % self.g] = 1.0
-        self._counts = counts
-        self._n_known = counts.sum(axis=1)
-        self._indicator = (counts @ fold > 0).astype(np.float64)
-        self._fold = fold
-
-    @classmethod
-    def from_artifacts(cls, artifacts: str | Path, d: int = 32) -> ContextBuilder:
-        """From the current bundle's catalog.json (``genre_vocab`` and ``genres``); raises
-        ``recstack.features.catalog.CatalogError`` when there is no bundle."""
-        from recstack.features.catalog import CatalogError, resolve_version_dir
-
-        path = resolve_version_dir(artifacts) / "catalog.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"{path} could not be read: {exc}") from exc
-        genres = data.get("genres") if isinstance(data, dict) else None
-        if not isinstance(genres, dict) or not all(isinstance(g, list) for g in genres.values()):
-            raise CatalogError(f"{path} has no 'genres' object (item_id -> [genre, ...])")
-        vocab = data.get("genre_vocab") or sorted({g for gs in genres.values() for g in gs})
-        if not isinstance(vocab, list):
-            raise CatalogError(f"{path}: 'genre_vocab' must be a list of genres")
-        return cls([str(g) for g in vocab], {str(k): [str(g) for g in v] for k, v in genres.items()}, d)
-
-    def build(
-        self, user_genre_scores: Mapping[str, float], items: Sequence[str], scores: np.ndarray
-    ) -> np.ndarray:
-        """Contexts [C, d] of the candidates ``items`` [C] with upstream ``scores`` [C]."""
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != (len(items),):
-            raise PolicyInputError(f"scores must have shape ({len(items)},), got {scores.shape}")
-        if not np.isfinite(scores).all():
-            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-            raise NonFiniteInputError(f"candidate {items[bad]!r} has a non-finite score ({scores[bad]})")
-        user = np.zeros(len(self.genre_vocab))
-        for genre, value in user_genre_scores.items():
-            j = self._pos.get(genre)
-            if j is not None:
-                if not np.isfinite(value):
-                    raise NonFiniteInputError(f"user genre score of {genre!r} is not finite: {value}")
-                user[j] += float(value)
-        rows = np.fromiter(map(self._index.get, items, repeat(0)), dtype=np.intp, count=len(items))
-        x = np.zeros((len(items), self.d))
-        g = self.g
-        x[:, 0] = 1.0
-        x[:, 1] = scores
-        known = self._n_known[rows]
-        x[:, 2] = np.divide(self._counts[rows] @ user, known, out=np.zeros(len(items)), where=known > 0)
-        x[:, CONTEXT_FIXED : CONTEXT_FIXED + g] = self._indicator[rows]
-        x[:, CONTEXT_FIXED + g : CONTEXT_FIXED + 2 * g] = user @ self._fold
-        return x
-
-
-class LinearStateCache:
-    """Loads a linear policy's arm hashes from Redis (LinUCB's are shared by LinTS; hybrid LinUCB
-    also reads its shared ``A0, b0`` hash) with a TTL.
-
-    redis: ``redis.asyncio.Redis`` with bytes responses; ttl_s: freshness of an arm (and of the
-    hybrid shared statistics); timeout_s: deadline of one read; prefix: the Redis key prefix.
-    """
-
-    def __init__(
-        self,
-        redis: Any,
-        policy: LinearPolicy,
-        prefix: str = "",
-        ttl_s: float = 5.0,
-        timeout_s: float = 0.05,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.redis = redis
-        self.policy = policy
-        self.prefix = prefix
-        self.ttl_s = ttl_s
-        self.timeout_s = timeout_s
-        self._clock = clock
-        self._fetched: dict[str, float] = {}
-        self._shared_fetched = -np.inf
-
-    async def refresh(self, items: Sequence[str]) -> bool:
-        """Bring the arms of ``items`` up to date; returns True (stale) when Redis failed."""
-        now = self._clock()
-        missing = [x for x in items if now - self._fetched.get(x, -np.inf) > self.ttl_s]
-        hybrid = isinstance(self.policy, HybridLinUCB)
-        shared = hybrid and now - self._shared_fetched > self.ttl_s
-        if not missing and not shared:
-            return False
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                pipe = self.redis.pipeline(transaction=False)
-                queue_state_reads(pipe, self.policy, missing, self.prefix, shared)
-                replies = await pipe.execute()
-        except Exception as exc:  # Redis down or slow: keep the last state
-            log.warning("%s state unavailable, serving the last loaded state: %r", self.policy.kind, exc)
-            return True
-        install_state(self.policy, missing, replies, shared)
-        if shared:
-            self._shared_fetched = now
-        for item in missing:
-            self._fetched[item] = now
-        return False
 
 
 class ContextualExplorer:

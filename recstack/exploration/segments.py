@@ -36,14 +36,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-SEGMENT_MAX_LEN = 64
-SEGMENT_CONTEXT_KEY = "bandit_segment"
-"""Impression context key under which the gateway records the request's segment (reserved:
-clients cannot set it)."""
+# Segment ids are part of Redis keys, so their rule is defined with the keys (and used from here).
+from recstack.features.keys import SEGMENT_CONTEXT_KEY, SEGMENT_MAX_LEN, is_valid_segment  # noqa: F401
+
 STORED_PRIOR = (1.0, 1.0)
 """The Beta prior included in the stored alpha/beta of every arm (recstack/features/writer.py)."""
 
-_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.:\-]")
 _ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _HASH_LEN = 8
@@ -51,11 +49,6 @@ SEGMENT_BY_HELP = (
     "must be 'none', 'top_genre' or 'attribute:NAME' with NAME 1..64 characters of letters, "
     "digits, '_', '.', '-'"
 )
-
-
-def is_valid_segment(segment: str) -> bool:
-    """True for a segment id: 1..64 characters of letters, digits, '_', '.', ':', '-'."""
-    return isinstance(segment, str) and _SEGMENT_RE.fullmatch(segment) is not None
 
 
 def safe_segment(raw: str) -> str:

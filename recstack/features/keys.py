@@ -15,6 +15,13 @@
 | bandit:tsseg:{seg}|{item} | hash | alpha, beta of the item's posterior in segment seg   |
 |                           |      | (both include the Beta(1, 1) prior; '|' never occurs |
 |                           |      | in a segment id, so no item id or segment collides)  |
+| bandit:{kind}:{item}      | hash | LinUCB statistics of an item, kind linucb (shared by |
+|                           |      | LinTS) or linucb-hybrid: format, dim, n, state       |
+|                           |      | (float32 blocks, recstack/exploration/state_codec.py)|
+| bandit:{kind}-shared      | hash | the hybrid model's shared A0, b0 (same fields)       |
+| bandit:ctx:{request_id}   | hash | ridge, kind, shared, x:{item} -> context (float32) of|
+|                           |      | each explored item, until its reward is applied      |
+| bandit:ctx:pending        | zset | request_id -> unix s when its reward window closes   |
 | stream:offsets            | hash | "topic:partition" -> newest offset applied (written  |
 |                           |      | with the batch: replays of any age are no-ops)       |
 | event:{event_id}          | str  | idempotency marker of an applied event (with a TTL)  |
@@ -30,11 +37,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 RECENT_ITEMS_CAP = 50
 CONSUMED_ITEMS_CAP = 1000
 GENRE_EMA_ALPHA = 0.1
+
+
+SEGMENT_MAX_LEN = 64
+SEGMENT_CONTEXT_KEY = "bandit_segment"
+"""Impression context key under which the gateway records the request's segment (reserved:
+clients cannot set it)."""
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def is_valid_segment(segment: str) -> bool:
+    """True for a segment id: 1..64 characters of letters, digits, '_', '.', ':', '-' (segment ids
+    are part of keys; recstack/exploration/segments.py says where they come from)."""
+    return isinstance(segment, str) and _SEGMENT_RE.fullmatch(segment) is not None
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,23 @@ class Keys:
         recstack/exploration/segments.py: it never contains '|', so the first '|' ends it and no
         (segment, item) pair, nor any global arm ``bandit:ts:{item}``, shares the key)."""
         return f"{self.prefix}bandit:tsseg:{segment}|{item_id}"
+
+    def linear_arm(self, item_id: str, kind: str = "linucb") -> str:
+        """The statistics of an item's arm of a linear policy family (``linucb``, shared by LinTS,
+        or ``linucb-hybrid``)."""
+        return f"{self.prefix}bandit:{kind}:{item_id}"
+
+    def linear_shared(self, kind: str = "linucb-hybrid") -> str:
+        """The hybrid LinUCB model's shared statistics (A0, b0)."""
+        return f"{self.prefix}bandit:{kind}-shared"
+
+    def bandit_contexts(self, request_id: str) -> str:
+        """The contexts the bandit recorded for the explored items of one request."""
+        return f"{self.prefix}bandit:ctx:{request_id}"
+
+    def bandit_contexts_pending(self) -> str:
+        """request_id -> unix s when the reward window of its recorded contexts closes."""
+        return f"{self.prefix}bandit:ctx:pending"
 
     def event_seen(self, event_id: str) -> str:
         return f"{self.prefix}event:{event_id}"

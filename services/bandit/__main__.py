@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from recstack.exploration import kernels
 from recstack.exploration.arms import ArmCache
-from recstack.exploration.online import ContextBuilder, ContextualExplorer, make_policies, make_state_caches
+from recstack.exploration.context import ContextBuilder
+from recstack.exploration.online import ContextualExplorer, make_policies, make_state_caches
 from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.catalog import CatalogError, resolve_version_dir

@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recstack.exploration.rewards import LinearRewardWriter
 from recstack.features.catalog import load_catalog_or_empty
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
@@ -82,7 +83,8 @@ class StreamSettings(BaseSettings):
 
 
 def writer_from_settings(redis: aioredis.Redis, settings: StreamSettings) -> FeatureWriter:
-    """The FeatureWriter both stream transports (Faust and raw aiokafka) write with."""
+    """The FeatureWriter both stream transports (Faust and raw aiokafka) write with; it applies the
+    contextual bandit's rewards too (``LinearRewardWriter``)."""
     return FeatureWriter(
         redis,
         keys=Keys(settings.redis_prefix),
@@ -91,4 +93,5 @@ def writer_from_settings(redis: aioredis.Redis, settings: StreamSettings) -> Fea
         reward_window_s=settings.reward_window_s,
         popularity_half_life_s=settings.popularity_half_life_s,
         segment_arm_ttl_s=settings.segment_arm_ttl_s,
+        bandit_rewards=LinearRewardWriter(redis, settings.redis_prefix, settings.reward_window_s),
     )

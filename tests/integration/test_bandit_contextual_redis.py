@@ -13,9 +13,11 @@ import redis.asyncio as aioredis
 
 from recstack.devstack.embedded import EmbeddedRedis
 from recstack.exploration.arms import ArmCache
-from recstack.exploration.linucb import HybridLinUCB, LinUCB, redis_key, save_arms
-from recstack.exploration.online import ContextBuilder, ContextualExplorer, make_policies, make_state_caches
-from recstack.exploration.rewards import ContextRecorder, context_key
+from recstack.exploration.context import ContextBuilder
+from recstack.exploration.linear_store import save_arms
+from recstack.exploration.linucb import HybridLinUCB, LinUCB
+from recstack.exploration.online import ContextualExplorer, make_policies, make_state_caches
+from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
@@ -63,9 +65,9 @@ async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_dow
             assert np.allclose(decision.propensities[:3], 1.0) and 0.5 < decision.propensities[3] <= 1.0
         for task in list(explorer._tasks):
             await task
-        recorded = sync.hgetall(context_key("r-linucb", "t:"))
+        recorded = sync.hgetall(Keys("t:").bandit_contexts("r-linucb"))
         assert set(recorded) == {b"ridge", b"kind", b"shared", b"x:i9"} and recorded[b"kind"] == b"linucb"
-        assert sync.hget(context_key("r-linucb-hybrid", "t:"), "kind") == b"linucb-hybrid"
+        assert sync.hget(Keys("t:").bandit_contexts("r-linucb-hybrid"), "kind") == b"linucb-hybrid"
         np.testing.assert_allclose(
             np.frombuffer(recorded[b"x:i9"], dtype="<f4"),
             builder.build(USER, ["i9"], [scores[9]])[0],
@@ -87,7 +89,7 @@ async def test_corrupted_state_is_reset_to_prior_with_warning(redis_url: str, ca
     builder = ContextBuilder(VOCAB, GENRES, D)
     sync = redis.Redis.from_url(redis_url)
     save_arms(sync, _trained_state(builder, "i9"), ITEMS[:-1], prefix="t:")
-    sync.hset(redis_key("i9", "linucb", "t:"), "state", b"garbage")
+    sync.hset(Keys("t:").linear_arm("i9", "linucb"), "state", b"garbage")
     sync.close()
     client = aioredis.from_url(redis_url)
     explorer = _explorer(client, builder)

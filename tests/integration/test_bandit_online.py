@@ -25,8 +25,7 @@ import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
-from recstack.exploration.linucb import redis_key
-from recstack.exploration.rewards import context_key
+from recstack.features.keys import Keys
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import Service, service_env, service_stack, start_all, stop_all, wait_serving
 from tests.integration.stream_support import (
@@ -119,7 +118,7 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict, pol
         served = explore(stub, rid, k=len(CANDIDATES), slots=len(CANDIDATES), policy=policy)
         assert sorted(served) == sorted(CANDIDATES)
         wait_for(
-            lambda rid=rid: r.exists(context_key(rid, prefix)),
+            lambda rid=rid: r.exists(Keys(prefix).bandit_contexts(rid)),
             "recorded contexts",
             online["procs"],
             online["bandit_log"],
@@ -138,7 +137,7 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict, pol
     )
 
     def updated() -> bool:
-        n = r.hget(redis_key(target, policy, prefix), "n")
+        n = r.hget(Keys(prefix).linear_arm(target, policy), "n")
         return n is not None and int(n) >= 5
 
     wait_for(
@@ -157,7 +156,7 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict, pol
     assert elapsed < DEADLINE_S
     # the window closes: the unclicked items get zero rewards from the stream's settle timer
     wait_for(
-        lambda: r.hget(redis_key(before, policy, prefix), "n") is not None,
+        lambda: r.hget(Keys(prefix).linear_arm(before, policy), "n") is not None,
         f"zero rewards for {before}",
         online["procs"],
         online["log"],
@@ -165,7 +164,7 @@ def test_clicks_in_kafka_move_the_linucb_choice_within_seconds(online: dict, pol
     )
     assert explore(stub, "probe-final", k=1, slots=1, policy=policy)[0] == target
     other = "linucb-hybrid" if policy == "linucb" else "linucb"
-    assert r.hget(redis_key(target, other, prefix), "n") is None  # only the serving policy learned
+    assert r.hget(Keys(prefix).linear_arm(target, other), "n") is None  # only the serving policy learned
 
 
 def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
@@ -217,11 +216,11 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
             worker_log,
             timeout=DEADLINE_S,
         )
-        assert r.hexists(context_key(reply.request_id, prefix), f"x:{explored}")
+        assert r.hexists(Keys(prefix).bandit_contexts(reply.request_id), f"x:{explored}")
         click = new_event(user, "click", explored, request_id=reply.request_id)
         asyncio.run(produce(kafka_broker, topic, [(user.encode(), event_to_json(click))]))
         wait_for(
-            lambda: r.hget(redis_key(explored, "linucb", prefix), "n") == b"1",
+            lambda: r.hget(Keys(prefix).linear_arm(explored, "linucb"), "n") == b"1",
             f"the click to update the LinUCB arm of {explored}",
             worker,
             worker_log,

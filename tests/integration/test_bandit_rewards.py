@@ -11,13 +11,13 @@ import redis
 import redis.asyncio as aioredis
 
 from recstack.events.schema import new_event
-from recstack.exploration.linucb import HybridLinUCB, LinUCB, load_arms, redis_key, shared_key
+from recstack.exploration.linear_store import load_arms
+from recstack.exploration.linucb import HybridLinUCB, LinUCB
 from recstack.exploration.rewards import (
     ContextRecorder,
     LinearRewardWriter,
-    context_key,
-    pending_key,
 )
+from recstack.features.keys import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ PREFIX = "t:"
 
 
 async def _arm(client: aioredis.Redis, policy: LinUCB, item: str) -> None:
-    assert policy.load_arm(item, await client.hgetall(redis_key(item, "linucb", PREFIX)))
+    assert policy.load_arm(item, await client.hgetall(Keys(PREFIX).linear_arm(item, "linucb")))
 
 
 def _load(redis_url: str, policy: HybridLinUCB, arms: list[str]) -> list[str]:
@@ -48,7 +48,7 @@ async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
         click = new_event("u1", "click", "a", request_id="r1", timestamp=ts + 1)
         first = await rewards.apply([imp, click])
         assert (first.updates, first.requests) == (1, 1)
-        assert not await client.hexists(context_key("r1", PREFIX), "x:z")
+        assert not await client.hexists(Keys(PREFIX).bandit_contexts("r1"), "x:z")
         # replayed batch and a like after the click: no second reward for (r1, a)
         again = await rewards.apply([imp, click, new_event("u1", "like", "a", request_id="r1")])
         assert (again.updates, again.requests) == (0, 0)
@@ -56,8 +56,8 @@ async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
         assert (await rewards.settle(now=ts + 30)).requests == 0  # window still open
         closed = await rewards.settle(now=ts + 61)
         assert (closed.requests, closed.updates) == (1, 1)  # b: reward 0
-        assert not await client.exists(context_key("r1", PREFIX))
-        assert await client.zcard(pending_key(PREFIX)) == 0
+        assert not await client.exists(Keys(PREFIX).bandit_contexts("r1"))
+        assert await client.zcard(Keys(PREFIX).bandit_contexts_pending()) == 0
 
         expected = LinUCB(D, ridge=2.0, epsilon=0.0)
         expected.update("a", x[0], 1.0)
@@ -67,7 +67,7 @@ async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
             await _arm(client, got, item)
             np.testing.assert_allclose(got.a_inverse(item), expected.a_inverse(item), atol=1e-6)
         np.testing.assert_allclose(got.score(x[:2], ["a", "b"]), expected.score(x[:2], ["a", "b"]), atol=1e-5)
-        assert not await client.exists(redis_key("z", "linucb", PREFIX))
+        assert not await client.exists(Keys(PREFIX).linear_arm("z", "linucb"))
     finally:
         await client.aclose()
 
@@ -89,7 +89,7 @@ async def test_concurrent_writers_lose_no_update(redis_url: str) -> None:
         expected.update_batch(["hot"] * 40, xs, np.ones(40))
         got = LinUCB(D, epsilon=0.0)
         await _arm(client, got, "hot")
-        assert int(await client.hget(redis_key("hot", "linucb", PREFIX), "n")) == 40
+        assert int(await client.hget(Keys(PREFIX).linear_arm("hot", "linucb"), "n")) == 40
         np.testing.assert_allclose(got.a_inverse("hot"), expected.a_inverse("hot"), atol=1e-5)
     finally:
         await client.aclose()
@@ -111,7 +111,7 @@ async def test_corrupted_arm_is_reset_to_prior_with_warning(redis_url: str, bad:
         good = LinUCB(D, epsilon=0.0)
         good.update("a", x, 1.0)
         good.update("a", -x, 0.0)
-        await client.hset(redis_key("a", "linucb", PREFIX), mapping={**good.arm_hash("a"), **bad})
+        await client.hset(Keys(PREFIX).linear_arm("a", "linucb"), mapping={**good.arm_hash("a"), **bad})
         await ContextRecorder(client, PREFIX).record("r1", ["a"], x[None, :], ridge=1.0)
         with caplog.at_level(logging.WARNING, logger="recstack.exploration.rewards"):
             result = await LinearRewardWriter(client, PREFIX).apply(
@@ -124,7 +124,7 @@ async def test_corrupted_arm_is_reset_to_prior_with_warning(redis_url: str, bad:
         got = LinUCB(D, epsilon=0.0)
         await _arm(client, got, "a")
         np.testing.assert_allclose(got.a_inverse("a"), fresh.a_inverse("a"), atol=1e-6)
-        assert int(await client.hget(redis_key("a", "linucb", PREFIX), "n")) == 1
+        assert int(await client.hget(Keys(PREFIX).linear_arm("a", "linucb"), "n")) == 1
     finally:
         await client.aclose()
 
@@ -160,8 +160,8 @@ async def test_hybrid_rewards_in_lua_equal_python_updates(redis_url: str, shared
         arms = ["h0", "h1", "h2", "new"]
         for a, b in zip(got.mean_and_width(probe, arms), expected.mean_and_width(probe, arms), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-        assert int(await client.hget(shared_key(prefix=PREFIX), "n")) == n
-        assert not await client.exists(redis_key("h0", "linucb", PREFIX))
+        assert int(await client.hget(Keys(PREFIX).linear_shared(), "n")) == n
+        assert not await client.exists(Keys(PREFIX).linear_arm("h0", "linucb"))
     finally:
         await client.aclose()
 
@@ -170,10 +170,10 @@ async def test_hybrid_corrupted_state_in_redis_is_reset_before_the_update(redis_
     client = aioredis.from_url(redis_url)
     try:
         await client.hset(
-            shared_key(prefix=PREFIX), mapping={"format": b"linucb-hybrid-shared-v1", "state": b"x"}
+            Keys(PREFIX).linear_shared(), mapping={"format": b"linucb-hybrid-shared-v1", "state": b"x"}
         )
         await client.hset(
-            redis_key("a", "linucb-hybrid", PREFIX),
+            Keys(PREFIX).linear_arm("a", "linucb-hybrid"),
             mapping={
                 "format": b"linucb-hybrid-v1",
                 "dim": str(D).encode(),

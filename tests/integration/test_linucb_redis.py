@@ -7,7 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from recstack.exploration.linucb import HybridLinUCB, LinUCB, load_arms, redis_key, save_arms
+from recstack.exploration.linear_store import load_arms, save_arms
+from recstack.exploration.linucb import HybridLinUCB, LinUCB
+from recstack.features.keys import Keys
 
 D = 8
 
@@ -28,7 +30,7 @@ def test_state_round_trip_through_real_redis(make, redis_url: str, caplog) -> No
     ctx = rng.normal(size=(6, D))
     src.update_batch(ids * 3, np.tile(ctx, (3, 1)), rng.random(18))
     save_arms(client, src, ids, prefix="t:")
-    client.hset(redis_key("i5", src.kind, "t:"), "state", b"\x00" * 7)  # corrupt one arm
+    client.hset(Keys("t:").linear_arm("i5", src.kind), "state", b"\x00" * 7)  # corrupt one arm
     with caplog.at_level(logging.WARNING, logger="recstack.exploration.linucb"):
         reset = load_arms(client, dst, [*ids, "never-stored"], prefix="t:")
     assert reset == ["i5"] and "i5" in caplog.text

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from recstack.exploration.base import NonFiniteInputError
-from recstack.exploration.linucb import build_context
-from recstack.exploration.online import ContextBuilder
+from recstack.exploration.context import ContextBuilder, build_context
 from tests.helpers import BANDIT_D as D
 from tests.helpers import BANDIT_GENRES as GENRES
 from tests.helpers import BANDIT_ITEMS as ITEMS

@@ -14,16 +14,9 @@ from recstack.exploration.base import (
     PolicyInputError,
     SlateSizeError,
 )
-from recstack.exploration.linucb import (
-    ArmState,
-    HybridLinUCB,
-    LinTS,
-    LinUCB,
-    build_context,
-    decode_state,
-    encode_state,
-    top_indices,
-)
+from recstack.exploration.context import build_context
+from recstack.exploration.linucb import HybridLinUCB, LinTS, LinUCB, top_indices
+from recstack.exploration.state_codec import ArmState, decode_state, encode_state
 
 D = 8
 POLICIES = [
