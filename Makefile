@@ -54,7 +54,7 @@ protos: install
 bench: install
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/recstack bench --help >/dev/null
-	@for cmd in $$($(BIN)/python -c "from recstack.cli import bench_app; print(' '.join(c.name or c.callback.__name__.replace('_', '-') for c in bench_app.registered_commands))"); do \
+	@for cmd in $$($(BIN)/python -c "from recstack.cli import bench_app; print(' '.join(n for c in bench_app.registered_commands if (n := c.name or c.callback.__name__.replace('_', '-')) != 'doc'))"); do \
 		echo "recstack bench $$cmd"; \
 		$(BIN)/recstack bench $$cmd --json $(ARGS) > $(BENCH_OUT)/$$cmd.json || exit 1; \
 	done

@@ -357,7 +357,7 @@ def bench_stream_cmd(
     import json
     import os
 
-    from recstack.devstack.stream_bench import BenchError, run_stream_bench
+    from recstack.bench.stream import BenchError, run_stream_bench
 
     try:
         result = run_stream_bench(
@@ -409,7 +409,7 @@ def bench_serve_cmd(
     import json
     import logging
 
-    from recstack.devstack.serve_bench import plot, run
+    from recstack.bench.serve import plot, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -465,7 +465,7 @@ def bench_retrieval_cmd(
     import json
     import logging
 
-    from recstack.devstack.retrieval_bench import run_bench
+    from recstack.bench.retrieval import run_bench
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_bench(items, dim, k=k)
@@ -496,8 +496,8 @@ def bench_quality_cmd(
     import json
     import logging
 
+    from recstack.bench.quality import plot, run, table
     from recstack.data import DataError
-    from recstack.training.bench import plot, run, table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -524,7 +524,7 @@ def bench_diversity_cmd(
     """MMR/DPP latency against seed-style implementations, and the NDCG/diversity trade-off curve."""
     import json
 
-    from recstack.diversity.bench import run
+    from recstack.bench.diversity import run
 
     result = run(None if no_tradeoff else data, png)
     if as_json:
@@ -598,7 +598,7 @@ def bench_bandit_cmd(
     warm_updates: int = typer.Option(20_000, "--warm-updates", min=1, help="Observations before timing."),
 ) -> None:
     """Decisions/s and p99 of every policy (200 candidates, d = 32) against a seed-style LinUCB."""
-    from recstack.exploration.bench import run
+    from recstack.bench.bandit import run
 
     run(json=as_json, decisions=decisions, seed_decisions=seed_decisions, warm_updates=warm_updates)
 

@@ -7,7 +7,7 @@ and `recstack demo`.
     bundle.py      ensure_bundle / train_small_bundle (TrainConfig.small() on synthetic data)
     up.py          StackConfig, stack() (context manager), run_stack() (`recstack up`)
     demo.py        run_demo() (`recstack demo`)
-    stream_bench.py  run_stream_bench() (`recstack bench stream`: raw aiokafka vs the Faust worker)
+    floor.py       the transport floor servers `recstack bench serve` measures against
 
 Submodules are imported explicitly so that importing one does not pull in grpc, torch or rich.
 """

@@ -111,6 +111,10 @@ class Keys:
         """request_id -> unix s when the reward window of its recorded contexts closes."""
         return f"{self.prefix}bandit:ctx:pending"
 
+    def stream_offsets(self) -> str:
+        """Built inside the writer's Lua script as ``prefix .. 'stream:offsets'`` (same name)."""
+        return f"{self.prefix}stream:offsets"
+
     def event_seen(self, event_id: str) -> str:
         return f"{self.prefix}event:{event_id}"
 

@@ -5,14 +5,14 @@ into ``await batcher(request) -> result``. The first request of an idle batcher 
 at once (no added latency at low load); requests that arrive while a batch runs queue up and go,
 up to ``max_batch`` at a time, into the next one, as Triton's dynamic batcher does.
 
-Where a batch runs (``offload``, default from ``RECSTACK_INFERENCE``): ``inline`` (the default) on
-the event loop itself, which yields between batches; ``thread`` in a worker thread (torch and FAISS
-release the GIL), so the loop answers I/O while a model computes. Measured on 2 cores (the bench
-bundle, ``recstack bench serve``), the thread hand-off, its futures and the GIL switches cost about a
-quarter of an in-process gateway's CPU per request; parallelism comes from one process per core
-(``RECSTACK_GATEWAY_WORKERS``, replicas) instead. ``thread`` suits a process with spare cores and
-large models. A batch holds the loop for its compute time (milliseconds at ``max_batch`` 64 here);
-health checks wait at most that long. The queue is bounded: beyond ``max_queue`` waiting requests a call
+Where a batch runs (``offload``): in a worker thread (torch and FAISS release the GIL), so the
+event loop keeps reading requests and answering health checks while a model computes, or inline on
+the event loop, which yields between batches. ``RECSTACK_INFERENCE`` (``thread`` / ``inline``)
+overrides the caller's default. Measured on 2 cores with ``recstack bench serve``: the split stage
+services serve more with ``thread`` (their loop keeps accepting the next batch during a forward
+pass); the in-process gateway, one process per core, spends about a quarter less CPU per request
+``inline`` (no thread hand-off, futures or GIL switches), so ``InProcessStages`` defaults to it.
+The queue is bounded: beyond ``max_queue`` waiting requests a call
 raises :class:`Overloaded` at once (the servicer maps it to RESOURCE_EXHAUSTED) instead of letting
 every request time out. When a batch fails, its requests are retried one by one, so a bad request
 fails alone with its own error.
@@ -58,10 +58,12 @@ INFERENCE_ENV = "RECSTACK_INFERENCE"
 INFERENCE_MODES = ("inline", "thread")
 
 
-def offload_from_env() -> bool:
-    """True when ``RECSTACK_INFERENCE`` is ``thread``; ``inline`` or unset: False. Anything else
-    raises ValueError naming the variable."""
-    mode = os.environ.get(INFERENCE_ENV, "inline").strip().lower() or "inline"
+def offload_from_env(default: bool = True) -> bool:
+    """True (a worker thread) when ``RECSTACK_INFERENCE`` is ``thread``, False when ``inline``,
+    ``default`` when unset or empty. Anything else raises ValueError naming the variable."""
+    mode = os.environ.get(INFERENCE_ENV, "").strip().lower()
+    if not mode:
+        return default
     if mode not in INFERENCE_MODES:
         raise ValueError(f"{INFERENCE_ENV}={mode!r}: use one of {', '.join(INFERENCE_MODES)}")
     return mode == "thread"
@@ -80,7 +82,7 @@ class MicroBatcher(Generic[Req, Res]):
         name: str,
         max_batch: int = 64,
         max_queue: int = 512,
-        offload: bool | None = None,
+        offload: bool = True,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
@@ -88,7 +90,7 @@ class MicroBatcher(Generic[Req, Res]):
         self.name = name
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.offload = offload_from_env() if offload is None else offload
+        self.offload = offload_from_env(offload)
         self._pending: list[tuple[Req, asyncio.Future, float]] = []
         self._worker: asyncio.Task | None = None
 

@@ -2,8 +2,9 @@
 
 ``InProcessStages(bundle)`` holds a Retriever, a Ranker and a Reranker built from one bundle and
 hands out the retrieval, ranking and rerank backends of ``recstack.serving.stages``. Each backend
-micro-batches concurrent requests into the core's batch method in a worker thread
-(``recstack.serving.batching``), exactly as the stage services do, so a small deployment (one
+micro-batches concurrent requests into the core's batch method (``recstack.serving.batching``;
+inline on the event loop by default, ``RECSTACK_INFERENCE=thread`` for a worker thread), as the
+stage services do, so a small deployment (one
 process, ``RECSTACK_STAGES=inprocess``), the demo and the tests run the same chain and the same
 code as a split deployment. ``use(bundle)`` swaps all three cores at once (hot reload): a request
 sees one bundle version in every in-process stage.
@@ -46,7 +47,9 @@ class InProcessStages:
         self.version = ""
         self.swap(cores, version)
         self.batchers = {
-            name: MicroBatcher(self._runner(name, method), f"inprocess-{name}", max_batch, max_queue)
+            name: MicroBatcher(
+                self._runner(name, method), f"inprocess-{name}", max_batch, max_queue, offload=False
+            )
             for name, method in (
                 ("retrieval", "retrieve_many"),
                 ("ranking", "rank_many"),

@@ -4,7 +4,7 @@
    ``fetch_max_wait_ms=1500``. Brokers that hold a fetch until that wait expires (Tansu does, even
    with fetch_min_bytes=1) then add ~0.4 s median latency at low event rates; measured with a bare
    aiokafka consumer against Tansu at 200 events/s: p50 0.43 s with 1500 ms, 0.016 s with 50 ms.
-   At 2,000 events/s (bench/stream.py) the worker's event-to-feature p50/p99 were ~31/154 ms with
+   At 2,000 events/s (`recstack bench stream`) the worker's event-to-feature p50/p99 were ~31/154 ms with
    50 ms and ~21/39 ms with 25 ms; an idle consumer then sends ~40 empty fetches/s.
 2. Delivery from the fetcher to the stream without four asyncio tasks per message. Faust's
    ``Consumer._drain_messages`` hands every message over with

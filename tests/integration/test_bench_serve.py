@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recstack.devstack.serve_bench import floor_servers, open_loop, sustained
+from recstack.bench.serve import floor_servers, open_loop, sustained
 
 pytestmark = pytest.mark.integration
 

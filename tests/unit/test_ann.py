@@ -5,7 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from recstack.devstack.retrieval_bench import synthetic_vectors
+from recstack.bench.retrieval import synthetic_vectors
 from recstack.serving.ann import build_for_catalogue, exact_index, recall_at
 
 

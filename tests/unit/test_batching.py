@@ -63,9 +63,12 @@ def test_full_queue_sheds_with_overloaded() -> None:
 
 def test_inference_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(INFERENCE_ENV, raising=False)
-    assert offload_from_env() is False
+    assert offload_from_env(True) is True and offload_from_env(False) is False  # the caller's default
     monkeypatch.setenv(INFERENCE_ENV, "thread")
-    assert offload_from_env() is True
+    assert offload_from_env(False) is True
+    monkeypatch.setenv(INFERENCE_ENV, "inline")
+    assert offload_from_env(True) is False
+    assert MicroBatcher(lambda r: r, "x", offload=True).offload is False
     monkeypatch.setenv(INFERENCE_ENV, "gpu")
     with pytest.raises(ValueError, match="RECSTACK_INFERENCE='gpu'"):
         offload_from_env()

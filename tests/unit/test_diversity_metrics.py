@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from recstack.bench.diversity import latency
 from recstack.diversity import (
     catalogue_coverage,
     cosine_similarity,
@@ -14,7 +15,6 @@ from recstack.diversity import (
     jaccard_similarity,
     novelty,
 )
-from recstack.diversity.bench import latency
 from recstack.diversity.metrics import genre_matrix, mean_intra_list_diversity
 
 

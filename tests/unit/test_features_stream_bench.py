@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from recstack.devstack.stream_bench import histogram_quantile
+from recstack.bench.stream import histogram_quantile
 
 NAME = "recstack_stream_event_to_feature_seconds"
 

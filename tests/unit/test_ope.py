@@ -212,7 +212,7 @@ CACHE = Path.home() / ".cache" / "recstack"
 #     .estimate_policy_value(action_dist=pi, ...), ReplayMethod with the argmax of the same logits,
 #   IPW .estimate_interval(n_bootstrap_samples=2000, random_state=0)
 # with the target policy and reward model of _obd_target below. Command (setup in its docstring):
-#   /tmp/obpenv/bin/python bench/obp_reference.py /tmp/obp/obp-0.5.7/obp/dataset/obd
+#   /tmp/obpenv/bin/python scripts/obp_reference.py /tmp/obp/obp-0.5.7/obp/dataset/obd
 OBP_REFERENCE = {
     "random": {
         "ips": 0.0031913796792881954,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recstack.devstack.proc_cpu import descendants_cpu_s, per_request_ms
+from recstack.bench.proc_cpu import descendants_cpu_s, per_request_ms
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 

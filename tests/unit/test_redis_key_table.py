@@ -27,8 +27,8 @@ def key_patterns() -> set[str]:
     for name, method in inspect.getmembers(keys, inspect.ismethod):
         if name.startswith("_"):
             continue
-        n_args = len(inspect.signature(method).parameters)
-        calls = CALLS.get(name) or [tuple(f"{{{p}}}" for p in list(inspect.signature(method).parameters)[:n_args])]
+        params = inspect.signature(method).parameters
+        calls = CALLS.get(name) or [tuple(f"{{{p}}}" for p in params)]
         for args in calls:
             out.add(normalise(method(*args)))
     return out
@@ -47,7 +47,6 @@ def test_design_table_lists_every_key_of_keys_py() -> None:
     assert documented - built == set(), "rows in docs/DESIGN.md that keys.py does not build"
 
 
-def test_prefix_applies_to_every_key() -> None:
-    keys = Keys("tenant1:")
-    assert keys.recent_items("u1") == "tenant1:user:u1:recent_items"
-    assert all(p.startswith("tenant1:") or not p for p in [keys.popularity(), keys.impressions_pending()])
+def test_lua_builds_the_offsets_key_of_keys_py() -> None:
+    lua = (ROOT / "recstack" / "features" / "writer_apply.lua").read_text()
+    assert f"prefix .. '{Keys().stream_offsets()}'" in lua

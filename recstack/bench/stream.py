@@ -3,7 +3,7 @@
 Both consumers are child processes of the benchmark (one process tree) and run one after the other,
 never together, so they do not compete for the CPUs:
 
-* raw: ``python -m services.feature_stream.raw``, a plain aiokafka consumer loop around the same
+* raw: ``python -m recstack.bench.stream_raw``, a plain aiokafka consumer loop around the same
   BatchProcessor and FeatureWriter Lua batch (validation, one script call per batch, commits after
   the writes);
 * faust: ``python -m services.feature_stream``, the production worker.
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 E2F = "recstack_stream_event_to_feature_seconds"
-MODULES = {"raw": "services.feature_stream.raw", "faust": "services.feature_stream"}
+MODULES = {"raw": "recstack.bench.stream_raw", "faust": "services.feature_stream"}
 DEFAULT_RATE = 2000.0
 DEFAULT_DURATION_S = 10.0
 PARTITIONS = 4

@@ -9,7 +9,7 @@ separate Python 3.10 venv, never in recstack's (obp pins old numpy / scikit-lear
     /tmp/obpenv/bin/pip install numpy==1.23.5 scipy==1.9.3 pandas==1.5.2 scikit-learn==1.1.3 \
         tqdm "matplotlib<3.8" seaborn==0.11.2 pyyaml
     /tmp/obpenv/bin/pip install --no-deps obp==0.5.7
-    /tmp/obpenv/bin/python bench/obp_reference.py /tmp/obp/obp-0.5.7/obp/dataset/obd
+    /tmp/obpenv/bin/python scripts/obp_reference.py /tmp/obp/obp-0.5.7/obp/dataset/obd
 
 obp imports torch only for its neural policy learners; an import-time stub stands in for it.
 """

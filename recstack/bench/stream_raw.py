@@ -5,7 +5,7 @@ It exists to measure what Faust costs (`recstack bench stream` runs both on the 
 Redis); production runs the Faust app. Same settings and metrics as the worker, same guarantees:
 offsets are committed after each batch's Redis writes, so a crash replays at most one batch.
 
-    python -m services.feature_stream.raw        # environment as for python -m services.feature_stream
+    python -m recstack.bench.stream_raw        # environment as for python -m services.feature_stream
 """
 
 from __future__ import annotations

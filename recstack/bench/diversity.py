@@ -6,7 +6,7 @@
 With a dataset it also computes NDCG@10 / intra-list diversity / coverage / novelty as lambda (MMR)
 and theta (DPP) vary: ItemKNN's top-200 unseen items per test user are re-ranked with genre-Jaccard
 similarity and the leave-one-out test target is looked up in the top 10; the curve is drawn to a PNG.
-Used by ``bench/diversity.py`` and ``recstack bench diversity``.
+Used by ``recstack bench diversity``.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
 def measured_load(address: str, users: Sequence[str], rate: float, duration: float) -> dict:
     """open_loop, plus ``cpu_ms_per_request``: the CPU milliseconds each program of the bench (its
     child processes by name, and this process, the load's client) spent per OK reply."""
-    from recstack.devstack.proc_cpu import descendants_cpu_s, per_request_ms
+    from recstack.bench.proc_cpu import descendants_cpu_s, per_request_ms
 
     before, client = descendants_cpu_s(), time.process_time()
     result = asyncio.run(open_loop(address, users, rate, duration))

@@ -1,7 +1,6 @@
 """Decision latency of the bandit policies: 200 candidates, d = 32, one slate per decision.
 
     recstack bench bandit [--json] [--decisions 2000] [--seed-decisions 100]
-    python bench/bandit.py ...            (the same, a thin wrapper)
 
 Every policy is warmed with the same observations, then serves ``decisions`` slates (k = 10,
 2 exploration slots) over 256 random candidate sets drawn from a 10,000-item catalogue, cycled;
@@ -40,7 +39,6 @@ and ``cpu_count`` are reported next to the numbers.
 
 from __future__ import annotations
 
-import argparse
 import json as jsonlib
 import os
 import sys
@@ -404,20 +402,3 @@ def run(json: bool = False, **kwargs) -> dict:
         )
         sys.stdout.write("\n".join(lines) + "\n")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python bench/bandit.py`` entry point (the CLI is ``recstack bench bandit``)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print JSON")
-    ap.add_argument("--decisions", type=int, default=2000)
-    ap.add_argument("--seed-decisions", type=int, default=100)
-    ap.add_argument("--warm-updates", type=int, default=20_000)
-    args = ap.parse_args(argv)
-    run(
-        json=args.json,
-        decisions=args.decisions,
-        seed_decisions=args.seed_decisions,
-        warm_updates=args.warm_updates,
-    )
-    return 0
