@@ -1,21 +1,10 @@
 """Versioned model bundles: save, load, and the atomically replaced CURRENT pointer.
 
-Layout (docs/DESIGN.md)::
-
-    artifacts/
-      CURRENT                  one line: the version directory name (atomic replace)
-      <version>/manifest.json  {"format", "version", "created_at", "recstack_version", "data_spec",
-                                "models", "serving"}
-      <version>/catalog.json   {"item_ids", "genres", "titles", "genre_vocab", "popularity",
-                                "created_at"}
-      <version>/users.json     {"user_ids": [...]}
-      <version>/<model>.safetensors + <model>.json ({"class", "config"})
-      <version>/metrics.json
-
-``catalog["item_ids"][i - 1]`` is the id of item index i and ``users.json["user_ids"][u - 1]`` the
-id of user index u (index 0 = padding / unknown). Weights are read with safetensors (no pickle).
-``catalog["created_at"]`` = ``{item_id: unix s}`` for the catalogue items with a known creation time
-(the gateway's freshness metric); bundles written before it have no such key and load as {}.
+The layout and the torch-free readers (CURRENT, manifest, catalogue, users, item genres) are
+recstack/artifacts/layout.py; this module adds writing bundles and loading their torch models.
+Weights are read with safetensors (no pickle). ``catalog["created_at"]`` = ``{item_id: unix s}``
+for the catalogue items with a known creation time (the gateway's freshness metric); bundles
+written before it have no such key and load as {}.
 """
 
 from __future__ import annotations
@@ -38,32 +27,29 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import recstack
+from recstack.artifacts.layout import (
+    CATALOG,
+    CREATE_HINT,
+    FORMAT_VERSION,
+    MANIFEST,
+    METRICS,
+    REQUIRED_FILES,
+    USERS,
+    BundleError,
+    ItemGenres,
+    read_json,
+    read_manifest,
+    read_users,
+    resolve_version_dir,
+)
 from recstack.artifacts.registry import build_model, model_spec
 from recstack.data.schema import IdMap
-from recstack.serving.features_adapter import ItemGenres
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-CREATE_HINT = "`recstack train --data synthetic --out artifacts` creates one"
-REQUIRED_FILES = ("manifest.json", "catalog.json", "users.json", "metrics.json")
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, incomplete or unreadable; the message names the file and how to fix it."""
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=False, default=float))
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BundleError(f"bundle file {path} is missing; {CREATE_HINT}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"bundle file {path} is not valid JSON ({exc}); retrain: {CREATE_HINT}") from exc
 
 
 def write_current(root: Path, version: str) -> None:
@@ -148,17 +134,17 @@ def save_bundle(
                 "parameters": int(sum(p.numel() for p in module.parameters())),
             }
         _write_json(
-            tmp / "catalog.json",
+            tmp / CATALOG,
             catalog_dict(item_ids, item_genres, titles, genre_vocab, popularity, created_at),
         )
-        _write_json(tmp / "users.json", {"user_ids": list(user_ids)})
+        _write_json(tmp / USERS, {"user_ids": list(user_ids)})
         for name, index in (indexes or {}).items():
             import faiss
 
             faiss.write_index(index, str(tmp / f"index-{name}.faiss"))
-        _write_json(tmp / "metrics.json", metrics)
+        _write_json(tmp / METRICS, metrics)
         _write_json(
-            tmp / "manifest.json",
+            tmp / MANIFEST,
             {
                 "format": FORMAT_VERSION,
                 "version": version,
@@ -179,25 +165,6 @@ def save_bundle(
         write_current(out_dir, version)
     logger.info("wrote bundle %s", final)
     return final
-
-
-def resolve_version_dir(path: Path) -> Path:
-    """The version directory for ``path``: a version dir itself, or a root holding CURRENT."""
-    path = Path(path)
-    if not path.exists():
-        raise BundleError(f"no model bundle at {path} (directory missing); {CREATE_HINT}")
-    if (path / "manifest.json").is_file():
-        return path
-    current = path / "CURRENT"
-    if not current.is_file():
-        raise BundleError(f"no model bundle at {path}: {current} is missing; {CREATE_HINT}")
-    version = current.read_text().strip()
-    if not version or "/" in version or version.startswith("."):
-        raise BundleError(f"{current} holds {version!r}, not a version directory name; {CREATE_HINT}")
-    vdir = path / version
-    if not vdir.is_dir():
-        raise BundleError(f"{current} points at {vdir}, which is missing; {CREATE_HINT}")
-    return vdir
 
 
 def _created_at_map(raw: Any, path: Path) -> dict[str, int]:
@@ -238,9 +205,7 @@ class Bundle:
     def __post_init__(self) -> None:
         self.item_map = IdMap(self.catalog["item_ids"])
         self.user_map = IdMap(self.user_ids)
-        genres = self.catalog.get("genres", {})
-        lists = [[]] + [genres.get(i, []) for i in self.catalog["item_ids"]]
-        self.item_genres = ItemGenres.from_lists(lists, self.genre_vocab)
+        self.item_genres = ItemGenres.from_catalog(self.catalog)
         self._created_at = _created_at_map(self.catalog.get("created_at"), self.path)
         self._models: dict[str, torch.nn.Module] = {}
         self._indexes: dict[str, Any] = {}
@@ -297,9 +262,7 @@ class Bundle:
         out: dict[str, Any] = dict(self.manifest.get("serving", {}))
         for name in self.model_names:
             out[name] = (
-                model_spec(self._models[name])
-                if self.path is None
-                else _read_json(self.path / f"{name}.json")
+                model_spec(self._models[name]) if self.path is None else read_json(self.path / f"{name}.json")
             )
         return out
 
@@ -337,7 +300,7 @@ class Bundle:
                     raise KeyError(
                         f"bundle {self.version} has no model {name!r}; it holds {self.model_names}"
                     )
-                spec = _read_json(self.path / f"{name}.json")
+                spec = read_json(self.path / f"{name}.json")
                 wpath = self.path / f"{name}.safetensors"
                 if not wpath.is_file():
                     raise BundleError(f"bundle file {wpath} is missing; {CREATE_HINT}")
@@ -354,19 +317,10 @@ def load_bundle(path: Path | str) -> Bundle:
     for name in REQUIRED_FILES:
         if not (vdir / name).is_file():
             raise BundleError(f"bundle file {vdir / name} is missing; {CREATE_HINT}")
-    manifest = _read_json(vdir / "manifest.json")
-    fmt = manifest.get("format")
-    if not isinstance(fmt, int):
-        raise BundleError(f"{vdir / 'manifest.json'} has no integer 'format'; {CREATE_HINT}")
-    if fmt > FORMAT_VERSION:
-        raise BundleError(
-            f"bundle {vdir} has format {fmt}, newer than this recstack {recstack.__version__} reads "
-            f"(format {FORMAT_VERSION}); upgrade recstack or retrain the bundle with this version"
-        )
     return Bundle(
         path=vdir,
-        manifest=manifest,
-        catalog=_read_json(vdir / "catalog.json"),
-        user_ids=list(_read_json(vdir / "users.json")["user_ids"]),
-        metrics=_read_json(vdir / "metrics.json"),
+        manifest=read_manifest(vdir),
+        catalog=read_json(vdir / CATALOG),
+        user_ids=read_users(vdir),
+        metrics=read_json(vdir / METRICS),
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from recstack.artifacts.layout import bundle_exists as layout_bundle_exists
+from recstack.artifacts.layout import read_current
+
 log = logging.getLogger(__name__)
 
 SMALL_DATA_SPEC = "synthetic"
@@ -16,11 +19,7 @@ class BundleMissingError(RuntimeError):
 
 def bundle_exists(artifacts: Path) -> bool:
     """True when `artifacts/CURRENT` names a version directory holding a manifest.json."""
-    current = artifacts / "CURRENT"
-    if not current.is_file():
-        return False
-    version = current.read_text().strip()
-    return bool(version) and (artifacts / version / "manifest.json").is_file()
+    return bool(read_current(artifacts)) and layout_bundle_exists(artifacts)
 
 
 def train_small_bundle(artifacts: Path, data_spec: str = SMALL_DATA_SPEC) -> Path:

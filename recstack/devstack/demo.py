@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -22,6 +21,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from recstack.artifacts.layout import (
+    CATALOG,
+    CURRENT,
+    MANIFEST,
+    USERS,
+    BundleError,
+    read_current,
+    read_json,
+    resolve_version_dir,
+)
 from recstack.devstack.embedded import EmbeddedError
 from recstack.devstack.process import ProcessStartError
 from recstack.devstack.supervisor import shutdown_signals
@@ -63,18 +72,17 @@ class Snapshot:
 
 def read_bundle_info(artifacts: Path) -> BundleInfo:
     """manifest.json, catalog.json and users.json of the current bundle (docs/DESIGN.md layout)."""
-    current = artifacts / "CURRENT"
-    if not current.is_file():
+    if not read_current(artifacts):
         raise DemoError(
-            f"{current} not found; train with `recstack train --data synthetic --out {artifacts}`"
+            f"{artifacts / CURRENT} not found; train with `recstack train --data synthetic --out {artifacts}`"
         )
-    version_dir = artifacts / current.read_text().strip()
     try:
-        manifest = json.loads((version_dir / "manifest.json").read_text())
-        catalog = json.loads((version_dir / "catalog.json").read_text())
-        users = json.loads((version_dir / "users.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DemoError(f"bundle {version_dir} is incomplete or unreadable: {exc}") from exc
+        version_dir = resolve_version_dir(artifacts)
+        manifest = read_json(version_dir / MANIFEST)
+        catalog = read_json(version_dir / CATALOG)
+        users = read_json(version_dir / USERS)
+    except BundleError as exc:
+        raise DemoError(f"bundle at {artifacts} is incomplete or unreadable: {exc}") from exc
     return BundleInfo(
         version=str(manifest.get("version", version_dir.name)),
         data_spec=str(manifest.get("data_spec", "")),

@@ -7,13 +7,13 @@ item's genres from the bundle catalogue, the upstream ranking score).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
+from recstack.artifacts import layout
 from recstack.exploration.base import FeatureSizeError, NonFiniteInputError, PolicyInputError
 
 CONTEXT_FIXED = 3
@@ -95,21 +95,9 @@ class ContextBuilder:
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, d: int = 32) -> ContextBuilder:
         """From the current bundle's catalog.json (``genre_vocab`` and ``genres``); raises
-        ``recstack.features.catalog.CatalogError`` when there is no bundle."""
-        from recstack.features.catalog import CatalogError, resolve_version_dir
-
-        path = resolve_version_dir(artifacts) / "catalog.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"{path} could not be read: {exc}") from exc
-        genres = data.get("genres") if isinstance(data, dict) else None
-        if not isinstance(genres, dict) or not all(isinstance(g, list) for g in genres.values()):
-            raise CatalogError(f"{path} has no 'genres' object (item_id -> [genre, ...])")
-        vocab = data.get("genre_vocab") or sorted({g for gs in genres.values() for g in gs})
-        if not isinstance(vocab, list):
-            raise CatalogError(f"{path}: 'genre_vocab' must be a list of genres")
-        return cls([str(g) for g in vocab], {str(k): [str(g) for g in v] for k, v in genres.items()}, d)
+        ``recstack.artifacts.layout.CatalogError`` when there is no bundle."""
+        catalog = layout.read_catalog(artifacts)
+        return cls(layout.genre_vocab(catalog), layout.catalog_genres(catalog), d)
 
     def build(
         self, user_genre_scores: Mapping[str, float], items: Sequence[str], scores: np.ndarray

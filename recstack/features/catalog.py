@@ -2,38 +2,22 @@
 
 Only ``catalog.json`` is read (no torch, no model weights), so the stream worker stays light:
 ``<artifacts>/CURRENT`` names the version directory, ``<artifacts>/<version>/catalog.json`` holds
-``{"item_ids": [...], "genres": {item_id: [genre, ...]}, ...}``.
+``{"item_ids": [...], "genres": {item_id: [genre, ...]}, ...}``; recstack/artifacts/layout.py
+resolves and reads it (``CatalogError`` is the layout's).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recstack.artifacts.layout import CatalogError, read_catalog, resolve_catalog_dir
+
+__all__ = ["CatalogError", "ItemCatalog", "load_catalog_or_empty"]
+
 log = logging.getLogger(__name__)
-
-
-class CatalogError(ValueError):
-    """The catalogue could not be read; the message names the file and how to create it."""
-
-
-def resolve_version_dir(artifacts: str | Path) -> Path:
-    """Directory of the current bundle: ``artifacts/<CURRENT>``, or artifacts itself if it is a bundle."""
-    root = Path(artifacts)
-    if (root / "catalog.json").is_file():
-        return root
-    current = root / "CURRENT"
-    if not current.is_file():
-        raise CatalogError(
-            f"{current} not found; create a bundle with `recstack train --data synthetic --out {root}`"
-        )
-    version = current.read_text().strip()
-    if not version:
-        raise CatalogError(f"{current} is empty; it must name a version directory under {root}")
-    return root / version
 
 
 @dataclass(frozen=True)
@@ -50,20 +34,8 @@ class ItemCatalog:
     @classmethod
     def from_artifacts(cls, artifacts: str | Path) -> ItemCatalog:
         """Read the current bundle's catalog.json. Raises CatalogError when missing or malformed."""
-        version_dir = resolve_version_dir(artifacts)
-        path = version_dir / "catalog.json"
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise CatalogError(
-                f"{path} not found; the bundle is incomplete, re-run `recstack train --out {artifacts}`"
-            ) from exc
-        except json.JSONDecodeError as exc:
-            raise CatalogError(f"{path} is not valid JSON: {exc}") from exc
-        genres = data.get("genres") if isinstance(data, dict) else None
-        if not isinstance(genres, dict):
-            raise CatalogError(f"{path} has no 'genres' object (item_id -> [genre, ...])")
-        return cls.from_genres(genres, version=version_dir.name)
+        version_dir = resolve_catalog_dir(artifacts)
+        return cls.from_genres(read_catalog(version_dir)["genres"], version=version_dir.name)
 
     def genres_of(self, item_id: str) -> tuple[str, ...]:
         return self.genres.get(item_id, ())

@@ -42,8 +42,7 @@ def load_core(artifacts: str | Path, factory: Callable[[Any], T]) -> tuple[T, st
 
 def current_version_dir(artifacts: str | Path) -> Path | None:
     """The version directory ``artifacts`` resolves to now (None when it cannot be resolved)."""
-    from recstack.artifacts import BundleError
-    from recstack.artifacts.bundle import resolve_version_dir
+    from recstack.artifacts.layout import BundleError, resolve_version_dir
 
     try:
         return resolve_version_dir(Path(artifacts)).resolve()

@@ -9,12 +9,12 @@ or a missing rating weighs 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from scipy.signal import lfilter
 
+from recstack.artifacts.layout import ItemGenres
 from recstack.features.keys import GENRE_EMA_ALPHA
 from recstack.features.types import UserFeatures
 
@@ -29,37 +29,6 @@ class BundleIds(Protocol):
 
 
 EVENT_WEIGHTS: dict[str, float] = {"view": 0.5, "click": 1.0, "like": 1.5, "purchase": 2.0}
-
-
-@dataclass
-class ItemGenres:
-    """Genre multi-hot of every item index: ``matrix`` float32 [n_items + 1, G] (row 0 = padding)."""
-
-    genre_vocab: list[str]
-    matrix: np.ndarray
-
-    @classmethod
-    def from_lists(
-        cls, item_genres: Sequence[Sequence[str]], genre_vocab: Sequence[str] | None = None
-    ) -> ItemGenres:
-        """Build from per-index genre lists (``item_genres[0]`` is padding and ignored)."""
-        vocab = (
-            list(genre_vocab) if genre_vocab is not None else sorted({g for gs in item_genres for g in gs})
-        )
-        col = {g: j for j, g in enumerate(vocab)}
-        m = np.zeros((len(item_genres), len(vocab)), dtype=np.float32)
-        for i, gs in enumerate(item_genres):
-            if i == 0:
-                continue
-            for g in gs:
-                j = col.get(g)
-                if j is not None:
-                    m[i, j] = 1.0
-        return cls(genre_vocab=vocab, matrix=m)
-
-    @property
-    def n_genres(self) -> int:
-        return len(self.genre_vocab)
 
 
 def event_weights(event_types: Sequence[str] | None, ratings: Sequence[float] | None, n: int) -> np.ndarray:

@@ -8,13 +8,13 @@ import sys
 
 import redis.asyncio as aioredis
 
+from recstack.artifacts.layout import CatalogError, resolve_catalog_dir
 from recstack.exploration import kernels
 from recstack.exploration.arms import ArmCache
 from recstack.exploration.context import ContextBuilder
 from recstack.exploration.online import ContextualExplorer, make_policies, make_state_caches
 from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
-from recstack.features.catalog import CatalogError, resolve_version_dir
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
 from recstack.rpc.server import run
@@ -71,7 +71,7 @@ def main() -> int:
     watch: set[asyncio.Task] = set()
 
     async def refresh_catalog() -> None:
-        version = (await asyncio.to_thread(resolve_version_dir, settings.artifacts)).name
+        version = (await asyncio.to_thread(resolve_catalog_dir, settings.artifacts)).name
         if loaded and loaded[-1] == version:
             return
         contextual.builder = await asyncio.to_thread(

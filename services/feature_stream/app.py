@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from recstack.artifacts.layout import read_current
 from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
 from services.feature_stream import metrics, transport
@@ -36,8 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _current_version(artifacts: str) -> str:
-    current = Path(artifacts) / "CURRENT"
-    return current.read_text().strip() if current.is_file() else ""
+    return read_current(artifacts)
 
 
 async def _put_or_raise(queue: asyncio.Queue, item: Any, consumer: asyncio.Task) -> None:
