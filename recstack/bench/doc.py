@@ -102,7 +102,9 @@ def serve(d: dict) -> list[str]:
         "",
         f"The real stack on the bench bundle ({d.get('catalogue_items')} items), open-loop Recommend "
         f"calls (k = {d.get('k')}, {d.get('client_deadline_s')} s client deadline, "
-        f"{d.get('duration_s')} s per rate, the load spread over the client's connections), measured "
+        f"{d.get('duration_s')} s per rate, the load spread over the client's connections; offered "
+        f"rates {', '.join(f'{r:g}' for r in d.get('rates', []))}{_rates_flag(d.get('rates', []))}), "
+        "measured "
         "interleaved with the floor (a grpc.aio front reading one Redis pipeline and calling four "
         "echo servers, separate processes). Sustained = the highest offered rate with p99 < 200 ms, "
         f"no errors and < 1 % degraded replies. Load average after the run: {d.get('load_average')}.",
@@ -147,10 +149,19 @@ def serve(d: dict) -> list[str]:
                 f"Hot swap ({mode}, {swap['offered_rps']:g} RPS): a new bundle promoted "
                 f"{swap['promoted_at_s']:g} s in; {swap['failed']} failed calls, "
                 f"{swap['degraded_share'] * 100:.1f} % degraded, every stage on the new version "
-                f"{swap['every_stage_new_after_s']} s after the switch, "
+                f"{swap['every_stage_new_after_s']} s after the switch (the stages poll `CURRENT` every "
+                "`RECSTACK_RELOAD_S`, 30 s by default), "
                 f"{swap['mixed_version_replies']} replies with stages of both versions.",
             ]
     return out
+
+
+def _rates_flag(rates: list) -> str:
+    from recstack.bench.serve import DEFAULT_RATES
+
+    if [float(r) for r in rates] == [float(r) for r in DEFAULT_RATES]:
+        return ""
+    return f": `--rates {','.join(f'{r:g}' for r in rates)}`"
 
 
 def retrieval(d: dict) -> list[str]:
@@ -235,12 +246,49 @@ def stream(d: dict) -> list[str]:
     return out
 
 
+def diversity(d: dict) -> list[str]:
+    lat = d["latency"]
+    out = [
+        "## Diversity — `recstack bench diversity --json`",
+        "",
+        f"N = {lat['n']} candidates, embeddings of dimension {lat['dim']}: milliseconds per list against "
+        "the seed-style implementations (same selections: "
+        f"{lat.get('selections_match')}).",
+        "",
+        "| k | MMR | seed MMR | DPP (fast greedy MAP) | seed DPP |",
+        "|---|---|---|---|---|",
+    ]
+    for i, k in enumerate(lat["k"]):
+        out.append(
+            f"| {k} | {_f(lat['mmr_ms'][i], 3)} | {_f(lat['mmr_seed_ms'][i], 2)} | "
+            f"{_f(lat['dpp_ms'][i], 3)} | {_f(lat['dpp_seed_ms'][i], 2)} |"
+        )
+    out += [
+        "",
+        f"`mmr_speedup_vs_seed` {d['mmr_speedup_vs_seed']:.0f}, "
+        f"`dpp_speedup_vs_seed` {d['dpp_speedup_vs_seed']:.0f}.",
+    ]
+    t = d.get("tradeoff")
+    if t:
+        out += [
+            "",
+            f"Trade-off on `{t['data']}` ({t['users']} users, ItemKNN top-{t['n_candidates']}, "
+            f"{t['similarity']}): NDCG@10 and intra-list diversity (ILD@10) by MMR lambda.",
+            "",
+            "| MMR lambda | NDCG@10 | ILD@10 |",
+            "|---|---|---|",
+        ]
+        out += [f"| {r['lambda']:g} | {_f(r['NDCG@10'])} | {_f(r['ILD@10'], 3)} |" for r in t["mmr"]]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("quality", quality),
     ("serve", serve),
     ("retrieval", retrieval),
     ("stream", stream),
     ("bandit", bandit),
+    ("diversity", diversity),
     ("regret", regret),
 ]
 
