@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recstack.bench import bandit as bench_module
 from recstack.exploration.linucb import LinUCB
 from recstack.exploration.simulation import (
     LinearLogisticEnv,
@@ -16,14 +16,9 @@ from recstack.exploration.simulation import (
     simulate,
 )
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bandit.py"
-
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("recstack_bench_bandit", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module
 
 
 def test_seed_style_linucb_scores_equal_vectorised_linucb() -> None:
