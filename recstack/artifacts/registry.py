@@ -38,9 +38,9 @@ def model_spec(model: torch.nn.Module) -> dict[str, Any]:
     cls = type(model).__name__
     if cls not in _classes():
         raise UnknownModelClassError(f"cannot save model class {cls!r}; known classes: {sorted(_classes())}")
-    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    cfg = getattr(model, "cfg", None)
     if cfg is None or not dataclasses.is_dataclass(cfg):
-        raise UnknownModelClassError(f"{cls} has no config dataclass in .cfg or .config; cannot save it")
+        raise UnknownModelClassError(f"{cls} has no config dataclass in .cfg; cannot save it")
     return {"class": cls, "config": dataclasses.asdict(cfg)}
 
 

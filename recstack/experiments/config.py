@@ -61,7 +61,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from recstack.experiments import assignment
 from recstack.experiments.assignment import ExperimentConfigError, bucket
+from recstack.exploration import POLICIES, THOMPSON
 from recstack.exploration.segments import parse_segment_by
+from recstack.models import DEFAULT_RANKING_MODEL, RANKING_MODELS, RERANK_MODELS
 
 __all__ = [
     "Assignment",
@@ -111,6 +113,10 @@ Fraction = Annotated[float, AfterValidator(_fraction)]
 NonNegative = Annotated[float, AfterValidator(_non_negative)]
 Ident = Annotated[str, AfterValidator(_ident)]
 SegmentBy = Annotated[str, AfterValidator(parse_segment_by)]
+# The names come from the registries (recstack.models, recstack.exploration).
+RankingModel = Literal[*RANKING_MODELS]
+RerankModel = Literal["", *RERANK_MODELS]
+Policy = Literal[*POLICIES]
 
 
 class _Strict(BaseModel):
@@ -121,7 +127,7 @@ class RerankSpec(_Strict):
     """model "": the bundle's default re-ranker."""
 
     enabled: bool = True
-    model: Literal["", "sasrec", "gru4rec", "bert4rec"] = ""
+    model: RerankModel = ""
 
 
 class BanditSpec(_Strict):
@@ -130,7 +136,7 @@ class BanditSpec(_Strict):
     real-time genre score) or "attribute:NAME" (the request's context attribute NAME); stored in
     canonical form ("" for none). The contextual policies ignore it."""
 
-    policy: Literal["thompson", "linucb", "lints", "linucb-hybrid"] = "thompson"
+    policy: Policy = THOMPSON
     slots: Annotated[int, Field(ge=0, le=100)] = 1
     segment_by: SegmentBy = ""
 
@@ -152,7 +158,7 @@ class MultitaskWeights(_Strict):
 class PipelineSpec(_Strict):
     """What a variant runs in the gateway chain."""
 
-    ranker: Literal["multitask", "ncf"] = "multitask"
+    ranker: RankingModel = DEFAULT_RANKING_MODEL
     rerank: RerankSpec = RerankSpec()
     bandit: BanditSpec = BanditSpec()
     diversity: DiversitySpec = DiversitySpec()

@@ -31,8 +31,6 @@ from recstack.exploration.rewards import ContextRecorder
 
 log = logging.getLogger(__name__)
 
-CONTEXTUAL_POLICIES = ("linucb", "lints", "linucb-hybrid")
-
 
 class ContextualExplorer:
     """One contextual decision per request (see the module docstring).
@@ -129,7 +127,7 @@ def make_policies(
         ridge=ridge,
         seed=None if seed is None else seed + 2,
     )
-    return {"linucb": linucb, "lints": lints, "linucb-hybrid": hybrid}
+    return {p.name: p for p in (linucb, lints, hybrid)}  # the names of CONTEXTUAL_POLICIES
 
 
 def make_state_caches(

@@ -41,7 +41,7 @@ from itertools import repeat
 
 import numpy as np
 
-from recstack.exploration import kernels
+from recstack.exploration import THOMPSON, kernels
 from recstack.exploration.base import PolicyError, PolicyInputError, SlateDecision, SlateSizeError
 from recstack.exploration.segments import segment_beta_params, stack_arms
 
@@ -117,7 +117,7 @@ class ThompsonSlatePolicy:
         (>= 0; 0: independent segments); see recstack/exploration/segments.py.
     """
 
-    name = "thompson"
+    name = THOMPSON
 
     def __init__(
         self,

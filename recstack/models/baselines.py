@@ -62,12 +62,12 @@ class ItemKNN:
     items that are among j's neighbours). Self-similarity is 0.
     """
 
-    def __init__(self, config: ItemKNNConfig | None = None) -> None:
-        self.config = config or ItemKNNConfig()
-        if self.config.k < 1:
-            raise ValueError(f"ItemKNN k must be >= 1, got {self.config.k}")
-        if self.config.shrink < 0:
-            raise ValueError(f"ItemKNN shrink must be >= 0, got {self.config.shrink}")
+    def __init__(self, cfg: ItemKNNConfig | None = None) -> None:
+        self.cfg = cfg or ItemKNNConfig()
+        if self.cfg.k < 1:
+            raise ValueError(f"ItemKNN k must be >= 1, got {self.cfg.k}")
+        if self.cfg.shrink < 0:
+            raise ValueError(f"ItemKNN shrink must be >= 0, got {self.cfg.shrink}")
         self.weights: sp.csr_matrix | None = None
         self.split: Split | None = None
 
@@ -87,12 +87,12 @@ class ItemKNN:
         x = self._binary(split.train_seqs, n).tocsc()
         xt = x.T.tocsr()
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-        k = min(self.config.k, n - 1)
+        k = min(self.cfg.k, n - 1)
         rows_all, cols_all, vals_all = [], [], []
-        for start in range(0, n, self.config.block_size):
-            stop = min(start + self.config.block_size, n)
+        for start in range(0, n, self.cfg.block_size):
+            stop = min(start + self.cfg.block_size, n)
             block = (xt @ x[:, start:stop]).toarray()  # co-occurrence counts [n, b]
-            denom = (norms[:, None] * norms[None, start:stop] + self.config.shrink + 1e-6).astype(np.float32)
+            denom = (norms[:, None] * norms[None, start:stop] + self.cfg.shrink + 1e-6).astype(np.float32)
             sim = block / denom
             cols = np.arange(start, stop)
             sim[cols, cols - start] = 0.0

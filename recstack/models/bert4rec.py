@@ -50,28 +50,28 @@ class BERT4RecConfig:
 class BERT4Rec(SequentialRecommender):
     """Bidirectional transformer over tokens (B, L) -> hidden states (B, L, D)."""
 
-    def __init__(self, config: BERT4RecConfig):
+    def __init__(self, cfg: BERT4RecConfig):
         super().__init__()
-        config.validate()
-        self.config = config
-        self.mask_token = config.n_items + 1
-        self.item_emb = nn.Embedding(config.n_items + 2, config.dim, padding_idx=0)
-        self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.out_bias = nn.Parameter(torch.zeros(config.n_items + 1))
-        self.in_norm = nn.LayerNorm(config.dim)
-        self.drop = Dropout(config.dropout)
+        cfg.validate()
+        self.cfg = cfg
+        self.mask_token = cfg.n_items + 1
+        self.item_emb = nn.Embedding(cfg.n_items + 2, cfg.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
+        self.in_norm = nn.LayerNorm(cfg.dim)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(config.dim, config.n_heads, config.ffn_mult * config.dim, config.dropout)
-            for _ in range(config.n_layers)
+            TransformerBlock(cfg.dim, cfg.n_heads, cfg.ffn_mult * cfg.dim, cfg.dropout)
+            for _ in range(cfg.n_layers)
         )
-        self.norm = nn.LayerNorm(config.dim)
-        self.head = nn.Sequential(nn.Linear(config.dim, config.dim), nn.GELU(), nn.LayerNorm(config.dim))
-        self._scale = embed_scale(config.dim)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim))
+        self._scale = embed_scale(cfg.dim)
         init_weights(self)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Output states (B, L, D) for tokens (B, L) (items and [MASK]); attention is bidirectional."""
-        positions = right_positions(tokens.shape[1], self.config.max_len, tokens.device)
+        positions = right_positions(tokens.shape[1], self.cfg.max_len, tokens.device)
         x = self.item_emb(tokens) * self._scale + self.pos_emb(positions)
         x = self.drop(self.in_norm(x))
         allowed = attention_mask(tokens, causal=False)

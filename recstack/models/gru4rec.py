@@ -41,22 +41,22 @@ class GRU4Rec(SequentialRecommender):
     state after the newest item depends on the real items alone, whatever the batch's width.
     """
 
-    def __init__(self, config: GRU4RecConfig):
+    def __init__(self, cfg: GRU4RecConfig):
         super().__init__()
-        config.validate()
-        self.config = config
-        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.out_bias = nn.Parameter(torch.zeros(config.n_items + 1))
-        self.in_drop = Dropout(config.dropout)
+        cfg.validate()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
+        self.in_drop = Dropout(cfg.dropout)
         self.gru = nn.GRU(
-            config.dim,
-            config.hidden,
-            num_layers=config.n_layers,
+            cfg.dim,
+            cfg.hidden,
+            num_layers=cfg.n_layers,
             batch_first=True,
-            dropout=config.dropout if config.n_layers > 1 else 0.0,
+            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
         )
-        self.out_drop = Dropout(config.dropout)
-        self.proj = nn.Linear(config.hidden, config.dim)
+        self.out_drop = Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.hidden, cfg.dim)
         init_weights(self, std=0.1)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:

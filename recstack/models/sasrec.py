@@ -49,28 +49,26 @@ class SASRecConfig:
 class SASRec(SequentialRecommender):
     """Causal transformer over item indices (B, L) -> hidden states (B, L, D)."""
 
-    def __init__(self, config: SASRecConfig):
+    def __init__(self, cfg: SASRecConfig):
         super().__init__()
-        config.validate()
-        self.config = config
-        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.out_bias = nn.Parameter(torch.zeros(config.n_items + 1))
-        self.drop = Dropout(config.dropout)
+        cfg.validate()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(
-                config.dim, config.n_heads, config.ffn_mult * config.dim, config.dropout, config.attn_dropout
-            )
-            for _ in range(config.n_layers)
+            TransformerBlock(cfg.dim, cfg.n_heads, cfg.ffn_mult * cfg.dim, cfg.dropout, cfg.attn_dropout)
+            for _ in range(cfg.n_layers)
         )
-        self.norm = nn.LayerNorm(config.dim)
-        self._scale = embed_scale(config.dim)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self._scale = embed_scale(cfg.dim)
         init_weights(self)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, W, D) for left-padded tokens (B, W), W <= max_len; position t sees tokens
         <= t only."""
-        positions = right_positions(tokens.shape[1], self.config.max_len, tokens.device)
+        positions = right_positions(tokens.shape[1], self.cfg.max_len, tokens.device)
         x = self.item_emb(tokens) * self._scale + self.pos_emb(positions)
         x = self.drop(x) * (tokens != 0).unsqueeze(-1)
         allowed = attention_mask(tokens, causal=True)

@@ -139,22 +139,22 @@ def attention_mask(tokens: torch.Tensor, causal: bool) -> torch.Tensor:
 class SequentialRecommender(nn.Module):
     """Base class: item embeddings, output bias, scoring through one ``represent`` function.
 
-    Subclasses set ``self.config`` (with ``n_items`` and ``max_len``), ``self.item_emb``
+    Subclasses set ``self.cfg`` (with ``n_items`` and ``max_len``), ``self.item_emb``
     (an nn.Embedding whose first n_items+1 rows are the output item embeddings) and implement
     ``encode`` and, when the representation is not the last position's state, ``represent``.
     """
 
-    config: object
+    cfg: object
     item_emb: nn.Embedding
     out_bias: nn.Parameter
 
     @property
     def n_items(self) -> int:
-        return int(self.config.n_items)
+        return int(self.cfg.n_items)
 
     @property
     def max_len(self) -> int:
-        return int(self.config.max_len)
+        return int(self.cfg.max_len)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, W, D) for a left-padded token batch (B, W), W <= ``max_len`` (the last W

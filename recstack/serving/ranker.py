@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recstack.features.types import UserFeatures
+from recstack.models import RANKING_MODELS
 from recstack.models.multitask import MultiTaskRanker, combine
 from recstack.models.ncf import NeuMF
 from recstack.serving.candidates import floor_score, known_positions
@@ -21,8 +22,6 @@ from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
 
 logger = logging.getLogger(__name__)
-
-RANKING_MODELS = ("multitask", "ncf")
 
 
 def ranking_components(scores: np.ndarray, per_task: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from recstack.features.types import UserFeatures
+from recstack.models import SEQUENTIAL_MODELS
 from recstack.serving.candidates import floor_score, known_positions
 from recstack.serving.errors import UnknownItemError, UnknownModelError
 from recstack.serving.features_adapter import user_features_to_arrays
@@ -40,7 +41,6 @@ from recstack.serving.fusion import Fusion, standardize
 
 logger = logging.getLogger(__name__)
 
-SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
 RERANK_METHODS = ("fusion", "order", "blend")
 Scores = dict[str, np.ndarray]
 

@@ -31,6 +31,7 @@ from recstack.evaluation import Split, evaluate_scores
 from recstack.evaluation.protocol import user_histories
 from recstack.features.keys import RECENT_ITEMS_CAP
 from recstack.features.types import UserFeatures
+from recstack.models import RANKING_MODELS, SEQUENTIAL_MODELS
 from recstack.models.mf import BPRMF
 from recstack.models.two_tower import TwoTower
 from recstack.serving.fusion import FusionData, cross_validated, fit_fusion, ndcg_at
@@ -38,8 +39,7 @@ from recstack.training.examples import SplitFeatures
 
 logger = logging.getLogger(__name__)
 
-SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
-PAIR_MODELS = ("multitask", "ncf")
+PAIR_MODELS = RANKING_MODELS
 FUSION_L2 = (1e-3, 1e-2, 1e-1)
 FUSION_MAX_LISTS = 8_000  # validation lists (with their target) a fusion is fitted on; a seeded sample beyond
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recstack.artifacts.layout import ItemGenres
 from recstack.evaluation import Split
 from recstack.evaluation.protocol import user_histories
-from recstack.serving.features_adapter import ItemGenres, genre_profile_prefixes, history_row
+from recstack.serving.features_adapter import genre_profile_prefixes, history_row
 
 
 def like_purchase_labels(event_types: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

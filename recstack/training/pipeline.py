@@ -28,21 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from recstack.models import ALL_MODELS, RANKING_MODELS, SEQUENTIAL_MODELS, TRAIN_ORDER
 from recstack.training.parallel import Job, train_models
-from recstack.training.plans import (
-    ALL_MODELS,
-    SEQUENTIAL_MODELS,
-    ModelPlan,
-    UnknownModelNameError,
-    apply_params,
-)
+from recstack.training.plans import ModelPlan, UnknownModelNameError, apply_params
 from recstack.training.trainer import FitResult, TrainerConfig, TrainingError
 
 logger = logging.getLogger(__name__)
 
-RANKERS = ("multitask", "ncf")
-# Training order: retrieval-capable models, then bpr_mf (ncf starts from it), then the rankers.
-TRAIN_ORDER = ("two_tower", "sasrec", "gru4rec", "bert4rec", "bpr_mf", "multitask", "ncf")
+RANKERS = RANKING_MODELS  # trained last, on the retrieval candidates (TRAIN_ORDER, recstack.models)
 # Start order within a group when several jobs run side by side: the longest first.
 COST_ORDER = ("bert4rec", "sasrec", "gru4rec", "multitask", "ncf", "two_tower", "bpr_mf")
 PROFILES = ("auto", "small")

@@ -14,13 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from recstack.models import ALL_MODELS, SEQUENTIAL_MODELS
 from recstack.training.trainer import TrainerConfig
 
 logger = logging.getLogger(__name__)
-
-OWN_MODELS = ("two_tower", "multitask", "ncf", "bpr_mf")
-SEQUENTIAL_MODELS = ("sasrec", "gru4rec", "bert4rec")
-ALL_MODELS = OWN_MODELS + SEQUENTIAL_MODELS
 
 
 class UnknownModelNameError(ValueError):

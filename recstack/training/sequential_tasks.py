@@ -314,7 +314,7 @@ class _SequentialTask:
 
     def model_config(self) -> dict[str, Any]:
         """The model's config as a plain dict (what the bundle stores next to the weights)."""
-        return asdict(self.model.config)
+        return asdict(self.model.cfg)
 
 
 def full_softmax_loss(

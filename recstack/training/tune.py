@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recstack.training.plans import ALL_MODELS, ParamsError, apply_params, field_names
+from recstack.models import ALL_MODELS, TRAIN_ORDER
+from recstack.training.plans import ParamsError, apply_params, field_names
 
 logger = logging.getLogger(__name__)
 
-TUNABLE = ("two_tower", "sasrec", "gru4rec", "bert4rec", "bpr_mf", "multitask", "ncf")
+TUNABLE = TRAIN_ORDER  # every model, in training order (recstack.models)
 WEIGHTS = {
     "two_tower": 1.0,
     "sasrec": 2.0,
@@ -131,7 +132,6 @@ def tune(
     from recstack.training.pipeline import (
         DEFAULT_VALID_USERS,
         RANKERS,
-        TRAIN_ORDER,
         Catalog,
         TrainConfig,
         choose_retrieval,

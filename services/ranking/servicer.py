@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import grpc
 
+from recstack.models import DEFAULT_RANKING_MODEL, RANKING_MODELS
 from recstack.rpc.convert import CandidatesError, candidates_from_proto, candidates_to_proto, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.serving.ranker import ranking_components
 from recstack.v1 import ranking_pb2, ranking_pb2_grpc
-
-RANKING_MODELS = ("multitask", "ncf")
 
 
 class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
@@ -22,7 +21,7 @@ class RankingServicer(ModelServicer, ranking_pb2_grpc.RankingServicer):
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> ranking_pb2.RankResponse:
         await self.loaded_core(context)
-        model = request.model or "multitask"
+        model = request.model or DEFAULT_RANKING_MODEL
         if model not in RANKING_MODELS:
             await abort_invalid(
                 context, f"model must be one of {list(RANKING_MODELS)} (or empty), got {model!r}"

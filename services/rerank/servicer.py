@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import grpc
 
+from recstack.models import RERANK_MODELS
 from recstack.rpc.convert import CandidatesError, candidates_from_proto, candidates_to_proto, user_from_proto
 from recstack.rpc.servicer import ModelServicer, abort_invalid
 from recstack.v1 import rerank_pb2, rerank_pb2_grpc
-
-RERANK_MODELS = ("sasrec", "gru4rec", "bert4rec")
 
 
 class RerankServicer(ModelServicer, rerank_pb2_grpc.RerankServicer):

@@ -29,12 +29,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recstack.exploration import CONTEXTUAL_POLICIES, THOMPSON
 from recstack.exploration.linucb import HybridLinUCB, LinTS, LinUCB
 from recstack.exploration.ope.data import LoggedBandit, OPEError
 from recstack.exploration.ope.estimators import Estimate, ratio_estimate
 from recstack.exploration.thompson import ThompsonSlatePolicy
 
-LEARNING_POLICIES = ("linucb", "lints", "linucb-hybrid", "thompson")
+LEARNING_POLICIES = (*CONTEXTUAL_POLICIES, THOMPSON)
 _PARAMS = {
     "linucb": {"alpha": 1.0, "ridge": 1.0},
     "lints": {"v": 1.0, "ridge": 1.0},
