@@ -278,7 +278,11 @@ def defer_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def shutdown_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so they take the same clean path as Ctrl-C."""
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt, so they all take Ctrl-C's clean path.
+
+    SIGINT is set explicitly too: a program started in the background by a non-interactive shell
+    inherits SIGINT ignored, and Python then installs no handler of its own, so Ctrl-C (or a
+    supervisor's SIGINT) would do nothing."""
     if not _in_main_thread():
         yield
         return
@@ -286,7 +290,7 @@ def shutdown_signals() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

@@ -42,3 +42,27 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def stop_and_wait(proc: psutil.Popen, sig: int, log: Path, run_dir: Path, timeout: float = 60.0) -> int:
+    """Send ``sig`` and wait for the CLI to exit; on a timeout fail with what is still running and
+    the tail of every process log (the stack's own account of where its shutdown stalled)."""
+    children = proc.children(recursive=True)
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except psutil.TimeoutExpired:
+        running = []
+        for child in children:
+            try:
+                running.append(f"{child.pid} {child.status()} {' '.join(child.cmdline())[:160]}")
+            except psutil.NoSuchProcess:
+                continue
+        tails = [f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                 for p in sorted(run_dir.glob("*.log"))]  # fmt: skip
+        pytest.fail(
+            f"recstack did not exit within {timeout:.0f}s of signal {sig}; still running:\n"
+            + "\n".join(running)
+            + f"\nCLI output:\n{log.read_text()[-3000:]}\n"
+            + "\n".join(tails)
+        )

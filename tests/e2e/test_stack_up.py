@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.e2e.cli import alive, cli_argv, cli_env, wait_for_endpoints
+from tests.e2e.cli import alive, cli_argv, cli_env, stop_and_wait, wait_for_endpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -41,8 +41,7 @@ def test_recstack_up_serves_recommend_and_stops_on_sigterm(bundle_copy: Path, tm
         assert reply.request_id
         assert "retrieval" in reply.stages or "retrieval" in reply.skipped
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert stop_and_wait(proc, signal.SIGTERM, log, run_dir) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -62,8 +61,7 @@ def test_recstack_up_trains_a_bundle_when_none_exists_and_says_so(tmp_path: Path
     try:
         info = wait_for_endpoints(run_dir, proc, log)
         tree = [p.pid for p in proc.children(recursive=True)]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert stop_and_wait(proc, signal.SIGINT, log, run_dir) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

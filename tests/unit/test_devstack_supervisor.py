@@ -216,6 +216,19 @@ def test_shutdown_signals_turns_sigterm_into_keyboard_interrupt() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_shutdown_signals_handles_sigint_even_when_inherited_ignored() -> None:
+    """A background job of a non-interactive shell starts with SIGINT ignored; Ctrl-C's path must
+    still be taken (and the ignored disposition restored afterwards)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"), shutdown_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_children_die_when_the_supervising_process_is_killed(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     parent = _script(
