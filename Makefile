@@ -59,13 +59,15 @@ bench: install
 		$(BIN)/recstack bench $$cmd --json $(ARGS) > $(BENCH_OUT)/$$cmd.json || exit 1; \
 	done
 
-# Render every kustomize overlay (kubectl from the dev extra has kustomize built in).
+# Render every kustomize overlay and the distributed training Job (kubectl has kustomize built in).
 k8s: install
 	@mkdir -p reports/k8s
 	@for o in deploy/k8s/overlays/*/; do \
 		name=$$(basename $$o); $(BIN)/kubectl kustomize $$o > reports/k8s/$$name.yaml || exit 1; \
 		echo "reports/k8s/$$name.yaml"; \
 	done
+	$(BIN)/kubectl kustomize deploy/k8s/train-distributed > reports/k8s/train-distributed.yaml
+	@echo reports/k8s/train-distributed.yaml
 
 # One image for all processes; needs a Docker engine (none on the CI machines).
 image:

@@ -72,15 +72,21 @@ def train_command(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
 ) -> None:
-    """Train every model on a dataset, configure the serving pipeline on validation, write a bundle."""
+    """Train every model on a dataset, configure the serving pipeline on validation, write a bundle.
+
+    Under torchrun (N workers) the models train data-parallel, each worker on its shard of the
+    users; rank 0 writes the bundle (README, "Distributed training")."""
     import logging
+    import os
 
     from recstack.data import DataError
-    from recstack.training import TrainConfig, train_bundle
+    from recstack.training import TrainConfig, distributed, train_bundle
     from recstack.training.plans import UnknownModelNameError
     from recstack.training.tune import ParamsError, read_params
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else None
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
     if profile == "full":
         typer.secho("--profile full is now the default 'auto' profile", err=True)
         profile = "auto"
@@ -99,10 +105,14 @@ def train_command(
             config.params = read_params(params)
         if models:
             config = config.select([m.strip() for m in models.split(",") if m.strip()])
-        version_dir = train_bundle(data, out, config)
-    except (DataError, UnknownModelNameError, ParamsError) as exc:
+        with distributed.session() as dist:
+            if dist is not None and not dist.main:
+                config.progress = False
+            version_dir = train_bundle(data, out, config, dist=dist)
+    except (DataError, UnknownModelNameError, ParamsError, distributed.DistributedError) as exc:
         _fail(str(exc))
-    typer.echo(str(version_dir))
+    if dist is None or dist.main:
+        typer.echo(str(version_dir))
 
 
 @app.command("tune")

@@ -51,14 +51,19 @@ def _run(job: Job):
     return job.name, model_spec(module), state, result
 
 
-def train_one(job: Job, split, feats, valid_users, seed: int):
-    """(trained module, FitResult) of one job, in this process."""
+def train_one(job: Job, split, feats, valid_users, seed: int, dist=None):
+    """(trained module, FitResult) of one job, in this process (``dist``: as one torchrun worker
+    of several, on its shard of the users; :mod:`recstack.training.distributed`)."""
     from recstack.training.plans import build_task
     from recstack.training.trainer import fit, seed_everything
 
     seed_everything(seed)  # initial weights are drawn from the seeded global generator
     task = build_task(job.name, job.plan, split, feats, job.trained, job.candidates)
-    result = fit(task, split, job.trainer, valid_users)
+    if dist is not None:
+        from recstack.training.distributed import shard_task
+
+        shard_task(task, dist, split.n_users)
+    result = fit(task, split, job.trainer, valid_users, dist=dist)
     return task.model, result
 
 
@@ -70,15 +75,17 @@ def train_models(
     seed: int,
     workers: int,
     threads: int | None,
+    dist=None,
 ) -> dict[str, tuple[torch.nn.Module, Any]]:
     """Train ``jobs`` (independent of each other) with ``workers`` processes (1: in this process);
-    returns {name: (module, FitResult)} in the order of ``jobs``."""
+    returns {name: (module, FitResult)} in the order of ``jobs``. Under torchrun (``dist``) the
+    jobs run one after the other, each over all the workers."""
     from recstack.artifacts.registry import build_model
 
     out: dict[str, tuple[torch.nn.Module, Any]] = {}
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or dist is not None:
         for job in jobs:
-            out[job.name] = train_one(job, split, feats, valid_users, seed)
+            out[job.name] = train_one(job, split, feats, valid_users, seed, dist)
         return out
     ctx = multiprocessing.get_context("spawn")
     n = min(workers, len(jobs))

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from recstack.models import ALL_MODELS, RANKING_MODELS, SEQUENTIAL_MODELS, TRAIN
 from recstack.training.parallel import Job, train_models
 from recstack.training.plans import ModelPlan, UnknownModelNameError, apply_params
 from recstack.training.trainer import FitResult, TrainerConfig, TrainingError
+
+if TYPE_CHECKING:
+    from recstack.training.distributed import Dist
 
 logger = logging.getLogger(__name__)
 
@@ -270,10 +273,14 @@ class Catalog:
         return Bundle.in_memory(models, self.content, self.user_ids, serving, indexes=indexes)
 
 
-def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
+def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | None = None) -> Path:
     """Train ``config``'s models on ``data_spec`` (leave-one-out split), configure the serving
     pipeline on validation, write a bundle under ``out``, point ``out/CURRENT`` at it and return
-    the version directory."""
+    the version directory.
+
+    ``dist``: this process is one torchrun worker of several (:mod:`recstack.training.distributed`):
+    the models train data-parallel over the workers, one after the other; rank 0 alone evaluates,
+    configures the pipeline and writes the bundle, and every worker returns its directory."""
     from recstack.artifacts import save_bundle, write_current
     from recstack.data import load_dataset
     from recstack.evaluation import leave_one_out
@@ -291,6 +298,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
     feats = build_features(split, config.max_len)
     catalog = Catalog.of(dataset, split, feats)
     valid_users = validation_sample(split, config.valid_users, config.seed)
+    main = dist is None or dist.main
     logger.info(
         "%s: %d users, %d items, %d training rows; profile %s; validation on %s users",
         data_spec,
@@ -320,8 +328,8 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
         indexes.update(built)
 
     for group in (first, rankers):
-        if group is rankers and rankers and "two_tower" in trained:
-            configure_retrieval()
+        if group is rankers and rankers and "two_tower" in trained and main:
+            configure_retrieval()  # the rankers' candidates serve their evaluation: rank 0 only
             candidates = ranker_candidates(
                 catalog.bundle(trained, serving, indexes), split, feats, config.retrieve_n, valid_users
             )
@@ -329,12 +337,14 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
             Job(n, config.models[n], trainer_config(config.models[n], config), candidates, dict(trained))
             for n in sorted(group, key=lambda m: COST_ORDER.index(m))
         ]
-        done = train_models(jobs, split, feats, valid_users, config.seed, config.jobs, config.threads)
+        done = train_models(
+            jobs, split, feats, valid_users, config.seed, config.jobs, config.threads, dist=dist
+        )
         for name in group:
             module, result = done[name]
             trained[name] = module
             records[name] = _fit_record(result)
-            if name in RANKERS and candidates is not None:
+            if name in RANKERS and "two_tower" in trained:
                 records[name]["over"] = f"retrieval candidates ({config.retrieve_n})"
             logger.info(
                 "%s test %s (%.1f s, stopped by %s)",
@@ -343,6 +353,8 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
                 result.train_seconds,
                 result.stopped_by,
             )
+    if not main:  # rank 0 configures, evaluates and writes the bundle
+        return Path(dist.broadcast(None))
     if "two_tower" in trained and "retrieval" not in serving:
         configure_retrieval()
     metrics: dict = {
@@ -355,6 +367,8 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
         "data_stats": stats.to_dict(),
         "models": records,
     }
+    if dist is not None:
+        metrics["distributed"] = dist.describe()
     warnings = [
         f"{n} was stopped by the wall-clock safety net"
         for n, r in records.items()
@@ -391,7 +405,10 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig) -> Path:
             "params": config.params,
             "stopped_by": {n: r["stopped_by"] for n, r in records.items()},
             "warnings": warnings,
+            **({"distributed": dist.describe()} if dist is not None else {}),
         },
     )
     write_current(Path(out), vdir.name)
+    if dist is not None:
+        dist.broadcast(str(vdir))
     return vdir

@@ -27,6 +27,7 @@ plans are in :mod:`recstack.training.profiles`) and ``trainer_overrides()``, the
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -248,6 +249,7 @@ class _SequentialTask:
         self.steps_per_epoch = steps_per_epoch
         self.loss_items = loss_items
         self.crop = crop
+        self.train_seqs = split.train_seqs  # what the windows are cut from (a worker's shard: its users')
         self.window_length = 0  # set by the subclass with its windows
         self.windows = np.zeros((0, 2), dtype=np.int64)
         self._queue = np.zeros((0, 2), dtype=np.int64)
@@ -255,7 +257,7 @@ class _SequentialTask:
 
     def _set_windows(self, length: int) -> None:
         self.window_length = length
-        self.windows = training_windows(self.split.train_seqs, length)
+        self.windows = training_windows(self.train_seqs, length)
         self._queue = np.zeros((0, length), dtype=np.int64)
         kind = "random crops" if self.crop else "windows"
         logger.info("%s: %d training %s of %d items per pass", self.name, len(self.windows), kind, length)
@@ -263,9 +265,7 @@ class _SequentialTask:
     def _pass_windows(self, rng: np.random.Generator) -> np.ndarray:
         """The windows of one pass over the data, shuffled: the fixed ``windows`` or, with
         ``crop``, windows ending at random points of each sequence (:func:`cropped_windows`)."""
-        windows = (
-            cropped_windows(self.split.train_seqs, self.window_length, rng) if self.crop else self.windows
-        )
+        windows = cropped_windows(self.train_seqs, self.window_length, rng) if self.crop else self.windows
         return windows[rng.permutation(len(windows))]
 
     def _window_batches(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -286,6 +286,18 @@ class _SequentialTask:
             batch = rows[start : start + self.batch_size]
             first = int(np.argmax((batch != 0).any(axis=0)))
             yield batch[:, first:]
+
+    def shard(self, keep: np.ndarray, world: int) -> None:
+        """Train on the sequences of the users in ``keep`` (a mask over user indices) with batches
+        ``1/world`` the size (distributed training: the workers' batches add up to one step's)."""
+        empty = np.zeros(0, dtype=np.int64)
+        self.train_seqs = [s if keep[u] else empty for u, s in enumerate(self.split.train_seqs)]
+        self.batch_size = math.ceil(self.batch_size / world)
+        self._set_windows(self.window_length)
+
+    def batch_weight(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """Target positions of a batch: what its loss averages over."""
+        return int((batch[1] != 0).sum())
 
     def softmax_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """CE of hidden states (B, L, D) against targets (B, L) (0 = ignore), full or sampled."""

@@ -6,6 +6,7 @@ returns [B, n_items + 1] scores (column 0 = padding) for the evaluation protocol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.n
         yield perm[s : s + batch_size]
 
 
+def _shard_rows(user: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Indices of the rows whose user is in ``keep`` (a mask over user indices)."""
+    return np.flatnonzero(keep[user])
+
+
 def _positive_pairs(feats: SplitFeatures) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) training pairs as two int64 arrays."""
     ex = feats.examples
@@ -97,10 +103,19 @@ class TwoTowerTask:
         counts = feats.item_counts.astype(np.float64) + 1.0
         self.log_q = torch.from_numpy(np.log(counts / counts.sum())).float()
         self.max_len = model.cfg.max_len
+        self.rows: np.ndarray | None = None  # training rows of this worker (None: all)
+
+    def shard(self, keep: np.ndarray, world: int) -> None:
+        """Train on the rows of the users in ``keep`` with batches ``1/world`` the size."""
+        self.rows = _shard_rows(self.feats.examples.user, keep)
+        self.cfg = dataclasses.replace(self.cfg, batch_size=math.ceil(self.cfg.batch_size / world))
 
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         ex = self.feats.examples
-        for rows in _batches(len(ex), self.cfg.batch_size, rng):
+        n = len(ex) if self.rows is None else len(self.rows)
+        for rows in _batches(n, self.cfg.batch_size, rng):
+            if self.rows is not None:
+                rows = self.rows[rows]
             users = ex.user[rows].copy()
             if self.cfg.user_dropout > 0:
                 users[rng.random(len(rows)) < self.cfg.user_dropout] = 0
@@ -170,11 +185,20 @@ class RankerTask:
         self.sampler = NegativeSampler(
             feats.n_items, feats.item_counts, self.cfg.neg_power, _user_items(feats)
         )
+        self.rows: np.ndarray | None = None  # training rows of this worker (None: all)
+
+    def shard(self, keep: np.ndarray, world: int) -> None:
+        """Train on the rows of the users in ``keep`` with batches ``1/world`` the size."""
+        self.rows = _shard_rows(self.feats.examples.user, keep)
+        self.cfg = dataclasses.replace(self.cfg, batch_size=math.ceil(self.cfg.batch_size / world))
 
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         ex = self.feats.examples
         k = self.cfg.n_negatives
-        for rows in _batches(len(ex), self.cfg.batch_size, rng):
+        n = len(ex) if self.rows is None else len(self.rows)
+        for rows in _batches(n, self.cfg.batch_size, rng):
+            if self.rows is not None:
+                rows = self.rows[rows]
             users = ex.user[rows]
             neg = self.sampler.sample(users, k, rng)  # [B, k]
             items = np.concatenate([ex.item[rows][:, None], neg], axis=1)  # [B, 1 + k], positive first
@@ -248,6 +272,12 @@ class BPRTask:
             feats.n_items, feats.item_counts, self.cfg.neg_power, _user_items(feats)
         )
 
+    def shard(self, keep: np.ndarray, world: int) -> None:
+        """Train on the pairs of the users in ``keep`` with batches ``1/world`` the size."""
+        rows = _shard_rows(self.users, keep)
+        self.users, self.items = self.users[rows], self.items[rows]
+        self.cfg = dataclasses.replace(self.cfg, batch_size=math.ceil(self.cfg.batch_size / world))
+
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         for rows in _batches(len(self.users), self.cfg.batch_size, rng):
             u = self.users[rows]
@@ -285,6 +315,12 @@ class NeuMFTask:
         self.sampler = NegativeSampler(
             feats.n_items, feats.item_counts, self.cfg.neg_power, _user_items(feats)
         )
+
+    def shard(self, keep: np.ndarray, world: int) -> None:
+        """Train on the pairs of the users in ``keep`` with batches ``1/world`` the size."""
+        rows = _shard_rows(self.users, keep)
+        self.users, self.items = self.users[rows], self.items[rows]
+        self.cfg = dataclasses.replace(self.cfg, batch_size=math.ceil(self.cfg.batch_size / world))
 
     def batches(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         k = self.cfg.n_negatives

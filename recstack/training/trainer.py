@@ -17,6 +17,7 @@ Optional task hooks (used when present, never required):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from recstack.evaluation import Split
+    from recstack.training.distributed import Dist
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +182,7 @@ def fit(
     cfg: TrainerConfig,
     valid_users: np.ndarray | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    dist: Dist | None = None,
 ) -> FitResult:
     """Train ``task.model`` with early stopping on validation NDCG@10; return the best checkpoint's metrics.
 
@@ -191,6 +194,10 @@ def fit(
     Deterministic for a given ``cfg.seed`` (and thread count) when the model was built after
     ``seed_everything(cfg.seed)`` (initial weights come from torch's global generator).
     The model holds the best weights on return.
+
+    ``dist`` (a torchrun worker, :mod:`recstack.training.distributed`): the task already trains on
+    this worker's shard; the model starts from rank 0's weights, gradients are averaged over the
+    workers after each backward, rank 0 evaluates and every worker follows its decisions.
     """
     cfg.validate()
     seed_everything(cfg.seed)
@@ -198,6 +205,10 @@ def fit(
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     model = task.model
+    if dist is not None:
+        dist.broadcast_module(model)
+        rng = np.random.default_rng(dist.seed(cfg.seed))
+        torch.manual_seed(dist.seed(cfg.seed))  # dropout, sampled negatives: per worker
     if hasattr(task, "configure_optimizer"):
         optimizer = task.configure_optimizer(cfg)
     else:
@@ -205,6 +216,12 @@ def fit(
         if not params:
             raise TrainingError(f"task {task.name!r}: the model has no trainable parameters")
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sync = None
+    if dist is not None:
+        from recstack.training.distributed import GradSync
+
+        sync = GradSync([p for p in model.parameters() if p.requires_grad], dist)
+    evaluates = dist is None or dist.main
     ckpt_path = None
     if cfg.checkpoint_dir is not None:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -225,24 +242,38 @@ def fit(
                 task.on_epoch_start(epoch)
             model.train()
             total, n_batches = 0.0, 0
+            batches = task.batches(epoch, rng)
+            if sync is not None:  # a worker out of batches takes part with none until all are
+                batches = itertools.chain(batches, itertools.repeat(None))
             bar = tqdm(
-                task.batches(epoch, rng),
+                batches,
                 desc=f"{task.name} epoch {epoch + 1}/{cfg.epochs}",
-                disable=not cfg.progress,
+                disable=not cfg.progress or not evaluates,
                 leave=False,
                 mininterval=0.5,
             )
             for batch in bar:
                 optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"task {task.name!r}: loss became {loss.item()} at epoch {epoch + 1}; "
-                        f"lower the learning rate (now {cfg.lr})"
-                    )
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
+                if batch is not None:
+                    loss = task.loss(batch)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"task {task.name!r}: loss became {loss.item()} at epoch {epoch + 1}; "
+                            f"lower the learning rate (now {cfg.lr})"
+                        )
+                    loss.backward()
+                if sync is not None:
+                    from recstack.training.distributed import batch_weight
+
+                    mine = batch_weight(task, batch) if batch is not None else 0.0
+                    weight, step_loss = sync.reduce(mine, float(loss.detach()) if batch is not None else 0.0)
+                    if weight == 0:
+                        break
+                    optimizer.step()
+                    total += step_loss
+                else:
+                    optimizer.step()
+                    total += float(loss.detach())
                 n_batches += 1
                 if n_batches % 20 == 0:
                     bar.set_postfix(loss=f"{total / n_batches:.4f}", ndcg10=f"{last_ndcg:.4f}")
@@ -254,15 +285,19 @@ def fit(
             }
             is_last = epoch + 1 == cfg.epochs
             out_of_time = cfg.max_minutes is not None and record["seconds"] > 60 * cfg.max_minutes
+            if dist is not None:
+                out_of_time = dist.broadcast(out_of_time)  # rank 0's clock decides for everyone
             if (epoch + 1) % cfg.eval_every == 0 or is_last or out_of_time:
-                valid = evaluate_task(task, split, "valid", valid_users)
+                valid = evaluate_task(task, split, "valid", valid_users) if evaluates else None
+                if dist is not None:
+                    valid = dist.broadcast(valid)
                 last_ndcg = valid[SELECTION_METRIC]
                 record["valid"] = valid
                 if last_ndcg > best_score:
                     best_score, best_epoch, best_valid = last_ndcg, epoch + 1, valid
                     best_state = _clone_state(model)
                     bad_evals = 0
-                    if ckpt_path is not None:
+                    if ckpt_path is not None and evaluates:
                         torch.save(best_state, ckpt_path)
                 else:
                     bad_evals += 1
@@ -276,7 +311,7 @@ def fit(
                 record["loss"],
                 last_ndcg,
             )
-            if cfg.progress:
+            if cfg.progress and evaluates:
                 tqdm.write(
                     f"{task.name} epoch {epoch + 1}: loss {record['loss']:.4f} valid NDCG@10 {last_ndcg:.4f}"
                 )
@@ -298,7 +333,9 @@ def fit(
                 break
         model.load_state_dict(best_state)
         train_seconds = time.perf_counter() - start
-        test = evaluate_task(task, split, "test")
+        test = evaluate_task(task, split, "test") if evaluates else None
+        if dist is not None:
+            test = dist.broadcast(test)
     return FitResult(
         name=task.name,
         best_epoch=best_epoch,

@@ -48,10 +48,8 @@ def _render_command(target: Path) -> list[str]:
     pytest.skip(message)
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        _render_command(K8S / "overlays" / overlay), capture_output=True, text=True, timeout=60
-    )
+def render(overlay: str, root: Path = K8S / "overlays") -> list[dict[str, Any]]:
+    done = subprocess.run(_render_command(root / overlay), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
@@ -182,3 +180,40 @@ def test_gateway_mounts_the_experiments_file(rendered: tuple[str, list[dict[str,
             assert all("configMap" not in v for v in pod.get("volumes", [])), name
             for c in pod["containers"]:
                 assert "RECSTACK_EXPERIMENTS" not in {e["name"] for e in c.get("env", [])}, name
+
+
+def test_distributed_training_job_runs_one_torchrun_worker_per_indexed_pod() -> None:
+    docs = render("train-distributed", K8S)
+    assert {d["kind"] for d in docs} == {"Job", "Service"}
+    assert all(d["apiVersion"] in ALLOWED_API_VERSIONS for d in docs)
+    (job,) = by_kind(docs, "Job").values()
+    (service,) = by_kind(docs, "Service").values()
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    n = int(env["NNODES"]["value"])
+    assert n >= 2 and spec["completions"] == spec["parallelism"] == n
+    # Rank = the pod's completion index; rank 0's stable name (headless Service) is the rendezvous.
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    args = container["args"]
+    assert args[0] == "torchrun" and args[args.index("-m") + 1 :][:2] == ["recstack.cli", "train"]
+    opts = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    assert opts["--nnodes"] == "$(NNODES)" and opts["--node-rank"] == "$(NODE_RANK)"
+    assert opts["--master-addr"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(opts["--master-port"]) in {p["port"] for p in service["spec"]["ports"]}
+    assert opts["--out"] == "/artifacts" and "--data" in opts
+    assert container["image"].startswith("recstack:")
+    # It trains into the bundle volume and reads the config of the namespace it is applied to.
+    dev = render("dev")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["recstack-artifacts"] and "recstack-artifacts" in by_kind(dev, "PersistentVolumeClaim")
+    assert {"configMapRef": {"name": "recstack-config"}} in container["envFrom"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/artifacts" in mounts
