@@ -12,10 +12,10 @@ overrides the caller's default. Measured on 2 cores with ``recstack bench serve`
 services serve more with ``thread`` (their loop keeps accepting the next batch during a forward
 pass); the in-process gateway, one process per core, spends about a quarter less CPU per request
 ``inline`` (no thread hand-off, futures or GIL switches), so ``InProcessStages`` defaults to it.
-The queue is bounded: beyond ``max_queue`` waiting requests a call
-raises :class:`Overloaded` at once (the servicer maps it to RESOURCE_EXHAUSTED) instead of letting
-every request time out. When a batch fails, its requests are retried one by one, so a bad request
-fails alone with its own error.
+
+The queue is bounded: beyond ``max_queue`` waiting requests a call raises :class:`Overloaded` at
+once (the servicer maps it to RESOURCE_EXHAUSTED) instead of letting every request time out. When a
+batch fails, its requests are retried one by one, so a bad request fails alone with its own error.
 """
 
 from __future__ import annotations

@@ -139,22 +139,14 @@ class RecommendState:
                     keep[i] = True
                 seen.add(item)
             kept = [item for item, k in zip(items, keep, strict=True) if k]
-        if self.components:
-            if kept == self.candidates:
-                moved_idx = None
-            else:
-                position = dict(zip(self.candidates, range(len(self.candidates)), strict=True))
-                moved_idx = np.fromiter(map(position.get, kept, repeat(-1)), dtype=np.int64, count=len(kept))
-            if moved_idx is not None:
-                found = moved_idx >= 0
-                every = bool(found.all())
-                for name, values in self.components.items():
-                    if every:
-                        self.components[name] = values[moved_idx]
-                    else:
-                        moved = np.full(len(kept), np.nan)
-                        moved[found] = values[moved_idx[found]]
-                        self.components[name] = moved
+        if self.components and kept != self.candidates:  # carry earlier stages' scores over
+            position = dict(zip(self.candidates, range(len(self.candidates)), strict=True))
+            idx = np.fromiter(map(position.get, kept, repeat(-1)), dtype=np.int64, count=len(kept))
+            found = idx >= 0
+            for name, values in self.components.items():
+                moved = np.full(len(kept), np.nan)
+                moved[found] = values[idx[found]]
+                self.components[name] = moved
         for name, values in (components or {}).items():
             self.components[name] = np.asarray(values, dtype=np.float64)[keep]
         self.candidates = kept
