@@ -11,13 +11,18 @@ Items outside the catalogue have no genres / a zero embedding: similar to nothin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from recstack.diversity.dpp import dpp_greedy
-from recstack.diversity.metrics import cosine_similarity, intra_list_diversity, jaccard_similarity
+from recstack.diversity.metrics import (
+    cosine_similarity,
+    intra_list_diversity,
+    jaccard_similarity,
+)
 from recstack.diversity.mmr import mmr
 
 SIMILARITIES = ("jaccard", "cosine")
@@ -42,6 +47,10 @@ class CatalogSimilarity:
         item_index: Mapping[str, int] | None = None,
     ):
         self.genres = {str(k): list(v) for k, v in genres.items()}
+        # the catalogue's binary genre matrix [n + 1, G] (uint8), built once; row 0 (no genres)
+        # stands for items outside the catalogue
+        self._genre_row = {item: row for row, item in enumerate(self.genres, start=1)}
+        self._genre_matrix = _binary_genres(self.genres.values())
         self.embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float64)
         self.item_index = dict(item_index or {})
         if self.embeddings is not None and self.embeddings.ndim != 2:
@@ -65,7 +74,8 @@ class CatalogSimilarity:
     def matrix(self, items: Sequence[str], kind: str = "jaccard") -> np.ndarray:
         """Similarity [N, N] of ``items`` with ``kind`` "jaccard" or "cosine"."""
         if kind == "jaccard":
-            return jaccard_similarity([self.genres.get(x, []) for x in items])
+            rows = np.fromiter(map(self._genre_row.get, items, repeat(0)), dtype=np.int64, count=len(items))
+            return jaccard_similarity(self._genre_matrix[rows])
         if kind == "cosine":
             if self.embeddings is None:
                 raise SimilarityUnavailableError(
@@ -83,6 +93,20 @@ class CatalogSimilarity:
         if len(items) < 2:
             return 0.0
         return intra_list_diversity(np.arange(len(items)), self.matrix(items, "jaccard"))
+
+
+def _binary_genres(genre_lists: Iterable[Sequence[str]]) -> np.ndarray:
+    """[1 + N, G] uint8: row 0 zeros, row i + 1 the genres of the i-th list (G >= 1)."""
+    lists = list(genre_lists)
+    column: dict[str, int] = {}
+    rows, cols = [], []
+    for row, genres in enumerate(lists, start=1):
+        for g in genres:
+            rows.append(row)
+            cols.append(column.setdefault(g, len(column)))
+    out = np.zeros((len(lists) + 1, max(len(column), 1)), dtype=np.uint8)
+    out[rows, cols] = 1
+    return out
 
 
 def diversify(scores: np.ndarray, sim: np.ndarray, k: int, method: str, lam: float) -> np.ndarray:

@@ -49,17 +49,23 @@ def merge_ranked(
     minimum over sources with share > 0 of (rank + 1) / share; equal keys keep the order of first
     appearance (sources in ``ranked`` order). Returns (items int64 [<= n], keys float64 [<= n]).
     """
-    best: dict[int, float] = {}
-    for name, items in ranked.items():
-        share = float(shares.get(name, 0.0))
-        if share <= 0:
-            continue
-        for r, item in enumerate(items.tolist()):
-            key = (r + 1) / share
-            if key < best.get(item, math.inf):
-                best[item] = key
-    order = sorted(best, key=best.__getitem__)[:n]
-    return np.asarray(order, dtype=np.int64), np.asarray([best[i] for i in order], dtype=np.float64)
+    parts = [
+        (np.asarray(items, dtype=np.int64), float(shares.get(name, 0.0))) for name, items in ranked.items()
+    ]
+    parts = [(items, share) for items, share in parts if share > 0 and len(items)]
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    if len(parts) == 1:  # one source: its own order, keys (rank + 1) / share
+        items, share = parts[0]
+        items = items[:n]
+        return items.copy(), np.arange(1, len(items) + 1, dtype=np.float64) / share
+    every = np.concatenate([items for items, _ in parts])
+    keys = np.concatenate([np.arange(1, len(items) + 1, dtype=np.float64) / share for items, share in parts])
+    unique, first, inverse = np.unique(every, return_index=True, return_inverse=True)
+    best = np.full(len(unique), np.inf)
+    np.minimum.at(best, inverse, keys)
+    order = np.lexsort((first, best))[:n]  # by key, ties by first appearance
+    return unique[order], best[order]
 
 
 def merged_score(keys: np.ndarray) -> np.ndarray:
@@ -225,7 +231,7 @@ class Retriever:
         excludes = excludes if excludes is not None else [()] * len(users)
         if len(excludes) != len(users):
             raise ValueError(f"excludes has {len(excludes)} entries for {len(users)} users")
-        ex_idx = [set(self.bundle.item_map.index(e).tolist()) - {0} for e in excludes]
+        ex_idx = [np.unique(idx[idx > 0]) for idx in (self.bundle.item_map.index(e) for e in excludes)]
         k = min(self.n_items, n + max((len(e) for e in ex_idx), default=0))
         vectors = {name: source.user_vectors(users, self.bundle) for name, source in self.sources.items()}
         row_shares = [
@@ -242,7 +248,8 @@ class Retriever:
                 continue
             _, ids = source.index.search(vec[rows], k)
             for row, found in zip(rows.tolist(), ids, strict=True):
-                ranked[row][name] = np.asarray(
-                    [i for i in found.tolist() if i > 0 and i not in ex_idx[row]][:n], dtype=np.int64
-                )
+                keep = found > 0
+                if len(ex_idx[row]):
+                    keep &= ~np.isin(found, ex_idx[row])
+                ranked[row][name] = found[keep][:n].astype(np.int64, copy=False)
         return vectors, ranked, row_shares

@@ -118,3 +118,17 @@ def test_coverage_window_counts_distinct_items_in_the_window() -> None:
     assert w.distinct(200.0) == 0
     with pytest.raises(ValueError, match="window_s and bucket_s must be > 0"):
         CoverageWindow(0)
+
+
+def test_catalog_jaccard_matrix_equals_the_pairwise_definition() -> None:
+    """The precomputed genre matrix gives the Jaccard of the items' genre lists; items outside the
+    catalogue or without genres are similar to nothing but themselves."""
+    from recstack.diversity.metrics import jaccard_similarity
+
+    genres = {"a": ["x", "y"], "b": ["y"], "c": [], "d": ["z", "x", "y"]}
+    items = ["d", "a", "unknown", "b", "c", "a"]
+    got = CatalogSimilarity(genres).matrix(items, "jaccard")
+    expected = jaccard_similarity([genres.get(i, []) for i in items])
+    np.testing.assert_allclose(got, expected)
+    assert got[0, 1] == 2 / 3 and got[2, 2] == 1.0 and got[2, 1] == 0.0
+    assert CatalogSimilarity({}).matrix(["p", "q"], "jaccard").tolist() == [[1.0, 0.0], [0.0, 1.0]]

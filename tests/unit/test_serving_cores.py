@@ -127,3 +127,29 @@ def test_ranker_ranks_unknown_items_last(bundle) -> None:
     ids, scores, probs = Ranker(bundle).rank(USER, ["bogus", "i1", "i3", "new"])
     assert sorted(ids[:2]) == ["i1", "i3"] and ids[2:] == ["bogus", "new"]  # upstream order kept
     assert scores[2] == scores[3] < scores[1] and probs["click"][2:].tolist() == [0.0, 0.0]
+
+
+def test_merge_ranked_matches_the_definition_on_random_lists() -> None:
+    """Min over sources of (rank + 1) / share, ties by first appearance (sources in order)."""
+    import math
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        ranked = {
+            s: rng.permutation(np.arange(1, 40))[: rng.integers(0, 25)]
+            for s in ("a", "b", "c")[: rng.integers(1, 4)]
+        }
+        shares = {s: float(rng.choice([0.0, 0.25, 0.5, 1.0])) for s in ranked}
+        n = int(rng.integers(1, 30))
+        best: dict[int, float] = {}
+        for name, items in ranked.items():
+            if shares[name] <= 0:
+                continue
+            for r, item in enumerate(items.tolist()):
+                key = (r + 1) / shares[name]
+                if key < best.get(item, math.inf):
+                    best[item] = key
+        expected = sorted(best, key=best.__getitem__)[:n]
+        items, keys = merge_ranked(ranked, shares, n)
+        assert items.tolist() == expected
+        np.testing.assert_allclose(keys, [best[i] for i in expected])
