@@ -1,0 +1,191 @@
+"""Stage replicas and traces across real processes.
+
+- Load balancing: two bandit processes behind one target ``ipv4:127.0.0.1:P1,127.0.0.1:P2``; the
+  gateway's client (GrpcBandit over ``recstack.rpc.client.insecure_channel``) spreads its calls
+  over both (their Prometheus counters), and after one replica is SIGKILLed no call fails.
+- Tracing: the gateway and the bandit service export OTLP to a receiver this test runs (the
+  opentelemetry-proto TraceService over grpc); the bandit's server span is in the trace of the
+  caller's traceparent, the child of the gateway's client span, under ``stage.bandit`` and
+  ``Recommend``.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from recstack.devstack.embedded import free_port
+from recstack.features.types import UserFeatures
+from recstack.rpc.backends import GrpcBandit
+from recstack.rpc.client import insecure_channel
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.procs import Service, metrics, service_env, service_stack, start_all, stop_all
+
+pytestmark = pytest.mark.integration
+
+N = 40
+
+
+def explore_ok(service: Service) -> int:
+    """The replica's count of successful Explore calls (its Prometheus counter)."""
+    pattern = re.compile(
+        r'^recstack_grpc_requests_total\{code="OK",method="Explore",service="recstack.v1.Bandit"\} (\S+)$',
+        re.M,
+    )
+    match = pattern.search(metrics(service))
+    return int(float(match.group(1))) if match else 0
+
+
+@pytest.fixture
+def bandit_replicas(small_bundle: Path, redis_url: str, tmp_path: Path) -> Iterator[list[Service]]:
+    replicas = []
+    for i in range(2):
+        port, mport = free_port(), free_port()
+        env = service_env("bandit", port, mport, small_bundle, redis_url)
+        replicas.append(Service("bandit", port, mport, env, tmp_path / f"bandit-{i}.log"))
+    try:
+        start_all(replicas)
+        yield replicas
+    finally:
+        stop_all(replicas)
+
+
+async def test_calls_are_balanced_over_replicas_and_survive_a_killed_one(
+    bandit_replicas: list[Service],
+) -> None:
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in bandit_replicas)
+    channel = insecure_channel(target)
+    bandit = GrpcBandit(channel, timeout_s=5.0)
+    items = [f"i{i}" for i in range(20)]
+    scores = np.linspace(1.0, 0.0, len(items))
+
+    async def explore() -> None:
+        result = await bandit.explore(UserFeatures("u1"), items, scores, 5, "thompson", 1)
+        assert len(result.items) == 5
+
+    try:
+        for _ in range(N):
+            await explore()
+        first = [explore_ok(r) for r in bandit_replicas]
+        assert sum(first) == N
+        assert min(first) >= N // 4, f"round_robin should spread the calls: {first}"
+
+        survivor, victim = bandit_replicas
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        failures = []
+        for _ in range(N):
+            try:
+                await explore()
+            except grpc.aio.AioRpcError as exc:
+                failures.append(f"{exc.code().name}: {exc.details()}")
+        assert failures == []
+        assert explore_ok(survivor) == first[0] + N
+    finally:
+        await channel.close()
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver that keeps every span with its service name."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, object]] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):  # noqa: ANN001, N802
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append(
+                            {
+                                "service": attrs.get("service.name", ""),
+                                "name": span.name,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent": span.parent_span_id.hex(),
+                                "kind": span.kind,
+                            }
+                        )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    servicer = Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, port
+    finally:
+        server.stop(0)
+
+
+def test_the_stage_server_span_continues_the_gateway_trace(
+    small_bundle: Path, redis_url: str, tmp_path: Path, receiver: tuple[Receiver, int]
+) -> None:
+    collector, port = receiver
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    services = service_stack(small_bundle, redis_url, tmp_path, stage_timeout_s=5, **otel)
+    gateway, bandit = services["gateway"], services["bandit"]
+    for stage in ("retrieval", "ranking", "rerank"):  # in the gateway: only the bandit is remote
+        gateway.env[f"{stage.upper()}_ADDR"] = "inprocess"
+    gateway.env["OTEL_SERVICE_NAME"] = "gateway-under-test"
+    try:
+        start_all([bandit, gateway])
+        trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+            reply = gateway_pb2_grpc.GatewayStub(channel).Recommend(
+                gateway_pb2.RecommendRequest(user_id="tracing-user", k=5), timeout=20, metadata=metadata
+            )
+        assert "bandit" in reply.stages, dict(reply.skipped)
+
+        def spans() -> dict[tuple[str, str], dict[str, object]]:
+            with collector.lock:
+                return {(s["service"], s["name"]): s for s in collector.spans if s["trace_id"] == trace_id}
+
+        wanted = {
+            ("gateway-under-test", "/recstack.v1.Gateway/Recommend"),
+            ("gateway-under-test", "Recommend"),
+            ("gateway-under-test", "stage.bandit"),
+            ("gateway-under-test", "/recstack.v1.Bandit/Explore"),
+            ("recstack.v1.Bandit", "/recstack.v1.Bandit/Explore"),
+        }
+        deadline = time.monotonic() + 20
+        while not wanted <= set(spans()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        got = spans()
+        assert wanted <= set(got), sorted(got)
+        server = got[("gateway-under-test", "/recstack.v1.Gateway/Recommend")]
+        root = got[("gateway-under-test", "Recommend")]
+        stage = got[("gateway-under-test", "stage.bandit")]
+        client = got[("gateway-under-test", "/recstack.v1.Bandit/Explore")]
+        remote = got[("recstack.v1.Bandit", "/recstack.v1.Bandit/Explore")]
+        assert server["parent"] == parent_id
+        assert root["parent"] == server["span_id"] and stage["parent"] == root["span_id"]
+        assert client["parent"] == stage["span_id"]
+        assert remote["parent"] == client["span_id"]
+        assert remote["kind"] == 2 and client["kind"] == 3  # SPAN_KIND_SERVER, SPAN_KIND_CLIENT
+        health = [s for s in collector.spans if "Health" in str(s["name"])]
+        assert health == []  # probes are not traced
+    finally:
+        stop_all([bandit, gateway])
