@@ -2,7 +2,8 @@
 
 - Load balancing: two bandit processes behind one target ``ipv4:127.0.0.1:P1,127.0.0.1:P2``; the
   gateway's client (GrpcBandit over ``recstack.rpc.client.insecure_channel``) spreads its calls
-  over both (their Prometheus counters), and after one replica is SIGKILLed no call fails.
+  over both (their Prometheus counters), and when one replica is SIGKILLed under concurrent calls
+  no call fails (the calls in flight on it are retried on the other).
 - Tracing: the gateway and the bandit service export OTLP to a receiver this test runs (the
   opentelemetry-proto TraceService over grpc); the bandit's server span is in the trace of the
   caller's traceparent, the child of the gateway's client span, under ``stage.bandit`` and
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -34,6 +36,7 @@ from tests.integration.procs import Service, metrics, service_env, service_stack
 pytestmark = pytest.mark.integration
 
 N = 40
+CONCURRENCY = 8
 
 
 def explore_ok(service: Service) -> int:
@@ -80,18 +83,29 @@ async def test_calls_are_balanced_over_replicas_and_survive_a_killed_one(
         assert sum(first) == N
         assert min(first) >= N // 4, f"round_robin should spread the calls: {first}"
 
+        # The replica dies while calls are in flight on it (8 concurrent callers): those calls
+        # fail UNAVAILABLE at the client and are retried on the survivor (the retry policy).
         survivor, victim = bandit_replicas
         assert victim.proc is not None
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(10)
-        failures = []
-        for _ in range(N):
-            try:
-                await explore()
-            except grpc.aio.AioRpcError as exc:
-                failures.append(f"{exc.code().name}: {exc.details()}")
+        failures: list[str] = []
+        done = 0
+
+        async def caller() -> None:
+            nonlocal done
+            while done < N:
+                done += 1
+                try:
+                    await explore()
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+                if done == N // 4:
+                    victim.proc.send_signal(signal.SIGKILL)
+
+        await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+        assert victim.proc.wait(10) == -signal.SIGKILL
         assert failures == []
-        assert explore_ok(survivor) == first[0] + N
+        after = explore_ok(survivor) - first[0]
+        assert N - N // 4 <= after <= N + CONCURRENCY
     finally:
         await channel.close()
 
