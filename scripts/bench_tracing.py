@@ -3,7 +3,7 @@ with instant fake backends (features, retrieval of 200 candidates, ranking, rera
 what is timed is the gateway's own work plus the spans.
 
 CPU time of the process per request (time.process_time, so other processes on a shared machine
-matter less); modes interleaved in rounds, the median round reported:
+matter less); modes interleaved in rounds, the median and the fastest round reported:
   off         recstack.tracing disabled (no OTEL_EXPORTER_OTLP_ENDPOINT): the production default
   api-noop    the OpenTelemetry API's no-op provider (what ungated API calls would cost)
   sdk-unsampled  an SDK TracerProvider whose sampler drops every trace (OTEL_TRACES_SAMPLER=always_off;
@@ -142,12 +142,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     results = asyncio.run(run(args.requests, args.rounds))
-    base = statistics.median(results["off"])
-    print(f"{'mode':<12} {'CPU us/request (median)':>30} {'overhead vs off':>16}  rounds")
+    base, base_min = statistics.median(results["off"]), min(results["off"])
+    print(f"{'mode':<13} {'median':>8} {'+vs off':>8} {'min':>8} {'+vs off':>8}   CPU us/request per round")
     for mode, values in results.items():
-        med = statistics.median(values)
-        spread = ", ".join(f"{v:.1f}" for v in values)
-        print(f"{mode:<13} {med:>29.1f} {med - base:>+15.1f}us  [{spread}]")
+        med, low = statistics.median(values), min(values)
+        spread = ", ".join(f"{v:.0f}" for v in values)
+        print(f"{mode:<13} {med:>8.1f} {med - base:>+8.1f} {low:>8.1f} {low - base_min:>+8.1f}   [{spread}]")
     print(f"off path's own calls (6 no-op span blocks): {disabled_primitives_us():.2f} CPU us/request")
 
 

@@ -12,9 +12,10 @@ Every channel gets a service config with the load-balancing policy ``RECSTACK_GR
 (``round_robin``, the default: each call goes to the next READY replica; ``pick_first``: one
 connection, all calls to the first reachable address) and a retry policy for the stage services'
 calls (all idempotent reads): a call that fails UNAVAILABLE (the replica died, its connection broke)
-is sent again, at most twice more, after 10-50 ms, to another replica while the call's own deadline
-lasts. Calls do not ``wait_for_ready``: with every replica down a stage fails at once and the chain
-degrades (recstack.serving.chain) instead of spending the stage's whole deadline waiting.
+is sent once more, after a random backoff of at most 5 ms, to the next ready replica while the
+call's own deadline lasts. Calls do not ``wait_for_ready``: with every replica down a stage fails
+within a few milliseconds (the one retry: ~7 ms measured, against ~0.1 ms without retries) and the
+chain degrades (recstack.serving.chain) instead of spending the stage's whole deadline waiting.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ RETRIED_SERVICES = (
     "recstack.v1.Bandit",
 )
 RETRY_POLICY = {
-    "maxAttempts": 3,
-    "initialBackoff": "0.01s",
-    "maxBackoff": "0.05s",
+    "maxAttempts": 2,
+    "initialBackoff": "0.005s",
+    "maxBackoff": "0.02s",
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
