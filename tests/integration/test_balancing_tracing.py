@@ -4,10 +4,11 @@
   gateway's client (GrpcBandit over ``recstack.rpc.client.insecure_channel``) spreads its calls
   over both (their Prometheus counters), and when one replica is SIGKILLed under concurrent calls
   no call fails (the calls in flight on it are retried on the other).
-- Tracing: the gateway and the bandit service export OTLP to a receiver this test runs (the
-  opentelemetry-proto TraceService over grpc); the bandit's server span is in the trace of the
-  caller's traceparent, the child of the gateway's client span, under ``stage.bandit`` and
-  ``Recommend``.
+- Tracing: the gateway, the bandit service and the feature stream export OTLP to a receiver this
+  test runs (the opentelemetry-proto TraceService over grpc); the bandit's server span is in the
+  trace of the caller's traceparent, the child of the gateway's client span, under
+  ``stage.bandit`` and ``Recommend``; the impression on Kafka carries the traceparent of its
+  ``impression.publish`` span, and the stream's ``stream.apply_batch`` span links to that span.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import asyncio
 import re
 import signal
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -27,11 +27,13 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from recstack.devstack.embedded import free_port
+from recstack.events.schema import parse_event
 from recstack.features.types import UserFeatures
 from recstack.rpc.backends import GrpcBandit
 from recstack.rpc.client import insecure_channel
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import Service, metrics, service_env, service_stack, start_all, stop_all
+from tests.integration.stream_support import read_topic, start_worker, stop_worker, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +133,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 "span_id": span.span_id.hex(),
                                 "parent": span.parent_span_id.hex(),
                                 "kind": span.kind,
+                                "links": [(x.trace_id.hex(), x.span_id.hex()) for x in span.links],
                             }
                         )
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -149,8 +152,13 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
         server.stop(0)
 
 
-def test_the_stage_server_span_continues_the_gateway_trace(
-    small_bundle: Path, redis_url: str, tmp_path: Path, receiver: tuple[Receiver, int]
+def test_one_trace_from_the_caller_to_the_stage_service_and_the_feature_stream(
+    small_bundle: Path,
+    redis_url: str,
+    kafka_broker: str,
+    kafka_topic: Callable[..., str],
+    tmp_path: Path,
+    receiver: tuple[Receiver, int],
 ) -> None:
     collector, port = receiver
     otel = {
@@ -158,11 +166,21 @@ def test_the_stage_server_span_continues_the_gateway_trace(
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
+    topic = kafka_topic(prefix="traced-events")
     services = service_stack(small_bundle, redis_url, tmp_path, stage_timeout_s=5, **otel)
     gateway, bandit = services["gateway"], services["bandit"]
     for stage in ("retrieval", "ranking", "rerank"):  # in the gateway: only the bandit is remote
         gateway.env[f"{stage.upper()}_ADDR"] = "inprocess"
-    gateway.env["OTEL_SERVICE_NAME"] = "gateway-under-test"
+    gateway.env.update(
+        OTEL_SERVICE_NAME="gateway-under-test",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_broker,
+        RECSTACK_EVENTS_TOPIC=topic,
+    )
+    stream_log = tmp_path / "stream.log"
+    stream_env = worker_env(
+        kafka_broker, topic, kafka_topic(prefix="dlq"), redis_url, small_bundle, free_port(), **otel
+    )
+    stream = start_worker(stream_env, stream_log)
     try:
         start_all([bandit, gateway])
         trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -182,24 +200,41 @@ def test_the_stage_server_span_continues_the_gateway_trace(
             ("gateway-under-test", "Recommend"),
             ("gateway-under-test", "stage.bandit"),
             ("gateway-under-test", "/recstack.v1.Bandit/Explore"),
+            ("gateway-under-test", "impression.publish"),
             ("recstack.v1.Bandit", "/recstack.v1.Bandit/Explore"),
         }
-        deadline = time.monotonic() + 20
-        while not wanted <= set(spans()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        got = spans()
-        assert wanted <= set(got), sorted(got)
+        got = wait_for(lambda: spans() if wanted <= set(spans()) else None, "the spans", stream, stream_log)
         server = got[("gateway-under-test", "/recstack.v1.Gateway/Recommend")]
         root = got[("gateway-under-test", "Recommend")]
         stage = got[("gateway-under-test", "stage.bandit")]
         client = got[("gateway-under-test", "/recstack.v1.Bandit/Explore")]
         remote = got[("recstack.v1.Bandit", "/recstack.v1.Bandit/Explore")]
+        publish = got[("gateway-under-test", "impression.publish")]
         assert server["parent"] == parent_id
         assert root["parent"] == server["span_id"] and stage["parent"] == root["span_id"]
         assert client["parent"] == stage["span_id"]
         assert remote["parent"] == client["span_id"]
         assert remote["kind"] == 2 and client["kind"] == 3  # SPAN_KIND_SERVER, SPAN_KIND_CLIENT
-        health = [s for s in collector.spans if "Health" in str(s["name"])]
+        assert publish["parent"] == root["span_id"]
+
+        # the impression on the topic names the publish span; the stream's batch span links to it
+        (record,) = asyncio.run(read_topic(kafka_broker, topic, 1))
+        event = parse_event(record.value)
+        assert event.request_id == reply.request_id
+        assert event.context["traceparent"].startswith(f"00-{trace_id}-{publish['span_id']}-")
+
+        def stream_span() -> dict[str, object] | None:
+            with collector.lock:
+                for s in collector.spans:
+                    if s["name"] == "stream.apply_batch" and (trace_id, publish["span_id"]) in s["links"]:
+                        return s
+            return None
+
+        batch = wait_for(stream_span, "the stream's linked span", stream, stream_log)
+        assert batch["service"] == "recstack-feature-stream"
+        with collector.lock:
+            health = [s for s in collector.spans if "Health" in str(s["name"])]
         assert health == []  # probes are not traced
     finally:
+        stop_worker(stream)
         stop_all([bandit, gateway])
