@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import grpc
 
 from recstack.logging import current_request_id
+from recstack.rpc.balancing import channel_options, check_target
 from recstack.rpc.server import REQUEST_ID_METADATA
+from recstack.rpc.tracing import client_interceptors
 
 Resp = TypeVar("Resp")
 
@@ -27,21 +29,19 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
-class AddressError(ValueError):
-    """A service address is not of the form host:port."""
-
-
 def check_address(address: str, variable: str) -> str:
-    """Return ``address`` if it looks like host:port, else raise AddressError naming ``variable``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise AddressError(f"{variable} must be host:port (e.g. localhost:50052), got {address!r}")
-    return address
+    """Return ``address`` if it is a gRPC target (host:port, dns:///host:port, ipv4:a:p,b:p ...; see
+    recstack.rpc.balancing), else raise AddressError naming ``variable``."""
+    return check_target(address, variable)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
-    """An aio channel with keepalive and fast reconnect; close it with ``await channel.close()``."""
-    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    """An aio channel with keepalive, fast reconnect, RECSTACK_GRPC_LB load balancing over the
+    target's addresses, retries of UNAVAILABLE and, while tracing is on, trace propagation; close
+    it with ``await channel.close()``."""
+    return grpc.aio.insecure_channel(
+        address, options=[*CHANNEL_OPTIONS, *channel_options()], interceptors=client_interceptors()
+    )
 
 
 def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ...]:

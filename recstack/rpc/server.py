@@ -36,8 +36,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from recstack import tracing
 from recstack.logging import configure_logging, new_request_id, reset_request_id, set_request_id
 from recstack.rpc.settings import ServiceSettings
+from recstack.rpc.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +213,7 @@ async def serve(
     _check_port_free("0.0.0.0", settings.metrics_port, "metrics", "RECSTACK_METRICS_PORT")
 
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()],
+        interceptors=[MetricsInterceptor(), *server_interceptors()],
         options=[("grpc.so_reuseport", 1 if shared else 0)],
     )
     health_servicer = health.aio.HealthServicer()
@@ -292,6 +294,7 @@ def run(
 ) -> int:
     """Configure JSON logging, run ``serve()`` and map start-up failures to exit code 2."""
     configure_logging(settings.log_level)
+    tracing.configure(service_name)
     try:
         return asyncio.run(serve(register, service_name, settings, load, on_stop=on_stop))
     except ServeError as exc:

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from recstack import tracing
 from recstack.experiments.assignment import PipelineConfig
 from recstack.exploration.segments import request_segment
 from recstack.features.types import UserFeatures
@@ -194,6 +195,21 @@ class Chain:
 
     async def run_stage(self, stage: Stage, state: RecommendState) -> bool:
         """Run one stage; return True when it ran, False when it failed or timed out."""
+        with tracing.span(f"stage.{stage.name}") as span:
+            outcome = await self._run_stage(stage, state)
+            if outcome != "ok" and span.is_recording():
+                span.set_attribute("recstack.outcome", outcome)
+                span.set_status(tracing.StatusCode.ERROR, state.skipped[stage.name])
+        if outcome == "ok":
+            state.stages_ran.append(stage.name)
+            return True
+        STAGE_SKIPPED.labels(stage.name).inc()
+        if outcome != "deadline":
+            log.warning("stage %s skipped: %s", stage.name, state.skipped[stage.name])
+        return False
+
+    async def _run_stage(self, stage: Stage, state: RecommendState) -> str:
+        """Run one stage under its deadline; the outcome: ok, error, timeout or deadline."""
         start = time.perf_counter()
         outcome = "ok"
         timeout_s = stage.timeout_s
@@ -201,8 +217,7 @@ class Chain:
             timeout_s = min(timeout_s, state.deadline - asyncio.get_running_loop().time())
             if timeout_s <= 0:
                 state.mark_degraded(stage.name, "request deadline reached")
-                STAGE_SKIPPED.labels(stage.name).inc()
-                return False
+                return "deadline"
         try:
             async with asyncio.timeout(timeout_s):
                 await stage(state)
@@ -214,12 +229,7 @@ class Chain:
             state.mark_degraded(stage.name, _reason(exc))
         finally:
             STAGE_LATENCY.labels(stage.name, outcome).observe(time.perf_counter() - start)
-        if outcome == "ok":
-            state.stages_ran.append(stage.name)
-            return True
-        STAGE_SKIPPED.labels(stage.name).inc()
-        log.warning("stage %s skipped: %s", stage.name, state.skipped[stage.name])
-        return False
+        return outcome
 
     async def run(self, state: RecommendState) -> RecommendState:
         for stage in self.stages:

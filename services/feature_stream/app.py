@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from recstack import tracing
 from recstack.artifacts.layout import read_current
 from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
@@ -192,6 +193,7 @@ def declare_topics(settings: StreamSettings) -> None:
 def run_worker(settings: StreamSettings | None = None) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the exit code (0 on a clean stop)."""
     settings = settings or StreamSettings()
+    tracing.configure("recstack-feature-stream")
     declare_topics(settings)
     app = create_app(settings)
     if settings.metrics_port:

@@ -35,6 +35,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from recstack import tracing
 from recstack.events.schema import InvalidEvent, UserEvent, parse_event
 from recstack.features.writer import ApplyResult, FeatureWriter
 from services.feature_stream import metrics
@@ -129,6 +130,16 @@ class BatchProcessor:
         self.max_backoff_s = max_backoff_s
 
     async def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+        if not tracing.enabled():
+            return await self._process(messages)
+        with tracing.span("stream.apply_batch", {"recstack.messages": len(messages)}) as span:
+            outcome = await self._process(messages, span)
+            span.set_attributes({"recstack.applied": outcome.applied, "recstack.invalid": outcome.invalid})
+            return outcome
+
+    async def _process(
+        self, messages: Sequence[RawMessage], span: tracing.Span | None = None
+    ) -> BatchOutcome:
         started = time.perf_counter()
         now = self.clock()
         valid: list[UserEvent] = []
@@ -141,6 +152,11 @@ class BatchProcessor:
             except InvalidEvent as exc:
                 invalid += 1
                 await self._dead_letter(message, exc.reason_code, exc.message)
+        if span is not None:  # each traced impression's span (the gateway's trace) is linked
+            for event in valid:
+                link = tracing.link_to(event.context.get(tracing.TRACEPARENT, ""))
+                if link is not None:
+                    span.add_link(link.context, {"recstack.event_id": event.event_id})
         result = await self._apply_isolating(
             valid, 0, [(f"{m.topic}:{m.partition}", m.offset) for m in sources]
         )

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge
 
+from recstack import tracing
 from recstack.diversity.catalog import CatalogSimilarity
 from recstack.events.producer import EventProducer
 from recstack.events.schema import new_event
@@ -99,7 +100,7 @@ def bundle_lists(bundle: Any) -> BundleLists:
     )
 
 
-RESERVED_CONTEXT = ("qa", "holdout", SEGMENT_CONTEXT_KEY)
+RESERVED_CONTEXT = ("qa", "holdout", SEGMENT_CONTEXT_KEY, tracing.TRACEPARENT)
 RESERVED_PREFIX = "ab."
 
 
@@ -119,11 +120,12 @@ def exposure_context(attributes: Mapping[str, str], resolution: Resolution) -> d
     return out
 
 
-def impression_context(state: RecommendState) -> dict[str, str]:
+def impression_context(state: RecommendState, traceparent: str = "") -> dict[str, str]:
     """The impression event's context: ``state.attributes`` (``exposure_context``) plus
-    ``bandit_segment`` when the request has a segment."""
+    ``bandit_segment`` when the request has a segment and ``traceparent`` (W3C) while tracing."""
     segment = state.bandit_segment
-    return {**state.attributes, SEGMENT_CONTEXT_KEY: segment} if segment else state.attributes
+    out = {**state.attributes, SEGMENT_CONTEXT_KEY: segment} if segment else state.attributes
+    return {**out, tracing.TRACEPARENT: traceparent} if traceparent else out
 
 
 class ImpressionPublisher:
@@ -181,6 +183,13 @@ class ImpressionPublisher:
     async def _send(self, state: RecommendState) -> None:
         token = set_request_id(state.request_id)
         try:
+            with tracing.span("impression.publish", kind=tracing.SpanKind.PRODUCER):
+                await self._send_event(state)
+        finally:
+            reset_request_id(token)
+
+    async def _send_event(self, state: RecommendState) -> None:
+        try:
             if not await self._ensure_started():
                 IMPRESSIONS.labels("failed").inc()
                 return
@@ -189,7 +198,7 @@ class ImpressionPublisher:
                 state.user_id,
                 "impression",
                 request_id=state.request_id,
-                context=impression_context(state),
+                context=impression_context(state, tracing.current_traceparent()),
                 items=list(state.candidates),
                 positions=list(range(len(state.candidates))),
                 propensities=[float(p) for p in state.served_propensities()],
@@ -202,8 +211,6 @@ class ImpressionPublisher:
         except Exception:
             IMPRESSIONS.labels("failed").inc()
             log.warning("impression for request %s not published", state.request_id, exc_info=True)
-        finally:
-            reset_request_id(token)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         if self._tasks:
@@ -254,8 +261,14 @@ class Recommender:
         """Raises RequestError / UnknownVariantError for invalid requests.
 
         time_remaining_s: the caller's remaining deadline; stages are cut to finish
-        ``DEADLINE_MARGIN_S`` before it.
+        ``DEADLINE_MARGIN_S`` before it. Traced as the span ``Recommend`` (recstack.tracing).
         """
+        with tracing.span("Recommend") as span:
+            return await self._recommend(request, time_remaining_s, span)
+
+    async def _recommend(
+        self, request: gateway_pb2.RecommendRequest, time_remaining_s: float | None, span: tracing.Span
+    ) -> gateway_pb2.RecommendResponse:
         start = time.perf_counter()
         try:
             validate_request(request)
@@ -295,6 +308,8 @@ class Recommender:
             scored_items(state.candidates, state.scores, state.components, state.served_propensities())
         )
         outcome = "degraded" if state.degraded else "ok"
+        if span.is_recording():
+            annotate(span, state)
         if self.monitor is not None:
             self.monitor.observe(state.candidates)
         count_request(resolution, outcome)
@@ -302,6 +317,24 @@ class Recommender:
         if self.impressions is not None:
             self.impressions.publish(state)
         return reply
+
+
+def annotate(span: tracing.Span, state: RecommendState) -> None:
+    """The ``Recommend`` span's attributes: the request id the gateway minted (never the user id),
+    k, the assignment, the stages that ran and those skipped (degraded)."""
+    span.set_attributes(
+        {
+            "recstack.request_id": state.request_id,
+            "recstack.k": state.k,
+            "recstack.variant": state.variant,
+            "recstack.experiment_id": state.experiment_id,
+            "recstack.known_user": state.known_user,
+            "recstack.items": len(state.candidates),
+            "recstack.stages": state.stages_ran,
+            "recstack.degraded": state.degraded,
+            "recstack.skipped": sorted(state.skipped),
+        }
+    )
 
 
 def count_request(resolution: Resolution, outcome: str) -> None:

@@ -17,6 +17,10 @@ class GatewaySettings(ModelServiceSettings):
     ranking_addr: str = Field("localhost:50053", validation_alias=env("RANKING_ADDR"))
     rerank_addr: str = Field("localhost:50054", validation_alias=env("RERANK_ADDR"))
     bandit_addr: str = Field("localhost:50055", validation_alias=env("BANDIT_ADDR"))
+    # Load-balancing policy over the addresses of a stage target (recstack/rpc/balancing.py).
+    grpc_lb: str = Field(
+        "round_robin", pattern="^(round_robin|pick_first)$", validation_alias=env("RECSTACK_GRPC_LB")
+    )
     redis_url: str = Field("redis://localhost:6379/0", validation_alias=env("REDIS_URL"))
     redis_prefix: str = Field("", validation_alias=env("RECSTACK_REDIS_PREFIX"))
     # Empty: impressions are not published.
