@@ -63,8 +63,7 @@ def default_bundle(path: Path = DEFAULT_BUNDLE, data: str = DEFAULT_DATA) -> Pat
 
 def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> list[str]:
     """Recent items for ``n_users`` users of the bundle (so that every stage runs); their ids."""
-    import redis
-
+    from recstack import redis_client
     from recstack.artifacts import load_bundle
     from recstack.features.keys import Keys
 
@@ -73,7 +72,7 @@ def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> 
     users = rng.sample(bundle.user_ids, min(n_users, len(bundle.user_ids)))
     items = bundle.item_map.ids
     keys = Keys()
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client.sync_redis(redis_url)
     try:
         pipe = client.pipeline(transaction=False)
         for user in users:

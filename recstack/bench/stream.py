@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import redis
-import redis.asyncio as aioredis
 
+from recstack import redis_client
 from recstack.data import load_dataset
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from recstack.events.producer import events_from_interactions
@@ -89,7 +88,7 @@ def fresh(events: list[UserEvent]) -> list[UserEvent]:
 
 async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> dict[str, float]:
     """Apply events in batches with one FeatureWriter; events/s and batch latency percentiles."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client.async_redis(redis_url, decode_responses=True)
     try:
         keys = Keys(f"bench-w-{uuid.uuid4().hex[:6]}:")  # the stream's writer: bandit rewards included
         writer = FeatureWriter(client, keys=keys, bandit_rewards=LinearRewardWriter(client, keys.prefix))
@@ -171,7 +170,7 @@ class Consumer:
             "RECSTACK_LOG_LEVEL": "warning",
         }
         self.prefix = env["RECSTACK_REDIS_PREFIX"]
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = redis_client.sync_redis(redis_url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", MODULES[mode]], cwd=REPO, env=env, stdout=out, stderr=out
         )

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from recstack.logging import current_request_id
+from recstack.rpc import tls
 from recstack.rpc.server import REQUEST_ID_METADATA
 
 Resp = TypeVar("Resp")
@@ -40,8 +41,9 @@ def check_address(address: str, variable: str) -> str:
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
-    """An aio channel with keepalive and fast reconnect; close it with ``await channel.close()``."""
-    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    """An aio channel with keepalive and fast reconnect; close it with ``await channel.close()``.
+    TLS (mTLS) when RECSTACK_TLS_CA is set (recstack/rpc/tls.py), despite the name."""
+    return tls.aio_channel(address, options=list(CHANNEL_OPTIONS))
 
 
 def request_metadata(request_id: str | None = None) -> tuple[tuple[str, str], ...]:

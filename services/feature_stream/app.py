@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from recstack import redis_client
 from recstack.artifacts.layout import read_current
 from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
@@ -86,7 +86,7 @@ def create_app(settings: StreamSettings) -> faust.App:
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client.async_redis(settings.redis_url, decode_responses=True)
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
