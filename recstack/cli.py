@@ -321,9 +321,9 @@ def events_produce_cmd(
             async with EventProducer(bootstrap, topic) as producer:
                 return await replay(events, producer, rate=rate, limit=limit, on_sent=bar.update)
 
-    try:
+    try:  # signed with RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE when both are set
         sent = asyncio.run(run())
-    except (ProducerError, ValueError) as exc:
+    except (ProducerError, ValueError) as exc:  # SigningConfigError, KafkaSecurityError are ValueErrors
         _fail(str(exc))
     typer.echo(f"sent {sent} events to {topic}")
 

@@ -47,6 +47,7 @@ import numpy as np
 from recstack import redis_client
 from recstack.data import load_dataset
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from recstack.events.kafka_security import aiokafka_kwargs
 from recstack.events.producer import events_from_interactions
 from recstack.events.schema import UserEvent, event_to_json, new_event
 from recstack.events.topics import ensure_topics
@@ -221,7 +222,7 @@ async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) 
     """Send all events (stamped now) and wait for the acks; returns partition -> its last event_id."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **aiokafka_kwargs())
     await producer.start()
     try:
         now = time.time()
@@ -243,7 +244,7 @@ async def _produce_paced(
     event_id."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, **aiokafka_kwargs())
     await producer.start()
     try:
         futures = []

@@ -10,7 +10,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from recstack import redis_client
+from recstack.events.kafka_security import KafkaSecurityError
 from recstack.events.producer import EventProducer
+from recstack.events.signing import SigningConfigError
 from recstack.experiments.config import ConfigWatcher, ExperimentConfigError, ExperimentsConfig
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
@@ -169,11 +171,14 @@ def main() -> int:
             diversity_window=settings.diversity_window,
             diversity_timeout_s=settings.diversity_timeout_s,
         )
-        producer = (
-            EventProducer(settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000)
-            if settings.kafka_bootstrap_servers
-            else None
-        )
+        try:  # signs impressions with RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE
+            producer = (
+                EventProducer(settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000)
+                if settings.kafka_bootstrap_servers
+                else None
+            )
+        except (SigningConfigError, KafkaSecurityError) as exc:
+            raise StartupError(str(exc)) from exc
         impressions = ImpressionPublisher(producer, max_pending=settings.impression_buffer)
         resources["impressions"] = impressions
         monitor = GatewayMonitor(
