@@ -173,7 +173,9 @@ def main() -> int:
         )
         try:  # signs impressions with RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE
             producer = (
-                EventProducer(settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000)
+                EventProducer(
+                    settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000
+                )
                 if settings.kafka_bootstrap_servers
                 else None
             )
