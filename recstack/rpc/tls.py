@@ -17,7 +17,7 @@ A file that is missing, unreadable or not PEM raises TlsError naming the variabl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,12 @@ def channel_credentials(settings: TlsSettings) -> grpc.ChannelCredentials | None
     if not settings.ca:
         raise TlsError("TLS clients need RECSTACK_TLS_CA (the CA that signed the servers' certificates)")
     ca = read_pem(settings.ca, "RECSTACK_TLS_CA")
-    cert_path = settings.client_cert or settings.cert
-    key_path = settings.client_key or settings.key
-    cert_var = "RECSTACK_TLS_CLIENT_CERT" if settings.client_cert else "RECSTACK_TLS_CERT"
-    key_var = "RECSTACK_TLS_CLIENT_KEY" if settings.client_key else "RECSTACK_TLS_KEY"
+    if settings.client_cert or settings.client_key:
+        cert_path, key_path = settings.client_cert, settings.client_key
+        cert_var, key_var = "RECSTACK_TLS_CLIENT_CERT", "RECSTACK_TLS_CLIENT_KEY"
+    else:
+        cert_path, key_path = settings.cert, settings.key
+        cert_var, key_var = "RECSTACK_TLS_CERT", "RECSTACK_TLS_KEY"
     if bool(cert_path) != bool(key_path):
         raise TlsError(f"{cert_var} and {key_var} must be set together")
     cert = key = None
@@ -134,6 +136,17 @@ def _options(settings: TlsSettings, options: Sequence[tuple[str, Any]]) -> list[
     if settings.server_name:
         out.append(("grpc.ssl_target_name_override", settings.server_name))
     return out
+
+
+def settings_from(environ: Mapping[str, str]) -> TlsSettings:
+    """TlsSettings of another process's environment (e.g. a child's), ignoring this one's."""
+    fields = {name: "" for name in TlsSettings.model_fields}
+    fields["client_auth"] = "false"
+    for name in TlsSettings.model_fields:
+        value = environ.get(f"RECSTACK_TLS_{name.upper()}")
+        if value is not None:
+            fields[name] = value
+    return TlsSettings(**fields)
 
 
 def load() -> TlsSettings:
