@@ -414,6 +414,11 @@ def bench_serve_cmd(
     modes: str = typer.Option("split,inprocess", "--modes", help="split and/or inprocess."),
     png: Path = typer.Option(Path("reports/bench/serve.png"), "--png", help="p99 against offered RPS."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="Also measure the stack with mTLS on every hop and API-key auth (stack_secure).",
+    ),
 ) -> None:
     """The chain under open-loop load at fixed rates, beside the floor of its transport."""
     import json
@@ -431,7 +436,7 @@ def bench_serve_cmd(
         _fail(f"--rates must be positive numbers, got {rates!r}")
     if not mode_list or set(mode_list) - {"split", "inprocess"}:
         _fail(f"--modes must be split and/or inprocess, got {modes!r}")
-    report = run(artifacts, rate_list, duration, mode_list)
+    report = run(artifacts, rate_list, duration, mode_list, secure=secure)
     report["plot"] = str(plot(report, png))
     if as_json:
         typer.echo(json.dumps(report, indent=1))
@@ -442,6 +447,11 @@ def bench_serve_cmd(
             f"{data['sustained_rps']['floor']:.0f}), capacity_ratio {data['capacity_ratio']}, "
             f"p99_ratio_at_100 {data.get('p99_ratio_at_100')}"
         )
+        if "secure_overhead_ms" in data:
+            typer.echo(
+                f"{mode} secure (mTLS + API key): sustained {data['sustained_rps']['stack_secure']:.0f} RPS, "
+                f"added latency by rate {data['secure_overhead_ms']}"
+            )
 
 
 @bench_app.command("doc")

@@ -17,6 +17,7 @@ A file that is missing, unreadable or not PEM raises TlsError naming the variabl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recstack.rpc.settings import env
+
+log = logging.getLogger(__name__)
 
 
 class TlsError(ValueError):
@@ -178,7 +181,10 @@ def sync_channel(
 
 def add_port(server: grpc.aio.Server, address: str, settings: TlsSettings | None = None) -> int:
     """Bind ``address``: add_secure_port when RECSTACK_TLS_CERT/KEY are set, else insecure."""
-    creds = server_credentials(settings or load())
+    settings = settings or load()
+    creds = server_credentials(settings)
     if creds is None:
+        log.info("gRPC on %s: plaintext (RECSTACK_TLS_CERT/KEY unset)", address)
         return server.add_insecure_port(address)
+    log.info("gRPC on %s: TLS%s", address, " with client certificates (mTLS)" if settings.client_auth else "")
     return server.add_secure_port(address, creds)

@@ -387,5 +387,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def interceptors(settings: AuthSettings | None = None) -> list[grpc.aio.ServerInterceptor]:
     """[AuthInterceptor] for the gateway's server, or [] with RECSTACK_AUTH_MODE=none."""
-    authenticator = build_authenticator(settings or AuthSettings())
-    return [AuthInterceptor(authenticator)] if authenticator is not None else []
+    settings = settings or AuthSettings()
+    authenticator = build_authenticator(settings)
+    if authenticator is None:
+        log.info("caller authentication off (RECSTACK_AUTH_MODE=none)")
+        return []
+    log.info("caller authentication: %s, rate limit %s requests/s per caller", settings.mode,
+             settings.rate_limit_rps or "no")  # fmt: skip
+    return [AuthInterceptor(authenticator)]
