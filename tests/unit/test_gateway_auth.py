@@ -208,3 +208,11 @@ async def test_interceptor_on_a_real_server_leaves_health_open(tmp_path: Path) -
 def test_limiter_is_the_settings_rate(tmp_path: Path) -> None:
     a = api_key_authenticator(tmp_path, rps=7, burst=3)
     assert isinstance(a.limiter, KeyedLimiter) and (a.limiter.rate, a.limiter.burst) == (7, 3)
+
+
+def test_cli_clients_send_credentials_from_the_environment() -> None:
+    from recstack.rpc.caller import caller_metadata
+
+    assert caller_metadata({}) == ()
+    assert caller_metadata({"RECSTACK_CLIENT_API_KEY": "k"}) == (("x-api-key", "k"),)
+    assert caller_metadata({"RECSTACK_CLIENT_TOKEN": "t"}) == (("authorization", "Bearer t"),)
