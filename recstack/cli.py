@@ -321,9 +321,9 @@ def events_produce_cmd(
             async with EventProducer(bootstrap, topic) as producer:
                 return await replay(events, producer, rate=rate, limit=limit, on_sent=bar.update)
 
-    try:
+    try:  # signed with RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE when both are set
         sent = asyncio.run(run())
-    except (ProducerError, ValueError) as exc:
+    except (ProducerError, ValueError) as exc:  # SigningConfigError, KafkaSecurityError are ValueErrors
         _fail(str(exc))
     typer.echo(f"sent {sent} events to {topic}")
 
@@ -414,6 +414,11 @@ def bench_serve_cmd(
     modes: str = typer.Option("split,inprocess", "--modes", help="split and/or inprocess."),
     png: Path = typer.Option(Path("reports/bench/serve.png"), "--png", help="p99 against offered RPS."),
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="Also measure the stack with mTLS on every hop and API-key auth (stack_secure).",
+    ),
 ) -> None:
     """The chain under open-loop load at fixed rates, beside the floor of its transport."""
     import json
@@ -431,7 +436,7 @@ def bench_serve_cmd(
         _fail(f"--rates must be positive numbers, got {rates!r}")
     if not mode_list or set(mode_list) - {"split", "inprocess"}:
         _fail(f"--modes must be split and/or inprocess, got {modes!r}")
-    report = run(artifacts, rate_list, duration, mode_list)
+    report = run(artifacts, rate_list, duration, mode_list, secure=secure)
     report["plot"] = str(plot(report, png))
     if as_json:
         typer.echo(json.dumps(report, indent=1))
@@ -442,6 +447,11 @@ def bench_serve_cmd(
             f"{data['sustained_rps']['floor']:.0f}), capacity_ratio {data['capacity_ratio']}, "
             f"p99_ratio_at_100 {data.get('p99_ratio_at_100')}"
         )
+        if "secure_overhead_ms" in data:
+            typer.echo(
+                f"{mode} secure (mTLS + API key): sustained {data['sustained_rps']['stack_secure']:.0f} RPS, "
+                f"added latency by rate {data['secure_overhead_ms']}"
+            )
 
 
 @bench_app.command("doc")
@@ -675,6 +685,112 @@ def ope_cmd(
     typer.echo(f"{result['records']} records, {result['actions']} actions, policy {policy}")
     for name, est in result["estimates"].items():
         typer.echo(f"{name:<8} {json.dumps(est, default=float)}")
+
+
+# --- security: keys, tokens, certificates (docs/operations.md "Security") -------------------------
+
+auth_app = typer.Typer(
+    help="Issue API keys, JWTs, event-signing keys and dev certificates.", no_args_is_help=True
+)
+app.add_typer(auth_app, name="auth")
+
+
+def _append_yaml_entry(path: Path, section: str, entry: object) -> None:
+    """Add ``entry`` to the list (keys) or mapping (producers) ``section`` of the YAML file ``path``."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) if path.exists() and path.read_text().strip() else {}
+    if not isinstance(data, dict):
+        _fail(f"{path} is not a YAML mapping")
+    if isinstance(entry, dict) and section == "producers":
+        data.setdefault(section, {}).update(entry)
+    else:
+        data.setdefault(section, []).append(entry)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)
+
+
+@auth_app.command("new-key")
+def auth_new_key_cmd(
+    caller: str = typer.Option(..., "--caller", help="Caller name (metrics label, logs)."),
+    keys_file: Path = typer.Option(..., "--file", help="RECSTACK_API_KEYS_FILE to add the key's hash to."),
+    methods: str = typer.Option("", "--methods", help="Comma-separated methods it may call (default all)."),
+) -> None:
+    """Create an API key: its SHA-256 goes into the keys file, the key itself is printed once."""
+    import secrets
+
+    from services.gateway.auth import hash_key
+
+    key = "rk_" + secrets.token_urlsafe(32)
+    entry: dict[str, object] = {"caller": caller, "sha256": hash_key(key)}
+    if methods.strip():
+        entry["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+    _append_yaml_entry(keys_file, "keys", entry)
+    typer.echo(key)
+
+
+@auth_app.command("jwt")
+def auth_jwt_cmd(
+    key_file: Path = typer.Option(..., "--key-file", help="PEM private key (RS256/ES256) or HS256 secret."),
+    sub: str = typer.Option(..., "--sub", help="The caller (sub claim)."),
+    scope: str = typer.Option("recstack.recommend", "--scope", help="Space-separated scopes."),
+    audience: str = typer.Option("", "--audience", help="aud claim (RECSTACK_JWT_AUDIENCE)."),
+    issuer: str = typer.Option("", "--issuer", help="iss claim (RECSTACK_JWT_ISSUER)."),
+    ttl: float = typer.Option(3600.0, "--ttl", help="Seconds until it expires."),
+) -> None:
+    """Sign a JWT for a gateway caller (development and tests; production tokens come from your IdP)."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    data = key_file.read_bytes()
+    if b"-----BEGIN" in data:
+        key = serialization.load_pem_private_key(data, password=None)
+        alg = (
+            "RS256"
+            if isinstance(key, rsa.RSAPrivateKey)
+            else "ES256"
+            if isinstance(key, ec.EllipticCurvePrivateKey)
+            else ""
+        )
+        if not alg:
+            _fail("only RSA and EC P-256 private keys are supported")
+    else:
+        key, alg = data.strip(), "HS256"
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": sub, "iat": now, "exp": now + int(ttl), "scope": scope}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    typer.echo(jwt.encode(claims, key, algorithm=alg))
+
+
+@auth_app.command("event-key")
+def auth_event_key_cmd(
+    producer: str = typer.Option(..., "--producer", help="Producer id (RECSTACK_EVENT_PRODUCER_ID)."),
+    keys_file: Path = typer.Option(..., "--file", help="RECSTACK_EVENT_KEYS_FILE to add the secret to."),
+) -> None:
+    """Create an event-signing secret for a producer in the keys file."""
+    from recstack.events.signing import new_secret
+
+    _append_yaml_entry(keys_file, "producers", {producer: new_secret()})
+    typer.echo(f"added producer {producer!r} to {keys_file}")
+
+
+@auth_app.command("dev-certs")
+def auth_dev_certs_cmd(
+    out: Path = typer.Option(Path(".stack/tls"), "--out", help="Directory for ca.crt, server.*, client.*."),
+    hosts: str = typer.Option("localhost,127.0.0.1", "--hosts", help="Names/IPs of the server certificate."),
+) -> None:
+    """A throwaway CA and server/client certificates for local TLS; prints the RECSTACK_TLS_* exports."""
+    from recstack.rpc.certs import dev_pki
+
+    pki = dev_pki(out.resolve(), tuple(h.strip() for h in hosts.split(",") if h.strip()))
+    for name, value in pki.env().items():
+        typer.echo(f"export {name}={value}")
 
 
 # --- dev stack and demo (recstack/devstack) -----------------------------------------------------

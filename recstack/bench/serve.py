@@ -14,6 +14,11 @@ Hot swap (the last mode): at 50 RPS, a new bundle version is promoted (``CURRENT
 the bench reports failed calls, degraded share, replies whose stages ran different versions and
 how long until every stage answered with the new version (``hot_swap``).
 
+Security (``--secure``): after each mode's plain stack, the same stack again with TLS + mTLS on
+every gRPC hop (a throwaway CA, recstack/rpc/certs.py) and API-key authentication at the gateway
+(RECSTACK_AUTH_MODE=api_key; the load client presents the key), measured at the same rates as target
+``stack_secure``; ``secure_overhead_ms`` is its p50/p99 minus the plain stack's at each rate.
+
 Per rate and target: achieved_rps (OK replies per second), p50/p95/p99 latency of the OK replies,
 errors by status code, degraded_share, cpu_ms_per_request (CPU time of each program of the bench
 per OK reply: the stack's processes, Tansu, Redis, the stream and the load's own client). Per
@@ -34,9 +39,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recstack.rpc.certs import DevPki
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +73,7 @@ def default_bundle(path: Path = DEFAULT_BUNDLE, data: str = DEFAULT_DATA) -> Pat
 
 def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> list[str]:
     """Recent items for ``n_users`` users of the bundle (so that every stage runs); their ids."""
-    import redis
-
+    from recstack import redis_client
     from recstack.artifacts import load_bundle
     from recstack.features.keys import Keys
 
@@ -73,7 +82,7 @@ def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> 
     users = rng.sample(bundle.user_ids, min(n_users, len(bundle.user_ids)))
     items = bundle.item_map.ids
     keys = Keys()
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client.sync_redis(redis_url)
     try:
         pipe = client.pipeline(transaction=False)
         for user in users:
@@ -86,15 +95,20 @@ def seed_redis(redis_url: str, artifacts: Path, n_users: int, seed: int = 0) -> 
 
 
 async def open_loop(address: str, users: Sequence[str], rate: float, duration: float, k: int = 10,
-                    deadline: float = 1.0, warmup: float = 1.0, connections: int = 16) -> dict:  # fmt: skip
+                    deadline: float = 1.0, warmup: float = 1.0, connections: int = 16,
+                    secure: Secure | None = None) -> dict:  # fmt: skip
     """Requests at fixed intervals for ``duration`` seconds (after ``warmup`` unrecorded seconds),
-    spread round-robin over ``connections`` client connections (as several backends would call)."""
+    spread round-robin over ``connections`` client connections (as several backends would call);
+    over mTLS with an API key when ``secure`` is given."""
     import grpc
 
+    from recstack.rpc import tls
     from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
+    settings = secure.client_tls() if secure is not None else tls.settings_from({})
+    metadata = secure.metadata() if secure is not None else ()
+    channels = [tls.aio_channel(address, options, settings) for _ in range(connections)]
     try:
         stubs = [gateway_pb2_grpc.GatewayStub(c) for c in channels]
         loop = asyncio.get_running_loop()
@@ -110,7 +124,7 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
             request = gateway_pb2.RecommendRequest(user_id=users[i % len(users)], k=k)
             t0 = time.perf_counter()
             try:
-                reply = await stubs[i % len(stubs)].Recommend(request, timeout=deadline)
+                reply = await stubs[i % len(stubs)].Recommend(request, timeout=deadline, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 if i >= n_warm:
                     errors[exc.code().name] += 1
@@ -137,19 +151,76 @@ async def open_loop(address: str, users: Sequence[str], rate: float, duration: f
     }
 
 
-def measured_load(address: str, users: Sequence[str], rate: float, duration: float) -> dict:
+def measured_load(
+    address: str, users: Sequence[str], rate: float, duration: float, secure: Secure | None = None
+) -> dict:
     """open_loop, plus ``cpu_ms_per_request``: the CPU milliseconds each program of the bench (its
     child processes by name, and this process, the load's client) spent per OK reply."""
     from recstack.bench.proc_cpu import descendants_cpu_s, per_request_ms
 
     before, client = descendants_cpu_s(), time.process_time()
-    result = asyncio.run(open_loop(address, users, rate, duration))
+    result = asyncio.run(open_loop(address, users, rate, duration, secure=secure))
     after = descendants_cpu_s()
     before["bench client"], after["bench client"] = client, time.process_time()
     # the load's warm-up second is in the CPU window too: count its requests
     replies = result["achieved_rps"] * (duration + 1.0)
     result["cpu_ms_per_request"] = per_request_ms(before, after, replies)
     return result
+
+
+@dataclass
+class Secure:
+    """The TLS material and API key of a ``--secure`` stack (``secure_stack_env``)."""
+
+    pki: DevPki
+    api_key: str
+
+    def server_env(self) -> dict[str, str]:
+        """What every process of the stack gets: mTLS on every hop, API keys at the gateway."""
+        return {**self.pki.env(mtls=True), "RECSTACK_AUTH_MODE": "api_key",
+                "RECSTACK_API_KEYS_FILE": str(self.pki.ca.parent / "api-keys.yaml")}  # fmt: skip
+
+    def client_tls(self):  # noqa: ANN201 (recstack.rpc.tls.TlsSettings)
+        from recstack.rpc import tls
+
+        env = self.pki.env()
+        client = ("RECSTACK_TLS_CA", "RECSTACK_TLS_CLIENT_CERT", "RECSTACK_TLS_CLIENT_KEY")
+        return tls.settings_from({k: env[k] for k in client})
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", self.api_key),)
+
+
+def make_secure(out: Path) -> Secure:
+    """A throwaway CA, server and client certificates and one API key (caller ``bench``) under ``out``."""
+    import secrets
+
+    import yaml
+
+    from recstack.rpc.certs import dev_pki
+    from services.gateway.auth import hash_key
+
+    pki = dev_pki(out)
+    key = secrets.token_urlsafe(32)
+    (out / "api-keys.yaml").write_text(
+        yaml.safe_dump({"keys": [{"caller": "bench", "sha256": hash_key(key)}]})
+    )
+    return Secure(pki, key)
+
+
+@contextlib.contextmanager
+def patched_environ(extra: dict[str, str]) -> Iterator[None]:
+    """os.environ with ``extra`` while the block runs (the stack's children and health checks read it)."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def sustained(per_rate: dict, target: str) -> float:
@@ -248,7 +319,7 @@ async def hot_swap_load(address: str, users: Sequence[str], artifacts: Path, rat
 
 
 def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
-             hot_swap: bool = False) -> dict:  # fmt: skip
+             hot_swap: bool = False, secure: bool = False) -> dict:  # fmt: skip
     """One mode: the stack and the floor measured interleaved at each rate."""
     from rich.console import Console
 
@@ -269,16 +340,47 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
                     log.info("%s %s at %s RPS: %s", mode, target, rate, entry[target])
                 per_rate[f"{rate:g}"] = entry
         swap = asyncio.run(hot_swap_load(running.gateway, load_users, artifacts)) if hot_swap else None
+    if secure:
+        measure_secure(mode, artifacts, rates, duration, users, run_dir / "secure", per_rate)
     out: dict = {"per_rate": per_rate}
     if swap is not None:
         out["hot_swap"] = swap
     out["sustained_rps"] = {t: sustained(per_rate, t) for t in ("stack", "floor")}
     floor_rps = out["sustained_rps"]["floor"]
     out["capacity_ratio"] = round(out["sustained_rps"]["stack"] / floor_rps, 3) if floor_rps else None
+    if secure:
+        out["sustained_rps"]["stack_secure"] = sustained(per_rate, "stack_secure")
+        out["secure_overhead_ms"] = {
+            r: {q: _diff(e["stack_secure"][q], e["stack"][q]) for q in ("p50_ms", "p99_ms")}
+            for r, e in per_rate.items()
+        }
     at_100 = per_rate.get("100")
     if at_100 and at_100["stack"]["p99_ms"] and at_100["floor"]["p99_ms"]:
         out["p99_ratio_at_100"] = round(at_100["stack"]["p99_ms"] / at_100["floor"]["p99_ms"], 2)
     return out
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 2) if a is not None and b is not None else None
+
+
+def measure_secure(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
+                   run_dir: Path, per_rate: dict) -> None:  # fmt: skip
+    """The same stack with TLS + mTLS + API keys, loaded at the same rates (``stack_secure``)."""
+    from rich.console import Console
+
+    from recstack.devstack.up import StackConfig, stack
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sec = make_secure(run_dir / "tls")
+    config = StackConfig(artifacts=artifacts, free_ports=True, train=False, run_dir=run_dir, stages=mode)
+    with patched_environ(sec.server_env()), stack(config, Console(stderr=True, quiet=True)) as running:
+        load_users = seed_redis(running.redis_url, artifacts, users)
+        asyncio.run(open_loop(running.gateway, load_users, min(rates), 3.0, warmup=0.0, secure=sec))
+        for rate in rates:
+            result = measured_load(running.gateway, load_users, rate, duration, secure=sec)
+            log.info("%s stack_secure at %s RPS: %s", mode, rate, result)
+            per_rate[f"{rate:g}"]["stack_secure"] = result
 
 
 def run(
@@ -287,6 +389,7 @@ def run(
     duration: float = 15.0,
     modes: Sequence[str] = ("split", "inprocess"),
     users: int = 1000,
+    secure: bool = False,
 ) -> dict:
     """The JSON document of ``recstack bench serve``."""
     import shutil
@@ -309,12 +412,13 @@ def run(
         "k": 10,
         "client_deadline_s": 1.0,
         "cpus": os.cpu_count(),
+        "secure": secure,
         "modes": {},
     }
     for mode in modes:
         stages = "grpc" if mode == "split" else mode
         report["modes"][mode] = run_mode(
-            stages, artifacts, rates, duration, users, hot_swap=mode == modes[-1]
+            stages, artifacts, rates, duration, users, hot_swap=mode == modes[-1], secure=secure
         )
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return report

@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import redis
-import redis.asyncio as aioredis
 
+from recstack import redis_client
 from recstack.data import load_dataset
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from recstack.events.kafka_security import aiokafka_kwargs
 from recstack.events.producer import events_from_interactions
 from recstack.events.schema import UserEvent, event_to_json, new_event
 from recstack.events.topics import ensure_topics
@@ -89,7 +89,7 @@ def fresh(events: list[UserEvent]) -> list[UserEvent]:
 
 async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> dict[str, float]:
     """Apply events in batches with one FeatureWriter; events/s and batch latency percentiles."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client.async_redis(redis_url, decode_responses=True)
     try:
         keys = Keys(f"bench-w-{uuid.uuid4().hex[:6]}:")  # the stream's writer: bandit rewards included
         writer = FeatureWriter(client, keys=keys, bandit_rewards=LinearRewardWriter(client, keys.prefix))
@@ -171,7 +171,7 @@ class Consumer:
             "RECSTACK_LOG_LEVEL": "warning",
         }
         self.prefix = env["RECSTACK_REDIS_PREFIX"]
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = redis_client.sync_redis(redis_url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", MODULES[mode]], cwd=REPO, env=env, stdout=out, stderr=out
         )
@@ -222,7 +222,7 @@ async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) 
     """Send all events (stamped now) and wait for the acks; returns partition -> its last event_id."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **aiokafka_kwargs())
     await producer.start()
     try:
         now = time.time()
@@ -244,7 +244,7 @@ async def _produce_paced(
     event_id."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, **aiokafka_kwargs())
     await producer.start()
     try:
         futures = []

@@ -15,13 +15,21 @@ import logging
 import signal
 import sys
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_record
+from recstack import redis_client
+from recstack.events.kafka_security import aiokafka_kwargs
+from recstack.events.signing import Verifier
+from services.feature_stream.processor import (
+    BatchProcessor,
+    LagTracker,
+    RawMessage,
+    dead_letter_record,
+    record_headers,
+)
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 from services.feature_stream.transport import FETCH_MAX_WAIT_MS
 
@@ -38,12 +46,13 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        **aiokafka_kwargs(),
         max_poll_records=settings.batch_size,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=1000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **aiokafka_kwargs())
+    redis = redis_client.async_redis(settings.redis_url, decode_responses=True)
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
@@ -52,7 +61,7 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
             settings.dead_letter_topic, value=value, key=key, headers=list(headers.items())
         )
 
-    processor = BatchProcessor(writer, send_dead_letter)
+    processor = BatchProcessor(writer, send_dead_letter, verifier=Verifier.from_env())
     lag = LagTracker()
     await producer.start()
     await consumer.start()
@@ -62,7 +71,7 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
                 timeout_ms=int(settings.batch_within_s * 1000), max_records=settings.batch_size
             )
             messages = [
-                RawMessage(r.value, r.key, r.topic, r.partition, r.offset)
+                RawMessage(r.value, r.key, r.topic, r.partition, r.offset, record_headers(r.headers))
                 for records in fetched.values()
                 for r in records
             ]

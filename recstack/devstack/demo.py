@@ -147,13 +147,14 @@ def _user_history(info: BundleInfo, user_id: str | None) -> tuple[str, list[tupl
 
 
 async def _recommend(gateway: str, user_id: str, k: int) -> Snapshot:
-    import grpc
-
+    from recstack.rpc import tls
+    from recstack.rpc.caller import caller_metadata
     from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    # TLS (RECSTACK_TLS_CA ...) and credentials (RECSTACK_CLIENT_API_KEY / _TOKEN) from the environment
+    async with tls.aio_channel(gateway) as channel:
         reply = await gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            gateway_pb2.RecommendRequest(user_id=user_id, k=k), timeout=15.0
+            gateway_pb2.RecommendRequest(user_id=user_id, k=k), timeout=15.0, metadata=caller_metadata()
         )
     return Snapshot(
         items=[i.item_id for i in reply.items],
@@ -184,11 +185,10 @@ async def _send(running: RunningStack, user_id: str, events: Sequence[tuple[str,
 
 async def _wait_for_total(running: RunningStack, user_id: str, total: int) -> UserFeatures:
     """Poll Redis until the user's event counter reaches `total`; returns their UserFeatures."""
-    import redis.asyncio as aioredis
-
+    from recstack import redis_client
     from recstack.features.store import FeatureStore
 
-    client = aioredis.Redis.from_url(running.redis_url)
+    client = redis_client.async_redis(running.redis_url)
     try:
         store = FeatureStore(client)
         deadline = time.monotonic() + FEATURE_TIMEOUT_S

@@ -18,6 +18,7 @@ import sys
 
 import grpc
 
+from recstack import redis_client
 from recstack.v1 import common_pb2, gateway_pb2
 
 ECHO_METHOD = "/recstack.floor.Echo/Echo"
@@ -55,9 +56,8 @@ async def echo(port: int) -> int:
 
 
 async def front(port: int, redis_url: str, echoes: list[str]) -> int:
-    import redis.asyncio as aioredis
 
-    redis = aioredis.from_url(redis_url)
+    redis = redis_client.async_redis(redis_url)
     channels = [grpc.aio.insecure_channel(a) for a in echoes]
     calls = [
         c.unary_unary(ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity)

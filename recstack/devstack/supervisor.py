@@ -98,8 +98,10 @@ class ServiceSpec:
 
 
 def grpc_serving(address: str, service: str = "", timeout: float = 1.0) -> bool:
-    """One grpc.health.v1 Check; True only for SERVING."""
-    with grpc.insecure_channel(address) as channel:
+    """One grpc.health.v1 Check; True only for SERVING (over TLS with RECSTACK_TLS_CA ...)."""
+    from recstack.rpc import tls
+
+    with tls.sync_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout

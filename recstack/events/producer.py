@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from recstack.events.kafka_security import aiokafka_kwargs
 from recstack.events.schema import EVENT_TYPES, InvalidEvent, UserEvent, event_to_json, new_event
+from recstack.events.signing import Signer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,7 +49,10 @@ class EventProducer:
         idempotent: bool = True,
         linger_ms: int = 5,
         request_timeout_ms: int = 30_000,
+        signer: Signer | None | str = "env",
     ) -> None:
+        """signer: signs every event (recstack/events/signing.py); "env" (default): the Signer of
+        RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE, None when they are unset."""
         if not bootstrap_servers:
             raise ValueError(
                 "bootstrap_servers is empty; set KAFKA_BOOTSTRAP_SERVERS (host:port[,host:port])"
@@ -63,6 +68,11 @@ class EventProducer:
         }
         self._producer: AIOKafkaProducer | None = None
         self._started = False
+        self.signer = Signer.from_env() if signer == "env" else signer
+        assert self.signer is None or isinstance(self.signer, Signer)
+
+    def _headers(self, value: bytes) -> list[tuple[str, bytes]] | None:
+        return self.signer.headers(value) if isinstance(self.signer, Signer) else None
 
     async def start(self) -> None:
         """Connect to the cluster. Raises ProducerError when no broker answers.
@@ -84,7 +94,7 @@ class EventProducer:
         self._started = True
 
     async def _connect(self, idempotent: bool) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(enable_idempotence=idempotent, **self._options)
+        producer = AIOKafkaProducer(enable_idempotence=idempotent, **self._options, **aiokafka_kwargs())
         try:
             await producer.start()
         except BaseException:
@@ -121,22 +131,30 @@ class EventProducer:
     async def send(self, event: UserEvent) -> None:
         """Send one event and wait for the broker's acknowledgement."""
         producer = self._check_started()
+        value = event_to_json(event)
         await producer.send_and_wait(
-            self.topic, value=event_to_json(event), key=event.user_id.encode("utf-8")
+            self.topic, value=value, key=event.user_id.encode("utf-8"), headers=self._headers(value)
         )
 
-    async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
-        """Send bytes as they are (tests and tools that need invalid events)."""
+    async def send_raw(
+        self, value: bytes, key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Send bytes as they are, unsigned unless ``headers`` says otherwise (tests and tools that
+        need invalid or forged events)."""
         producer = self._check_started()
-        await producer.send_and_wait(self.topic, value=value, key=key)
+        await producer.send_and_wait(self.topic, value=value, key=key, headers=headers)
 
     async def send_many(self, events: Iterable[UserEvent]) -> int:
         """Send events (batched by the client) and wait until all are acknowledged; returns the count."""
         producer = self._check_started()
-        futures = [
-            await producer.send(self.topic, value=event_to_json(e), key=e.user_id.encode("utf-8"))
-            for e in events
-        ]
+        futures = []
+        for e in events:
+            value = event_to_json(e)
+            futures.append(
+                await producer.send(
+                    self.topic, value=value, key=e.user_id.encode("utf-8"), headers=self._headers(value)
+                )
+            )
         if futures:
             await asyncio.gather(*futures)
         return len(futures)

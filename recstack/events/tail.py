@@ -10,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from recstack.events.kafka_security import aiokafka_kwargs
+
 
 class TailError(RuntimeError):
     """The topic could not be read; the message names the bootstrap servers and topic."""
@@ -41,6 +43,7 @@ async def tail(
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
+        **aiokafka_kwargs(),
     )
     try:
         await consumer.start()

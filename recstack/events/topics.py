@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+from recstack.events.kafka_security import aiokafka_kwargs
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -39,7 +41,9 @@ def run_sync(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 async def _with_admin(bootstrap: str, timeout: float, fn: Callable[[Any], Awaitable[T]]) -> T:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **aiokafka_kwargs()
+    )
     await asyncio.wait_for(admin.start(), timeout)
     try:
         return await asyncio.wait_for(fn(admin), timeout)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recstack import redis_client
 from recstack.experiments.config import (
     DEFAULT_EXPERIMENT,
     ExperimentConfig,
@@ -76,7 +77,7 @@ def load_redis_records(
 
     keys = Keys(prefix)
     head = keys.experiment_user(experiment_id, "")
-    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = redis_client.sync_redis(redis_url, socket_timeout=10, socket_connect_timeout=5)
     rows: list[dict[str, object]] = []
     try:
         names = [k.decode() for k in client.scan_iter(match=f"{head}*", count=batch)]

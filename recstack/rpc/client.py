@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from recstack.logging import current_request_id
+from recstack.rpc import tls
 from recstack.rpc.balancing import channel_options, check_target
 from recstack.rpc.server import REQUEST_ID_METADATA
 from recstack.rpc.tracing import client_interceptors
@@ -37,9 +38,10 @@ def check_address(address: str, variable: str) -> str:
 
 def insecure_channel(address: str) -> grpc.aio.Channel:
     """An aio channel with keepalive, fast reconnect, RECSTACK_GRPC_LB load balancing over the
-    target's addresses, retries of UNAVAILABLE and, while tracing is on, trace propagation; close
-    it with ``await channel.close()``."""
-    return grpc.aio.insecure_channel(
+    target's addresses, retries of UNAVAILABLE, TLS (mTLS) when RECSTACK_TLS_CA is set
+    (recstack/rpc/tls.py, despite the name) and, while tracing is on, trace propagation; close it
+    with ``await channel.close()``."""
+    return tls.aio_channel(
         address, options=[*CHANNEL_OPTIONS, *channel_options()], interceptors=client_interceptors()
     )
 

@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -38,6 +38,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from recstack import tracing
 from recstack.logging import configure_logging, new_request_id, reset_request_id, set_request_id
+from recstack.rpc import tls
 from recstack.rpc.settings import ServiceSettings
 from recstack.rpc.tracing import server_interceptors
 
@@ -193,6 +194,7 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> int:
     """Run one gRPC service until SIGTERM/SIGINT (or ``stop`` is set); return the exit code.
 
@@ -203,6 +205,8 @@ async def serve(
     on_stop: awaited after the server has drained (close Redis clients, channels ...).
     ready: set once the service reports SERVING (tests).
     stop: an alternative to a signal (tests).
+    interceptors: run after the metrics interceptor (the gateway's caller authentication).
+    TLS: RECSTACK_TLS_* (recstack/rpc/tls.py); unset, the port is plaintext.
     Raises ServeError when a port is taken or the loader fails.
     """
     # Worker processes of one service share its gRPC port (SO_REUSEPORT: the kernel spreads the
@@ -213,7 +217,7 @@ async def serve(
     _check_port_free("0.0.0.0", settings.metrics_port, "metrics", "RECSTACK_METRICS_PORT")
 
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(), *server_interceptors()],
+        interceptors=[MetricsInterceptor(), *server_interceptors(), *interceptors],
         options=[("grpc.so_reuseport", 1 if shared else 0)],
     )
     health_servicer = health.aio.HealthServicer()
@@ -228,7 +232,9 @@ async def serve(
         await health_servicer.set(name, not_serving)
     address = f"{settings.host}:{settings.port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = tls.add_port(server, address)
+    except tls.TlsError as exc:
+        raise ServeError(str(exc)) from exc
     except RuntimeError as exc:
         raise ServeError(f"cannot bind gRPC port {address}; set RECSTACK_PORT to a free port") from exc
     metrics_server = None
@@ -291,12 +297,15 @@ def run(
     load: Loader,
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> int:
     """Configure JSON logging, run ``serve()`` and map start-up failures to exit code 2."""
     configure_logging(settings.log_level)
     tracing.configure(service_name)
     try:
-        return asyncio.run(serve(register, service_name, settings, load, on_stop=on_stop))
+        return asyncio.run(
+            serve(register, service_name, settings, load, on_stop=on_stop, interceptors=interceptors)
+        )
     except ServeError as exc:
         sys.stderr.write(f"error: {service_name}: {exc}\n")
         return EXIT_STARTUP_FAILED

@@ -6,8 +6,7 @@ import asyncio
 import logging
 import sys
 
-import redis.asyncio as aioredis
-
+from recstack import redis_client
 from recstack.artifacts.layout import CatalogError, resolve_catalog_dir
 from recstack.exploration import kernels
 from recstack.exploration.arms import ArmCache
@@ -29,7 +28,7 @@ log = logging.getLogger("services.bandit")
 
 def main() -> int:
     settings = load_settings(BanditSettings)
-    redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+    redis = redis_client.async_redis(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
     store = FeatureStore(redis, Keys(settings.redis_prefix))
     arms = ArmCache(
         store.get_arms,

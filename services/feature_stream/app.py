@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from recstack import tracing
+from recstack import redis_client, tracing
 from recstack.artifacts.layout import read_current
+from recstack.events.kafka_security import KafkaSecurity
+from recstack.events.signing import Verifier
 from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
 from services.feature_stream import metrics, transport
@@ -31,6 +32,7 @@ from services.feature_stream.processor import (
     LagTracker,
     RawMessage,
     dead_letter_record,
+    record_headers,
 )
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 
@@ -83,11 +85,13 @@ def create_app(settings: StreamSettings) -> faust.App:
         topic_partitions=1,
         value_serializer="raw",
         key_serializer="raw",
+        # SASL / TLS from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* (None: plaintext)
+        broker_credentials=KafkaSecurity.from_env().faust_credentials(),
     )
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client.async_redis(settings.redis_url, decode_responses=True)
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:
@@ -95,7 +99,8 @@ def create_app(settings: StreamSettings) -> faust.App:
         delivered = await dlq_topic.send(key=key, value=value, headers=headers)
         await delivered
 
-    processor = BatchProcessor(writer, send_dead_letter)
+    # RECSTACK_EVENT_KEYS_FILE: only events signed by a known producer reach Redis
+    processor = BatchProcessor(writer, send_dead_letter, verifier=Verifier.from_env())
     lag = LagTracker()
 
     @app.agent(events_topic)
@@ -129,6 +134,7 @@ def create_app(settings: StreamSettings) -> faust.App:
                         topic=e.message.topic,
                         partition=e.message.partition,
                         offset=e.message.offset,
+                        headers=record_headers(e.message.headers),
                     )
                     for e in batch
                 ]

@@ -4,6 +4,7 @@
 |---------------------------------------------|-----------|-------------------|
 | recstack_stream_events_total                | counter   | type              |
 | recstack_stream_dead_letters_total          | counter   | reason            |
+| recstack_stream_signed_events_total         | counter   | producer          |
 | recstack_stream_duplicates_total            | counter   |                   |
 | recstack_stream_rewards_total               | counter   | value (1 / 0)     |
 | recstack_stream_redis_retries_total         | counter   |                   |
@@ -25,6 +26,11 @@ EVENTS = Counter(
 )
 DEAD_LETTERS = Counter(
     "recstack_stream_dead_letters_total", "Events sent to the dead-letter topic", ["reason"]
+)
+SIGNED_EVENTS = Counter(
+    "recstack_stream_signed_events_total",
+    "Events whose signature verified (RECSTACK_EVENT_KEYS_FILE), by producer id (ids of the keys file)",
+    ["producer"],
 )
 DUPLICATES = Counter("recstack_stream_duplicates_total", "Events skipped because their event_id was applied")
 REWARDS = Counter("recstack_stream_rewards_total", "Bandit rewards written", ["value"])

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import (
     ClusterDownError,
@@ -37,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstack import tracing
 from recstack.events.schema import InvalidEvent, UserEvent, parse_event
+from recstack.events.signing import PRODUCER_HEADER, UNAUTHENTICATED, Verifier, producer_of
 from recstack.features.writer import ApplyResult, FeatureWriter
 from services.feature_stream import metrics
 
@@ -66,6 +68,15 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def record_headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed record's headers (aiokafka: a sequence of (str, bytes); Faust: that or a mapping)."""
+    if not headers:
+        return ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((k.decode() if isinstance(k, bytes) else str(k), bytes(v or b"")) for k, v in items)
 
 
 WRITE_FAILED = "write_failed"
@@ -89,6 +100,9 @@ def dead_letter_headers(message: RawMessage, reason: str, detail: str) -> dict[s
     }
     if len(value) > DLQ_MAX_VALUE_BYTES or len(message.key or b"") > DLQ_MAX_KEY_BYTES:
         headers[DLQ_HEADER_TRUNCATED] = b"1"
+    producer = producer_of(message.headers)
+    if producer is not None:  # the producer the record claimed to come from (signed or not)
+        headers[PRODUCER_HEADER] = producer.encode("utf-8", "replace")[:128]
     return headers
 
 
@@ -122,7 +136,11 @@ class BatchProcessor:
         clock: Callable[[], float] = time.time,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        verifier: Verifier | None = None,
     ) -> None:
+        """verifier: with one, only records signed by a known producer are applied; the others
+        are dead-lettered ``unauthenticated`` (recstack/events/signing.py)."""
+        self.verifier = verifier
         self.writer = writer
         self.dead_letter = dead_letter
         self.clock = clock
@@ -146,6 +164,13 @@ class BatchProcessor:
         sources: list[RawMessage] = []
         invalid = 0
         for message in messages:
+            if self.verifier is not None:
+                problem = self.verifier.check(message.value, message.headers)
+                if problem is not None:
+                    invalid += 1
+                    await self._dead_letter(message, UNAUTHENTICATED, problem)
+                    continue
+                metrics.SIGNED_EVENTS.labels(producer=producer_of(message.headers) or "").inc()
             try:
                 valid.append(parse_event(message.value, now=now))
                 sources.append(message)

@@ -24,10 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.feature_stream.processor import BatchProcessor, RawMessage
+from recstack import redis_client
+from recstack.events.kafka_security import aiokafka_kwargs
+from recstack.events.signing import Verifier
+from services.feature_stream.processor import BatchProcessor, RawMessage, record_headers
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,9 @@ async def rebuild(
         enable_auto_commit=False,
         max_poll_records=settings.batch_size,
         request_timeout_ms=int(metadata_timeout_s * 1000),
+        **aiokafka_kwargs(),
     )
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client.async_redis(settings.redis_url, decode_responses=True)
     report = RebuildReport(settings.events_topic)
     try:
         await consumer.start()
@@ -105,7 +108,9 @@ async def rebuild(
         pending = set(tps)
         for tp in tps:
             consumer.seek(tp, begin[tp])
-        processor = BatchProcessor(writer_from_settings(redis, settings), _count_only)
+        processor = BatchProcessor(
+            writer_from_settings(redis, settings), _count_only, verifier=Verifier.from_env()
+        )
         if on_progress is not None:
             on_progress(0, total)
         watermarked: set[TopicPartition] = set()
@@ -124,7 +129,11 @@ async def rebuild(
                 records = fetched.get(tp, [])
                 for r in records:
                     if r.offset < end[tp]:
-                        messages.append(RawMessage(r.value, r.key, r.topic, r.partition, r.offset))
+                        messages.append(
+                            RawMessage(
+                                r.value, r.key, r.topic, r.partition, r.offset, record_headers(r.headers)
+                            )
+                        )
                         report.partitions[tp.partition]["read"] += 1
                 # the next offset to read: after the last record returned, else the consumer's
                 # position (which also steps over offsets that hold no record, e.g. markers)

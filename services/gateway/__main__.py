@@ -9,7 +9,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from recstack import redis_client
+from recstack.events.kafka_security import KafkaSecurityError
 from recstack.events.producer import EventProducer
+from recstack.events.signing import SigningConfigError
 from recstack.experiments.config import ConfigWatcher, ExperimentConfigError, ExperimentsConfig
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
@@ -18,10 +21,12 @@ from recstack.rpc.client import insecure_channel
 from recstack.rpc.loading import start_reloader
 from recstack.rpc.server import StartupError, limit_threads, run
 from recstack.rpc.settings import load_settings
+from recstack.rpc.tls import TlsError
 from recstack.rpc.workers import extra_workers
 from recstack.serving.chain import Chain
 from recstack.serving.stages import LocalBandit, build_stages
 from recstack.v1 import gateway_pb2_grpc
+from services.gateway import auth
 from services.gateway.monitoring import GatewayMonitor
 from services.gateway.servicer import (
     GatewayServicer,
@@ -83,7 +88,10 @@ async def stage_backends(settings: GatewaySettings, channels: list, store: Featu
         out.update({s: getattr(in_process, s) for s in local})
     for stage, (backend, address, timeout_s) in grpc_backends.items():
         if stage not in out:
-            channels.append(insecure_channel(address))
+            try:
+                channels.append(insecure_channel(address))  # TLS / mTLS with RECSTACK_TLS_*
+            except TlsError as exc:
+                raise StartupError(str(exc)) from exc
             out[stage] = backend(channels[-1], timeout_s)
     if settings.stages == "inprocess":
         out["bandit"] = ThompsonInProcess(local_thompson(store), out["bandit"])
@@ -126,6 +134,11 @@ def local_thompson(store: FeatureStore) -> LocalBandit:
 
 def main() -> int:
     settings = load_settings(GatewaySettings)
+    try:
+        interceptors = auth.interceptors(load_settings(auth.AuthSettings))
+    except auth.AuthConfigError as exc:
+        sys.stderr.write(f"error: {SERVICE_NAME}: {exc}\n")
+        return 2
     servicer = GatewayServicer()
     channels = []
     resources: dict[str, object] = {}
@@ -134,7 +147,7 @@ def main() -> int:
         watcher = await asyncio.to_thread(load_watcher, settings)
         experiments = watcher.config if watcher is not None else ExperimentsConfig.builtin()
         lists = await asyncio.to_thread(read_bundle_lists, Path(settings.artifacts))
-        redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+        redis = redis_client.async_redis(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         resources["redis"] = redis
         store = FeatureStore(redis, Keys(settings.redis_prefix))
         backends = await stage_backends(settings, channels, store)
@@ -158,11 +171,16 @@ def main() -> int:
             diversity_window=settings.diversity_window,
             diversity_timeout_s=settings.diversity_timeout_s,
         )
-        producer = (
-            EventProducer(settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000)
-            if settings.kafka_bootstrap_servers
-            else None
-        )
+        try:  # signs impressions with RECSTACK_EVENT_PRODUCER_ID / RECSTACK_EVENT_KEYS_FILE
+            producer = (
+                EventProducer(
+                    settings.kafka_bootstrap_servers, settings.events_topic, request_timeout_ms=5_000
+                )
+                if settings.kafka_bootstrap_servers
+                else None
+            )
+        except (SigningConfigError, KafkaSecurityError) as exc:
+            raise StartupError(str(exc)) from exc
         impressions = ImpressionPublisher(producer, max_pending=settings.impression_buffer)
         resources["impressions"] = impressions
         monitor = GatewayMonitor(
@@ -204,6 +222,7 @@ def main() -> int:
             settings,
             load,
             on_stop=on_stop,
+            interceptors=interceptors,
         )
 
 

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.devstack.embedded import free_port
+from recstack.rpc import tls
 
 REPO = Path(__file__).resolve().parents[2]
 DOWNSTREAM = {
@@ -78,7 +79,8 @@ def service_env(name: str, port: int, metrics_port: int, artifacts: Path, redis_
 def wait_serving(service: Service, timeout_s: float = 120.0) -> None:
     """Poll the service's health until SERVING; fail with its log when it exits or time is up."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+    # over TLS (mTLS) when the service's environment asks for it, with the service's own certificates
+    with tls.sync_channel(f"127.0.0.1:{service.port}", settings=tls.settings_from(service.env)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             assert service.proc is not None
