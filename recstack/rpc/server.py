@@ -167,6 +167,18 @@ class _Malformed:
         self.reason = reason
 
 
+def server_options(settings: ServiceSettings, shared: bool) -> list[tuple[str, int]]:
+    """grpc.aio server options: the shared port switch and the maximum connection age (with the
+    drain grace as its grace), after which clients reconnect and re-resolve their target."""
+    options = [("grpc.so_reuseport", 1 if shared else 0)]
+    if settings.max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(settings.grace_s, 1.0) * 1000)),
+        ]
+    return options
+
+
 def _check_port_free(host: str, port: int, what: str, variable: str) -> None:
     """Raise ServeError when host:port cannot be bound (checked before grpc logs its own error)."""
     if port == 0:
@@ -218,7 +230,7 @@ async def serve(
 
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(), *server_interceptors(), *interceptors],
-        options=[("grpc.so_reuseport", 1 if shared else 0)],
+        options=server_options(settings, shared),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -7,6 +7,7 @@
 | RECSTACK_METRICS_PORT  | metrics_port   | Prometheus HTTP port; 0 disables the endpoint        |
 | RECSTACK_GRACE_S       | grace_s        | drain time for in-flight calls on SIGTERM (10 s)     |
 | RECSTACK_LOG_LEVEL     | log_level      | DEBUG, INFO, WARNING, ERROR                          |
+| RECSTACK_MAX_CONNECTION_AGE_S | max_connection_age_s | reconnect/re-resolve after (300 s; 0 never) |
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, validation_alias=env("RECSTACK_METRICS_PORT"))
     grace_s: float = Field(10.0, ge=0.0, validation_alias=env("RECSTACK_GRACE_S"))
     log_level: str = Field("INFO", validation_alias=env("RECSTACK_LOG_LEVEL"))
+    # A connection older than this is closed gracefully (GOAWAY after in-flight calls, up to the
+    # grace time): clients reconnect and re-resolve dns:/// targets, so replicas added by a scale-out
+    # get traffic within this time (gRPC does not re-resolve healthy connections). 0 = never.
+    max_connection_age_s: float = Field(300.0, ge=0, validation_alias=env("RECSTACK_MAX_CONNECTION_AGE_S"))
 
 
 class ModelServiceSettings(ServiceSettings):

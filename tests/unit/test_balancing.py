@@ -95,3 +95,21 @@ def test_gateway_settings_accept_targets_and_reject_a_bad_policy(
     with pytest.raises(SystemExit):
         load_settings(GatewaySettings)
     assert "RETRIEVAL_ADDR must be a gRPC target" in capsys.readouterr().err
+
+
+def test_servers_recycle_connections_so_clients_re_resolve(monkeypatch) -> None:
+    """RECSTACK_MAX_CONNECTION_AGE_S becomes grpc.max_connection_age_ms (grace: the drain time);
+    0 turns it off."""
+    from recstack.rpc.server import server_options
+    from recstack.rpc.settings import ServiceSettings
+
+    monkeypatch.setenv("RECSTACK_MAX_CONNECTION_AGE_S", "120")
+    monkeypatch.setenv("RECSTACK_GRACE_S", "7")
+    options = dict(server_options(ServiceSettings(), shared=True))
+    assert options == {
+        "grpc.so_reuseport": 1,
+        "grpc.max_connection_age_ms": 120_000,
+        "grpc.max_connection_age_grace_ms": 7_000,
+    }
+    monkeypatch.setenv("RECSTACK_MAX_CONNECTION_AGE_S", "0")
+    assert dict(server_options(ServiceSettings(), shared=False)) == {"grpc.so_reuseport": 0}
