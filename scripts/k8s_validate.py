@@ -29,7 +29,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "deploy" / "schemas"
 CRD_GROUPS = ("kafka.strimzi.io/", "keda.sh/")
-PACKAGES = {"kafka.strimzi.io": "@kubernetes-models/strimzi-kafka-operator", "keda.sh": "@kubernetes-models/keda"}
+PACKAGES = {
+    "kafka.strimzi.io": "@kubernetes-models/strimzi-kafka-operator",
+    "keda.sh": "@kubernetes-models/keda",
+}
 ANY = "*"  # a map or free-form object: any key
 FieldTree = dict[str, Any]  # key -> FieldTree (an object), None (a scalar or list of scalars) or ANY
 

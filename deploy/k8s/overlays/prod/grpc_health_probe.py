@@ -44,11 +44,15 @@ def main(argv: list[str]) -> int:
             private_key=_read(key) if key else None,
             certificate_chain=_read(cert) if cert else None,
         )
-        channel = grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", argv[1])])
+        channel = grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", argv[1])]
+        )
     else:
         channel = grpc.insecure_channel(target)
     try:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=3
+        )
     except grpc.RpcError as exc:
         sys.stderr.write(f"health check of {target} failed: {exc.code().name} {exc.details()}\n")
         return 1
