@@ -35,6 +35,11 @@ def target(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return name, render(name, K8S) if name == "train-distributed" else render(name)
 
 
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(request.param)
+
+
 @pytest.fixture(scope="module")
 def prod() -> list[dict[str, Any]]:
     return render("prod")
@@ -101,11 +106,10 @@ def test_every_container_is_hardened(target: tuple[str, list[dict[str, Any]]]) -
 
 
 def test_network_policies_deny_by_default_and_open_only_the_call_graph(
-    target: tuple[str, list[dict[str, Any]]],
+    overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    name, docs = target
-    if name == "train-distributed":
-        pytest.skip("applied into an overlay's namespace, whose default-deny policy it relies on")
+    # (train-distributed is applied into an overlay's namespace and relies on its default-deny.)
+    _, docs = overlay
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies["default-deny"]["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
@@ -270,11 +274,9 @@ def test_prod_wires_tls_mtls_auth_and_redis_secrets(prod: list[dict[str, Any]]) 
 
 
 def test_redis_requires_a_password_and_forbids_dangerous_commands(
-    target: tuple[str, list[dict[str, Any]]],
+    overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    name, docs = target
-    if name == "train-distributed":
-        pytest.skip("no Redis")
+    _, docs = overlay
     conf = by_kind(docs, "ConfigMap")["redis-conf"]["data"]["redis.conf"].split("\n")
     assert "protected-mode yes" in conf and "aclfile /run/redis/users.acl" in conf
     spec = pod_spec(by_kind(docs, "StatefulSet")["redis"])
@@ -316,3 +318,22 @@ def test_prod_scales_out(prod: list[dict[str, Any]]) -> None:
     pdbs = by_kind(prod, "PodDisruptionBudget")
     for name in deployments:
         assert pdbs[name]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
+
+
+def test_distributed_training_opens_only_worker_traffic_dns_and_https() -> None:
+    docs = render("train-distributed", K8S)
+    (job,) = by_kind(docs, "Job").values()
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    spec = policy["spec"]
+    labels = pod_labels(job)
+    assert selects(spec["podSelector"], labels) and spec["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = spec["ingress"]
+    assert [selects(peer["podSelector"], labels) for peer in ingress["from"]] == [True]
+    ports = set()
+    for rule in spec["egress"]:
+        peers = rule.get("to", [])
+        assert all("podSelector" in p for p in peers)  # other workers or kube-dns, no other pods
+        ports |= {p["port"] for p in rule.get("ports", [])}
+        if not peers:  # the only rule open to any address: HTTPS (a public dataset download)
+            assert [p["port"] for p in rule["ports"]] == [443]
+    assert ports == {53, 443}
