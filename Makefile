@@ -3,7 +3,8 @@
 #   make test      the whole suite: unit, integration (real Redis/Kafka/gRPC) and e2e
 #   make demo      train if needed, run the stack, show recommendations change with events (ARGS=...)
 #   make up        the stack in the foreground until Ctrl-C (ARGS="--free-ports" ...)
-#   make lint | protos | bench | k8s | image | lock | clean | distclean
+#   make lint | protos | bench | k8s | tools | image | lock | clean | distclean
+#   make k8s       render every overlay, validate it (kubernetes-validate --strict + CRD schemas), checkov
 #   make bench     every `recstack bench` command, JSON into reports/bench/NAME.json
 
 PYTHON ?= python3
@@ -19,10 +20,27 @@ ARGS ?=
 BENCH_OUT ?= reports/bench
 # Python sources only (ruff would also format the Python blocks inside docs/*.md).
 PY_PATHS := $(wildcard recstack services tests scripts bench)
+# Manifest checkers (checkov, kubernetes-validate) live in their own venv: checkov's pins clash with
+# constraints.txt. The CRD schemas for Strimzi/KEDA custom resources are npm packages (deploy/schemas).
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.recstack-tools.stamp
+SCHEMAS_STAMP := deploy/schemas/node_modules/.recstack-schemas.stamp
+K8S_TARGETS := $(patsubst %/,%,$(wildcard deploy/k8s/overlays/*/)) deploy/k8s/train-distributed
 
-.PHONY: install test demo up lint format protos bench k8s image lock clean distclean
+.PHONY: install test demo up lint format protos bench k8s tools image lock clean distclean
 
-install: $(STAMP)
+install: $(STAMP) tools
+
+tools: $(TOOLS_STAMP) $(SCHEMAS_STAMP)
+
+$(TOOLS_STAMP): deploy/tools-requirements.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r deploy/tools-requirements.txt
+	@touch $@
+
+$(SCHEMAS_STAMP): deploy/schemas/package.json deploy/schemas/package-lock.json
+	cd deploy/schemas && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,15 +77,20 @@ bench: install
 		$(BIN)/recstack bench $$cmd --json $(ARGS) > $(BENCH_OUT)/$$cmd.json || exit 1; \
 	done
 
-# Render every kustomize overlay and the distributed training Job (kubectl has kustomize built in).
+# Render every kustomize overlay and the distributed training Job (kubectl has kustomize built in),
+# validate each (built-in kinds strictly, Strimzi/KEDA resources against their CRD schemas) and run
+# checkov on it (0 failed checks; skips only by annotations with a reason in the manifests).
 k8s: install
 	@mkdir -p reports/k8s
-	@for o in deploy/k8s/overlays/*/; do \
-		name=$$(basename $$o); $(BIN)/kubectl kustomize $$o > reports/k8s/$$name.yaml || exit 1; \
+	@for t in $(K8S_TARGETS); do \
+		name=$$(basename $$t); $(BIN)/kubectl kustomize $$t > reports/k8s/$$name.yaml || exit 1; \
 		echo "reports/k8s/$$name.yaml"; \
 	done
-	$(BIN)/kubectl kustomize deploy/k8s/train-distributed > reports/k8s/train-distributed.yaml
-	@echo reports/k8s/train-distributed.yaml
+	$(TOOLS_VENV)/bin/python scripts/k8s_validate.py --quiet $(foreach t,$(K8S_TARGETS),reports/k8s/$(notdir $(t)).yaml)
+	@for t in $(K8S_TARGETS); do \
+		name=$$(basename $$t); echo "checkov reports/k8s/$$name.yaml"; \
+		$(TOOLS_VENV)/bin/checkov --framework kubernetes --skip-download -f reports/k8s/$$name.yaml --quiet --compact || exit 1; \
+	done
 
 # One image for all processes; needs a Docker engine (none on the CI machines).
 image:
@@ -88,4 +111,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TOOLS_VENV) deploy/schemas/node_modules

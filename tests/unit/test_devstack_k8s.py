@@ -7,6 +7,7 @@ a kubectl or kustomize on PATH works too. Missing in CI is a failure, elsewhere 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 GRPC_SERVICES = {name: ports for name, ports in DEFAULT_PORTS.items() if ports[0] is not None}
+PROBE_SCRIPT = "/etc/recstack/probe/grpc_health_probe.py"
+# dev: the local tag; prod and train-distributed: by digest (a release sets it).
+IMAGE = re.compile(r"^(recstack:[\w.-]+|[\w./-]+/recstack@sha256:[0-9a-f]{64})$")
 # Current, non-deprecated API versions only (apps/v1, policy/v1, autoscaling/v2, batch/v1 ...).
 ALLOWED_API_VERSIONS = {
     "v1",
@@ -30,7 +34,9 @@ ALLOWED_API_VERSIONS = {
     "batch/v1",
     "policy/v1",
     "autoscaling/v2",
-    "kafka.strimzi.io/v1beta2",
+    "networking.k8s.io/v1",
+    "kafka.strimzi.io/v1",
+    "keda.sh/v1alpha1",
 }
 
 
@@ -88,31 +94,41 @@ def test_every_grpc_service_has_deployment_service_and_grpc_probes(
         spec = deployments[name]["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         assert container["args"] == ["python", "-m", f"services.{name}"]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RECSTACK_PORT"] == str(grpc_port) and env["RECSTACK_METRICS_PORT"] == str(metrics_port)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == grpc_port, (name, probe)
+            if "grpc" in container[probe]:
+                assert container[probe]["grpc"]["port"] == grpc_port, (name, probe)
+            else:  # TLS (prod): the kubelet's gRPC probe is plaintext; the exec probe reads RECSTACK_PORT
+                assert container[probe]["exec"]["command"][:2] == ["python", PROBE_SCRIPT], (name, probe)
         assert spec["terminationGracePeriodSeconds"] > grace
         assert {"configMapRef": {"name": "recstack-config"}} in container["envFrom"]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         ports = {p["name"]: p["port"] for p in services[name]["spec"]["ports"]}
         assert ports == {"grpc": grpc_port, "metrics": metrics_port}
         assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": name}
-        assert container["image"].startswith("recstack:")
+        assert IMAGE.match(container["image"]), container["image"]
 
 
 def test_gateway_addresses_point_at_rendered_services(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    _, docs = rendered
+    overlay, docs = rendered
+    namespace = {"dev": "recstack-dev", "prod": "recstack"}[overlay]
     config = by_kind(docs, "ConfigMap")["recstack-config"]["data"]
     services = by_kind(docs, "Service")
     for stage in ("retrieval", "ranking", "rerank", "bandit"):
-        host, port = config[f"{stage.upper()}_ADDR"].split(":")
-        assert host in services
-        assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
-    redis_host = config["REDIS_URL"].split("//")[1].split(":")[0]
-    assert redis_host in services
+        # dns:///NAME-headless.NAMESPACE.svc:PORT: every pod's address, round_robin over them
+        target = config[f"{stage.upper()}_ADDR"]
+        assert target.startswith("dns:///"), target
+        host, port = target.removeprefix("dns:///").rsplit(":", 1)
+        name, ns, svc = host.split(".")
+        assert (name, ns, svc) == (f"{stage}-headless", namespace, "svc")
+        headless = services[name]["spec"]
+        assert headless["clusterIP"] == "None" and headless["selector"] == {"app.kubernetes.io/name": stage}
+        assert int(port) in {p["port"] for p in headless["ports"]}
+    assert "REDIS_URL" not in config  # it carries the password: from the Secret recstack-redis
     kafka = by_kind(docs, "Kafka")
-    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"{next(iter(kafka))}-kafka-bootstrap:9092"
+    (listener,) = next(iter(kafka.values()))["spec"]["kafka"]["listeners"]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"{next(iter(kafka))}-kafka-bootstrap:{listener['port']}"
     topics = by_kind(docs, "KafkaTopic")
     assert topics[config["RECSTACK_EVENTS_TOPIC"]]["spec"]["partitions"] == int(
         config["RECSTACK_EVENTS_PARTITIONS"]
@@ -167,7 +183,11 @@ def test_gateway_mounts_the_experiments_file(rendered: tuple[str, list[dict[str,
     spec = deployments["gateway"]["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = [m for m in container["volumeMounts"] if volumes[m["name"]].get("configMap")]
+    mounts = [
+        m
+        for m in container["volumeMounts"]
+        if volumes[m["name"]].get("configMap", {}).get("name", "").startswith("recstack-experiments")
+    ]
     assert len(mounts) == 1 and mounts[0]["readOnly"] is True and "subPath" not in mounts[0]
     assert volumes[mounts[0]["name"]]["configMap"]["name"] == cm_name  # the generated name
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -177,14 +197,15 @@ def test_gateway_mounts_the_experiments_file(rendered: tuple[str, list[dict[str,
     for name, deployment in deployments.items():
         if name != "gateway":
             pod = deployment["spec"]["template"]["spec"]
-            assert all("configMap" not in v for v in pod.get("volumes", [])), name
+            maps = [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
+            assert not any(m.startswith("recstack-experiments") for m in maps), name
             for c in pod["containers"]:
                 assert "RECSTACK_EXPERIMENTS" not in {e["name"] for e in c.get("env", [])}, name
 
 
 def test_distributed_training_job_runs_one_torchrun_worker_per_indexed_pod() -> None:
     docs = render("train-distributed", K8S)
-    assert {d["kind"] for d in docs} == {"Job", "Service"}
+    assert {d["kind"] for d in docs} == {"Job", "Service", "ServiceAccount", "NetworkPolicy"}
     assert all(d["apiVersion"] in ALLOWED_API_VERSIONS for d in docs)
     (job,) = by_kind(docs, "Job").values()
     (service,) = by_kind(docs, "Service").values()
@@ -209,7 +230,7 @@ def test_distributed_training_job_runs_one_torchrun_worker_per_indexed_pod() -> 
     assert opts["--master-addr"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
     assert int(opts["--master-port"]) in {p["port"] for p in service["spec"]["ports"]}
     assert opts["--out"] == "/artifacts" and "--data" in opts
-    assert container["image"].startswith("recstack:")
+    assert IMAGE.match(container["image"]), container["image"]
     # It trains into the bundle volume and reads the config of the namespace it is applied to.
     dev = render("dev")
     claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
