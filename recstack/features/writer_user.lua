@@ -1,0 +1,158 @@
+-- FeatureWriter.apply, step 1 (recstack/features/writer.py): the events of the users of one slot.
+-- ARGV: alpha, dedup ttl, recent cap, reward window, consumed cap, effects ttl, groups (JSON):
+-- [{k = {stats, recent, consumed, genres, experiments, offsets, effects}, e = [event, ...]}, ...]
+-- with every key an index into KEYS; event = [index, id, item, type, ts, weight, genres, request,
+-- reward, slate, exps, variants, interaction, segment, src, offset, k_marker, k_imp, k_seg, k_exp].
+-- Returns JSON {applied, dup, rewards, failed = [[index, error]], fx = [[index, effects]]}: the
+-- effects are what the event does under other tags (item counters, arms, popularity, experiment
+-- stats, pending windows), applied by writer_groups.lua; they are stored with the event's offset
+-- (KEYS effects) so that a replay of an event this group already applied returns them again.
+local alpha = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local consumed_cap = tonumber(ARGV[5])
+local fx_ttl = tonumber(ARGV[6])
+local groups = cjson.decode(ARGV[7])
+local applied, dup, rewards = 0, 0, 0
+local failed, fxout = {}, {}
+local function apply_one(K, ev, fx)
+  local user_k, recent_k, consumed_k, genre_k, exp_k = K[1], K[2], K[3], K[4], K[5]
+  local id, item, etype, ts = ev[2], ev[3], ev[4], ev[5]
+  local w, genres, req, reward, slate = ev[6], ev[7], ev[8], ev[9], ev[10]
+  local exps, variants, interaction, seg = ev[11], ev[12], ev[13] == 1, ev[14]
+  local marker, ikey, segkey, metakey = KEYS[ev[17]], KEYS[ev[18]], KEYS[ev[19]], KEYS[ev[20]]
+  if not redis.call('SET', marker, '1', 'NX', 'EX', ttl) then return 'dup' end
+  local ukey = KEYS[user_k]
+  redis.call('HINCRBY', ukey, etype, 1)
+  if interaction then redis.call('HINCRBY', ukey, 'total', 1) end
+  local last = tonumber(redis.call('HGET', ukey, 'last_active') or '0')
+  if ts > last then redis.call('HSET', ukey, 'last_active', fmt(ts)) end
+  local xkey = KEYS[exp_k]
+  if etype == 'impression' then
+    for _, it in ipairs(slate) do
+      fx[#fx + 1] = {'s', it, 'impression'}
+      if req ~= '' then redis.call('HSETNX', ikey, it, 0) end
+    end
+    local keep = math.floor(window) + 86400
+    if req ~= '' then
+      redis.call('EXPIRE', ikey, keep)
+      fx[#fx + 1] = {'p', req}
+      if seg ~= '' and not redis.call('SET', segkey, seg, 'NX', 'EX', keep) then
+        redis.call('EXPIRE', segkey, keep)
+      end
+    end
+    local meta = {}
+    for n, exp in ipairs(exps) do
+      local variant = variants[n]
+      fx[#fx + 1] = {'v', exp, variant}
+      fx[#fx + 1] = {'x', exp, variant, 'impressions'}
+      if redis.call('HSETNX', xkey, exp .. '\n' .. 'variant', variant) == 1 then
+        redis.call('HSET', xkey, exp .. '\n' .. 'first_exposure', fmt(ts))
+        fx[#fx + 1] = {'x', exp, variant, 'users'}
+      end
+      redis.call('HINCRBY', xkey, exp .. '\n' .. 'impressions', 1)
+      meta[#meta + 1] = exp .. '\n' .. variant
+    end
+    if req ~= '' and #meta > 0 then
+      redis.call('SET', metakey, table.concat(meta, '\n'), 'EX', keep)
+    end
+  elseif interaction then
+    local rkey = KEYS[recent_k]
+    redis.call('LREM', rkey, 0, item)
+    redis.call('LPUSH', rkey, item)
+    redis.call('LTRIM', rkey, 0, cap - 1)
+    local ckey = KEYS[consumed_k]
+    redis.call('ZADD', ckey, fmt17(ts), item)
+    if redis.call('ZCARD', ckey) > consumed_cap then
+      redis.call('ZREMRANGEBYRANK', ckey, 0, -(consumed_cap + 1))
+    end
+    local gkey = KEYS[genre_k]
+    local flat = redis.call('HGETALL', gkey)
+    local scores = {}
+    for i = 1, #flat, 2 do scores[flat[i]] = tonumber(flat[i + 1]) * (1 - alpha) end
+    for _, g in ipairs(genres) do scores[g] = (scores[g] or 0) + alpha * w end
+    local args = {}
+    for g, s in pairs(scores) do
+      args[#args + 1] = g
+      args[#args + 1] = fmt(s)
+    end
+    if #args > 0 then redis.call('HSET', gkey, unpack(args)) end
+    fx[#fx + 1] = {'s', item, etype}
+    fx[#fx + 1] = {'o', item}
+    if reward == 1 and req ~= '' then
+      local state = redis.call('HGET', ikey, item)
+      if state ~= '1' then
+        if state == '0' then redis.call('HSET', ikey, item, 1) end
+        fx[#fx + 1] = {'a', item, 'alpha', redis.call('GET', segkey) or ''}
+        rewards = rewards + 1
+      end
+      local meta = redis.call('GET', metakey)
+      if meta then
+        local parts = {}
+        for line in string.gmatch(meta, '[^\n]+') do parts[#parts + 1] = line end
+        for n = 1, #parts - 1, 2 do
+          fx[#fx + 1] = {'x', parts[n], parts[n + 1], etype}
+          if redis.call('HINCRBY', xkey, parts[n] .. '\n' .. etype, 1) == 1 then
+            fx[#fx + 1] = {'x', parts[n], parts[n + 1], 'users_' .. etype}
+          end
+        end
+      end
+    end
+  end
+  return 'ok'
+end
+for _, g in ipairs(groups) do
+  local K = g.k
+  local offs = offsets(KEYS[K[6]])
+  local fkey = KEYS[K[7]]
+  -- effects of offsets before this call's first one (per partition) are no longer needed: the
+  -- partition was applied in every tag up to there before this batch was read
+  local first, wrote = {}, false
+  for _, ev in ipairs(g.e) do
+    local src, off = ev[15], ev[16]
+    if src ~= '' and (first[src] == nil or off < first[src]) then first[src] = off end
+  end
+  if next(first) ~= nil then
+    for _, f in ipairs(redis.call('HKEYS', fkey)) do
+      local src, off = string.match(f, '^(.*)\t(%-?%d+)$')
+      if src and first[src] and tonumber(off) < first[src] then redis.call('HDEL', fkey, f) end
+    end
+  end
+  for _, ev in ipairs(g.e) do
+    local src, off = ev[15], ev[16]
+    if offs.seen(src, off) then
+      -- applied by an earlier call: its effects again (the other tags skip what they applied)
+      dup = dup + 1
+      local stored = redis.call('HGET', fkey, string.format('%s\t%d', src, off))
+      if stored then fxout[#fxout + 1] = {ev[1], cjson.decode(stored)} end
+    else
+      local fx = {}
+      local ok, res = pcall(apply_one, K, ev, fx)
+      if not ok then
+        local msg = errmsg(res)
+        local code = transient_code(msg)
+        if code then
+          offs.save()
+          return redis.error_reply(code .. ' ' .. msg)
+        end
+        failed[#failed + 1] = {ev[1], msg}
+      elseif res == 'ok' then
+        applied = applied + 1
+        if #fx > 0 then
+          fxout[#fxout + 1] = {ev[1], fx}
+          if src ~= '' then
+            redis.call('HSET', fkey, string.format('%s\t%d', src, off), cjson.encode(fx))
+            wrote = true
+          end
+        end
+      else
+        dup = dup + 1
+      end
+      offs.done(src, off)
+    end
+  end
+  offs.save()
+  if wrote then redis.call('EXPIRE', fkey, fx_ttl) end
+end
+return cjson.encode({applied, dup, rewards, failed, fxout})

@@ -1,0 +1,47 @@
+"""Redis Cluster support: ``RECSTACK_REDIS_CLUSTER=true`` makes every service talk to a Redis
+Cluster (``REDIS_URL`` then names any one node; the client discovers the others). The keys carry
+hash tags (recstack/features/keys.py) so every Lua call and multi-key command stays in one slot."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+CLUSTER_ENV = "RECSTACK_REDIS_CLUSTER"
+
+
+def cluster_enabled(environ: dict[str, str] | None = None) -> bool:
+    """True when RECSTACK_REDIS_CLUSTER is true/1/yes/on."""
+    value = (environ if environ is not None else os.environ).get(CLUSTER_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client (redis.asyncio.cluster.RedisCluster or redis.cluster.RedisCluster)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, AsyncCluster | RedisCluster)
+
+
+def async_from_url(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """``redis.asyncio.Redis.from_url`` or, with ``cluster`` (default: RECSTACK_REDIS_CLUSTER),
+    ``redis.asyncio.cluster.RedisCluster.from_url`` with the same keyword arguments."""
+    if cluster_enabled() if cluster is None else cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **kwargs)
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+def sync_from_url(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """The synchronous counterpart of ``async_from_url`` (redis.Redis / redis.cluster.RedisCluster)."""
+    if cluster_enabled() if cluster is None else cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **kwargs)
+    import redis
+
+    return redis.Redis.from_url(url, **kwargs)
