@@ -4,6 +4,7 @@ hash tags (recstack/features/keys.py) so every Lua call and multi-key command st
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -45,3 +46,25 @@ def sync_from_url(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
     import redis
 
     return redis.Redis.from_url(url, **kwargs)
+
+
+# Concurrent calls of one batch on a cluster client (one per slot): bounded below the client's
+# connections per node (redis-py's default max_connections=100 raises MaxConnectionsError beyond).
+MAX_CONCURRENT_CALLS = 32
+
+
+async def gather_calls(client: Any, calls: list[Any]) -> list[Any]:
+    """Await ``calls`` (coroutines of Redis commands): on a cluster client at most
+    MAX_CONCURRENT_CALLS at once, after initializing the client (redis-py 8.1's asyncio
+    RedisCluster fails concurrent first commands with AttributeError when they race its lazy
+    initialization); on a single Redis there is one call per step anyway."""
+    if not is_cluster(client):
+        return [await call for call in calls]
+    await client.initialize()
+    gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+
+    async def run(call: Any) -> Any:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(run(call) for call in calls)))

@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import redis
-import redis.asyncio as aioredis
 
 from recstack.data import load_dataset
 from recstack.devstack.embedded import EmbeddedKafka, EmbeddedRedis, free_port
@@ -55,6 +53,7 @@ from recstack.exploration.rewards import LinearRewardWriter
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 from recstack.metrics_text import sample, samples, scrape
+from recstack.redis_cluster import async_from_url, sync_from_url
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def fresh(events: list[UserEvent]) -> list[UserEvent]:
 
 async def bench_writer(redis_url: str, events: list[UserEvent], batch: int) -> dict[str, float]:
     """Apply events in batches with one FeatureWriter; events/s and batch latency percentiles."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = async_from_url(redis_url, decode_responses=True)
     try:
         keys = Keys(f"bench-w-{uuid.uuid4().hex[:6]}:")  # the stream's writer: bandit rewards included
         writer = FeatureWriter(client, keys=keys, bandit_rewards=LinearRewardWriter(client, keys.prefix))
@@ -171,7 +170,7 @@ class Consumer:
             "RECSTACK_LOG_LEVEL": "warning",
         }
         self.prefix = env["RECSTACK_REDIS_PREFIX"]
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = sync_from_url(redis_url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", MODULES[mode]], cwd=REPO, env=env, stdout=out, stderr=out
         )
@@ -192,12 +191,12 @@ class Consumer:
     def done(self) -> float:
         return _events_done(self.metrics())
 
-    def applied(self, last: dict[int, str]) -> bool:
+    def applied(self, last: dict[int, tuple[str, str]]) -> bool:
         """True once the last event of every partition is in Redis: a partition is applied in order,
         so everything before it is too. One EXISTS call: no load on the consumer (a /metrics
         scrape costs it ~10 ms of CPU)."""
-        keys = [Keys(self.prefix).event_seen(event_id) for event_id in last.values()]
-        return self._redis.exists(*keys) == len(keys)
+        keys = [Keys(self.prefix).event_seen(user, event_id) for user, event_id in last.values()]
+        return sum(self._redis.exists(key) for key in keys) == len(keys)  # one slot per key
 
     def close(self) -> None:
         self._redis.close()
@@ -218,8 +217,9 @@ def _topic(bootstrap: str, mode: str, phase: str) -> str:
     return topic
 
 
-async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) -> dict[int, str]:
-    """Send all events (stamped now) and wait for the acks; returns partition -> its last event_id."""
+async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) -> dict[int, tuple[str, str]]:
+    """Send all events (stamped now) and wait for the acks; returns partition -> (user, event_id) of
+    its last event."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -233,12 +233,12 @@ async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) 
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return {m.partition: e.event_id for e, m in zip(events, metadata, strict=True)}
+    return {m.partition: (e.user_id, e.event_id) for e, m in zip(events, metadata, strict=True)}
 
 
 async def _produce_paced(
     bootstrap: str, topic: str, events: list[UserEvent], rate: float
-) -> tuple[float, dict[int, str]]:
+) -> tuple[float, dict[int, tuple[str, str]]]:
     """Offer events at ``rate``/s in 5 ms ticks, each stamped just before it is handed to the client
     (so the latency includes producer batching); returns the achieved rate and partition -> last
     event_id."""
@@ -262,7 +262,9 @@ async def _produce_paced(
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return len(events) / elapsed, {m.partition: e.event_id for e, m in zip(events, metadata, strict=True)}
+    return len(events) / elapsed, {
+        m.partition: (e.user_id, e.event_id) for e, m in zip(events, metadata, strict=True)
+    }
 
 
 def bench_throughput(

@@ -15,12 +15,12 @@ import logging
 import signal
 import sys
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
+from recstack.redis_cluster import async_from_url
 from services.feature_stream.processor import BatchProcessor, LagTracker, RawMessage, dead_letter_record
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 from services.feature_stream.transport import FETCH_MAX_WAIT_MS
@@ -43,7 +43,7 @@ async def run_raw_consumer(settings: StreamSettings, stop: asyncio.Event) -> Non
         heartbeat_interval_ms=1000,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = async_from_url(settings.redis_url, decode_responses=True)
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:

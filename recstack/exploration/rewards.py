@@ -79,6 +79,7 @@ def key_stems(keys: Keys) -> str:
 
 _APPLY_LUA = lua.load(__package__, "rewards_common.lua", "rewards_apply.lua")
 _SETTLE_LUA = lua.load(__package__, "rewards_common.lua", "rewards_settle.lua")
+_RECORD_LUA = lua.load(__package__, "rewards_record.lua")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ class LinearRewardWriter:
     def __init__(self, redis: Any, prefix: str = "", reward_window_s: float = 1800.0):
         self.redis = redis
         self.prefix = prefix
-        self._stems = key_stems(Keys(prefix))
+        self.keys = Keys(prefix)
+        self._stems = key_stems(self.keys)
         self.reward_window_s = float(reward_window_s)
         self._apply = redis.register_script(_APPLY_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
@@ -127,8 +129,13 @@ class LinearRewardWriter:
         if not batch:
             return RewardResult(0, 0, 0)
         payload = json.dumps(batch, separators=(",", ":"))
+        keys = {self.keys.bandit_contexts_pending(): None, self.keys.linear_shared("linucb-hybrid"): None}
+        for entry in batch:
+            keys[self.keys.bandit_contexts(entry[1])] = None
+            if entry[0] == "r":
+                keys.update(dict.fromkeys(self._arm_keys(entry[2])))
         updates, resets, opened, failed = await self._apply(
-            keys=[], args=[self._stems, self.reward_window_s, payload]
+            keys=list(keys), args=[self._stems, self.reward_window_s, payload]
         )
         for error in failed:
             log.error("bandit reward not applied: %s", error.decode() if isinstance(error, bytes) else error)
@@ -137,8 +144,26 @@ class LinearRewardWriter:
     async def settle(self, now: float | None = None, limit: int = 1000) -> RewardResult:
         """Zero reward for every recorded item of the requests whose window closed before ``now``."""
         now = time.time() if now is None else now
-        requests, updates, resets = await self._settle(keys=[], args=[self._stems, repr(float(now)), limit])
+        pending = self.keys.bandit_contexts_pending()
+        due = [_text(r) for r in await self.redis.zrangebyscore(pending, "-inf", repr(float(now)), 0, limit)]
+        if not due:
+            return RewardResult(0, 0, 0)
+        pipe = self.redis.pipeline(transaction=False)
+        for req in due:
+            pipe.hkeys(self.keys.bandit_contexts(req))
+        keys = {pending: None, self.keys.linear_shared("linucb-hybrid"): None}
+        for req, fields in zip(due, await pipe.execute(), strict=True):
+            keys[self.keys.bandit_contexts(req)] = None
+            for field in map(_text, fields):
+                if field.startswith(CONTEXT_FIELD):
+                    keys.update(dict.fromkeys(self._arm_keys(field[len(CONTEXT_FIELD) :])))
+        args = [self._stems, json.dumps(due, separators=(",", ":"))]
+        requests, updates, resets = await self._settle(keys=list(keys), args=args)
         return self._result(updates, resets, requests)
+
+    def _arm_keys(self, item: str) -> tuple[str, str]:
+        """The arms a reward of ``item`` may update (the request's recorded kind decides which)."""
+        return self.keys.linear_arm(item, "linucb"), self.keys.linear_arm(item, "linucb-hybrid")
 
     @staticmethod
     def _result(updates: Any, resets: Any, requests: Any) -> RewardResult:
@@ -150,6 +175,10 @@ class LinearRewardWriter:
         return result
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class ContextRecorder:
     """Writes the contexts of a request's explored items (see the module docstring); used by the
     bandit service after each contextual decision. ``redis`` is a ``redis.asyncio.Redis``."""
@@ -158,6 +187,7 @@ class ContextRecorder:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = int(reward_window_s) + CONTEXT_TTL_MARGIN_S
+        self._record = redis.register_script(_RECORD_LUA)
 
     async def record(
         self,
@@ -180,7 +210,7 @@ class ContextRecorder:
         for item, row in zip(items, x, strict=True):
             mapping[CONTEXT_FIELD + item] = row.tobytes()
         key = Keys(self.prefix).bandit_contexts(request_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self.ttl_s)
-        await pipe.execute()
+        flat = [part for pair in mapping.items() for part in pair]
+        # HSET + EXPIRE atomically in one single-key script (a MULTI pipeline of redis-py 8.1's
+        # asyncio RedisCluster breaks the client's later broadcasts, e.g. SCRIPT LOAD)
+        await self._record(keys=[key], args=[self.ttl_s, *flat])

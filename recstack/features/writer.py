@@ -61,7 +61,6 @@ Script reloads it on NOSCRIPT (e.g. after a Redis restart).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -85,7 +84,7 @@ from recstack.features.keys import (
     is_valid_segment,
     pending_member,
 )
-from recstack.redis_cluster import is_cluster
+from recstack.redis_cluster import gather_calls, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +306,8 @@ class FeatureWriter:
             self.consumed_cap,
             self.dedup_ttl_s,
         ]
-        replies = await asyncio.gather(
-            *(self._user_script(keys=c.keys, args=[*args, c.payload()]) for c in calls.values())
+        replies = await gather_calls(
+            self.redis, [self._user_script(keys=c.keys, args=[*args, c.payload()]) for c in calls.values()]
         )
         applied = dup = rewards = 0
         failed: dict[int, str] = {}
@@ -385,8 +384,8 @@ class FeatureWriter:
             call = calls.setdefault(self._slot(tag), _Call())
             call.groups.append(g.encode(call))
         args = [popularity_tau(self.popularity_half_life_s), self.popularity_rescale_at]
-        replies = await asyncio.gather(
-            *(self._groups_script(keys=c.keys, args=[c.payload(), *args]) for c in calls.values())
+        replies = await gather_calls(
+            self.redis, [self._groups_script(keys=c.keys, args=[c.payload(), *args]) for c in calls.values()]
         )
         failed: list[tuple[int, str]] = []
         total = 0

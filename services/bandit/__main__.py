@@ -6,8 +6,6 @@ import asyncio
 import logging
 import sys
 
-import redis.asyncio as aioredis
-
 from recstack.artifacts.layout import CatalogError, resolve_catalog_dir
 from recstack.exploration import kernels
 from recstack.exploration.arms import ArmCache
@@ -17,6 +15,7 @@ from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
+from recstack.redis_cluster import async_from_url
 from recstack.rpc.server import run
 from recstack.rpc.settings import load_settings
 from recstack.v1 import bandit_pb2_grpc
@@ -29,7 +28,7 @@ log = logging.getLogger("services.bandit")
 
 def main() -> int:
     settings = load_settings(BanditSettings)
-    redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+    redis = async_from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
     store = FeatureStore(redis, Keys(settings.redis_prefix))
     arms = ArmCache(
         store.get_arms,

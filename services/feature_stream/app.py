@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 from recstack.artifacts.layout import read_current
 from recstack.events.topics import TopicError, ensure_topics
 from recstack.features.catalog import CatalogError, ItemCatalog
+from recstack.redis_cluster import async_from_url
 from services.feature_stream import metrics, transport
 from services.feature_stream.processor import (
     BatchProcessor,
@@ -86,7 +86,7 @@ def create_app(settings: StreamSettings) -> faust.App:
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
 
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = async_from_url(settings.redis_url, decode_responses=True)
     writer = writer_from_settings(redis, settings)
 
     async def send_dead_letter(message: RawMessage, reason: str, detail: str) -> None:

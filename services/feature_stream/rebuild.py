@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from recstack.redis_cluster import async_from_url
 from services.feature_stream.processor import BatchProcessor, RawMessage
 from services.feature_stream.settings import StreamSettings, writer_from_settings
 
@@ -80,7 +80,7 @@ async def rebuild(
         max_poll_records=settings.batch_size,
         request_timeout_ms=int(metadata_timeout_s * 1000),
     )
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = async_from_url(settings.redis_url, decode_responses=True)
     report = RebuildReport(settings.events_topic)
     try:
         await consumer.start()

@@ -13,6 +13,7 @@ from recstack.events.producer import EventProducer
 from recstack.experiments.config import ConfigWatcher, ExperimentConfigError, ExperimentsConfig
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
+from recstack.redis_cluster import async_from_url
 from recstack.rpc.backends import GrpcBandit, GrpcRanking, GrpcRerank, GrpcRetrieval
 from recstack.rpc.client import insecure_channel
 from recstack.rpc.loading import start_reloader
@@ -134,7 +135,7 @@ def main() -> int:
         watcher = await asyncio.to_thread(load_watcher, settings)
         experiments = watcher.config if watcher is not None else ExperimentsConfig.builtin()
         lists = await asyncio.to_thread(read_bundle_lists, Path(settings.artifacts))
-        redis = aioredis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+        redis = async_from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         resources["redis"] = redis
         store = FeatureStore(redis, Keys(settings.redis_prefix))
         backends = await stage_backends(settings, channels, store)

@@ -210,7 +210,7 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         assert 0 < reply.items[-1].propensity <= 1
         # the gateway's impression (published to Kafka) reaches the stream and opens the window
         wait_for(
-            lambda: r.zscore(f"{prefix}bandit:ctx:pending", reply.request_id) is not None,
+            lambda: r.zscore(Keys(prefix).bandit_contexts_pending(), reply.request_id) is not None,
             "the gateway's impression to open the LinUCB reward window",
             worker,
             worker_log,
@@ -264,17 +264,17 @@ def test_thompson_segments_learn_opposite_preferences_through_the_stream(online:
     asyncio.run(produce(online["bootstrap"], online["topic"], [(b"u-seg", event_to_json(e)) for e in events]))
 
     def settled() -> bool:
-        tv = r.hget(f"{prefix}bandit:tsseg:device:tv|m0", "beta")
-        mobile = r.hget(f"{prefix}bandit:tsseg:device:mobile|m1", "beta")
+        tv = r.hget(Keys(prefix).bandit_segment_arm("device:tv", "m0"), "beta")
+        mobile = r.hget(Keys(prefix).bandit_segment_arm("device:mobile", "m1"), "beta")
         return tv is not None and mobile is not None and float(tv) == 11 and float(mobile) == 11
 
     wait_for(settled, "zero rewards in both segments", online["procs"], online["log"], timeout=DEADLINE_S)
     for item in served:  # globally a tie: 10 rewards and 10 zero rewards each
-        assert {k: float(v) for k, v in r.hgetall(f"{prefix}bandit:ts:{item}").items()} == {
+        assert {k: float(v) for k, v in r.hgetall(Keys(prefix).bandit_arm(item)).items()} == {
             b"alpha": 11.0,
             b"beta": 11.0,
         }
-    assert float(r.hget(f"{prefix}bandit:tsseg:device:tv|m1", "alpha")) == 11
+    assert float(r.hget(Keys(prefix).bandit_segment_arm("device:tv", "m1"), "alpha")) == 11
     time.sleep(0.3)  # past the bandit's arm cache TTL (0.2 s)
     tv = [thompson_pick(stub, served, "device:tv") for _ in range(20)]
     mobile = [thompson_pick(stub, served, "device:mobile") for _ in range(20)]

@@ -16,6 +16,7 @@ import redis
 from recstack.devstack.embedded import EmbeddedRedis, free_port
 from recstack.events import event_to_json, new_event
 from recstack.metrics_text import sample, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     metric,
     produce,
@@ -52,7 +53,7 @@ def worker(
         "bootstrap": kafka_broker,
         "metrics_port": int(env["RECSTACK_METRICS_PORT"]),
         "prefix": env["RECSTACK_REDIS_PREFIX"],
-        "redis": redis.Redis.from_url(redis_url, decode_responses=True),
+        "redis": sync_from_url(redis_url, decode_responses=True),
         "artifacts": artifacts,
     }
     try:
