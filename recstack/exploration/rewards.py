@@ -4,7 +4,7 @@ How the context of a decision reaches the reward. When the bandit service serves
 policy (``linucb`` / ``lints``) it records, per request, the context vector of every item it put
 into an exploration slot (``ContextRecorder``):
 
-    {prefix}bandit:ctx:{request_id}   hash  ridge -> the policy's ridge;  x:{item} -> x (float32 LE, [d])
+    {{prefix}bandit}:ctx:{request_id}   hash  ridge -> the policy's ridge;  x:{item} -> x (float32 LE, [d])
                                       TTL = reward window + CONTEXT_TTL_MARGIN_S
 
 ``request_id`` is the gateway's request id (gRPC metadata ``x-request-id``), the one the gateway
@@ -13,7 +13,7 @@ batch (``FeatureWriter.apply``, given it as ``bandit_rewards``) and ``LinearRewa
 its settle timer:
 
 * impression with a request_id whose context hash exists: recorded items that are not in the
-  served slate are dropped, and the request joins ``{prefix}bandit:ctx:pending`` (zset,
+  served slate are dropped, and the request joins ``{{prefix}bandit}:ctx:pending`` (zset,
   score = impression ts + reward window);
 * click / like / purchase with a request_id: if ``x:{item}`` is still in the hash it is deleted
   and the arm gets reward 1 (at most once per (request, item): a replayed batch or a like after
@@ -21,11 +21,12 @@ its settle timer:
 * settle: for every pending request whose window ended, each remaining ``x:{item}`` gets reward 0,
   then the hash and the pending entry are deleted.
 
-Update. ``{prefix}bandit:linucb:{item}`` (the ``LinUCB.arm_hash`` format: ``format`` linucb-v1,
+Update. ``{{prefix}bandit}:linucb:{item}`` (the ``LinUCB.arm_hash`` format: ``format`` linucb-v1,
 ``dim``, ``n``, ``state`` = A^{-1} row-major then b, float32 LE) receives
 ``A^{-1} <- A^{-1} - (A^{-1}x)(A^{-1}x)^T / (1 + x^T A^{-1} x)``, ``b <- b + r x``, ``n += 1``
 inside one Lua script per batch (rewards_apply.lua / rewards_settle.lua after rewards_common.lua,
-next to this module; their keys are built from the stems of recstack/features/keys.py), so
+next to this module; their keys, named from the stems of recstack/features/keys.py, are all
+passed in KEYS and share the one ``{{prefix}bandit}`` hash tag: one Redis Cluster slot), so
 concurrent stream workers never lose an update (Redis runs scripts one at a time). A missing
 arm starts at the prior ``A^{-1} = I / ridge``, ``b = 0``; an arm whose stored state is
 unreadable (wrong format, dim or length, NaN/inf, non-positive diagonal) is reset to that prior
@@ -34,8 +35,8 @@ reads the same statistics as LinUCB (``kind`` linucb).
 
 Hybrid LinUCB. A request served by ``linucb-hybrid`` records ``kind`` linucb-hybrid and its
 ``shared`` dimension k in the context hash (0: z and x are both the whole row). Its rewards update
-``{prefix}bandit:linucb-hybrid:{item}`` (``HybridLinUCB.arm_hash``: A_a^{-1}, B_a, b_a) and the
-one shared hash ``{prefix}bandit:linucb-hybrid-shared`` (A0, b0) in the same script, with the
+``{{prefix}bandit}:linucb-hybrid:{item}`` (``HybridLinUCB.arm_hash``: A_a^{-1}, B_a, b_a) and the
+one shared hash ``{{prefix}bandit}:linucb-hybrid-shared`` (A0, b0) in the same script, with the
 rank-one shared change of ``linucb.hybrid_shared_delta`` (O(d^2 + dk + k^2) per reward instead
 of Algorithm 2's O(d^2 k)). Every reward of every request touches the shared hash, so hybrid
 rewards serialise on it (Redis runs one script at a time anyway).

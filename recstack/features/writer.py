@@ -1,7 +1,12 @@
-"""Write side of the Redis features: applies a batch of validated events in ONE Lua script call.
+"""Write side of the Redis features: applies a batch of validated events in two Lua steps.
 
-Per event (each ``event_id`` at most once: ``SET {prefix}event:{event_id} NX EX dedup_ttl`` inside
-the same script, so a batch replayed after a crash is a no-op):
+Key names are those of recstack/features/keys.py (hash-tagged; below without the tags). Step 1
+(writer_user.lua, one call per slot of the batch's users) writes the users' keys and returns each
+event's effects on other tags; step 2 (writer_groups.lua, one call per slot of those tags) applies
+them. On a single Redis each step is one call. docs/DESIGN.md § "Redis Cluster" has the protocol.
+
+Per event (each ``event_id`` at most once: ``SET {u:USER}:event:{event_id} NX EX dedup_ttl`` in the
+user's call):
 
 * every event: ``user:{id}:stats`` counter of its type and ``last_active = max(old, ts)``;
   ``total`` counts interactions only (not impressions nor session events).
@@ -14,7 +19,7 @@ the same script, so a batch replayed after a crash is a no-op):
     like 1.5, purchase 2, rating rating/5.
   - ``item:{id}:stats`` counter of the type; ``items:popularity`` ZINCRBY of the weight, decayed in
     time (see "Popularity" below).
-  - rewards (click, like, purchase with a request_id): ``bandit:ts:{item}`` alpha += 1, at most
+  - rewards (click, like, purchase with a request_id): the item's Thompson arm alpha += 1, at most
     once per (request_id, item) while the impression is pending; when that impression carried a
     bandit segment, the segment arm ``bandit:tsseg:{segment}|{item}`` gets the same increment and
     its expiry is pushed to ``segment_arm_ttl_s`` (default 30 days; 0 = never): a segment arm
@@ -49,14 +54,16 @@ no-ops like every other write (the event_id marker).
 ``beta += 1`` (zero reward), on the segment arm too when the impression had a segment. Arms,
 global and per segment, start from the Beta(1, 1) prior (both fields set to 1 first).
 
-Partition offsets: with the events' sources (``topic:partition``, offset), the script keeps the
-newest applied offset of each partition in ``stream:offsets`` (written in the same atomic call as
-the batch) and skips events at or below it: exactly-once that does not depend on the markers' TTL
-(those stay, for producers that send the same event twice).
+Partition offsets: with the events' sources (``topic:partition``, offset), every tag group keeps
+the newest applied offset of each partition in ``{tag}:offsets`` (written in the same call as the
+group's writes) and skips events at or below it; step 1 stores each event's effects with its offset
+(``{u:USER}:effects``) and returns them again on a replay, so a batch cut between slots is completed
+exactly once: exactly-once that does not depend on the markers' TTL (those stay, for producers
+that send the same event twice).
 
-Keys are built inside the script from the prefix (single Redis or a hash-tagged prefix; not
-cluster-sharded). The script is loaded once (SCRIPT LOAD) and called with EVALSHA; redis-py's
-Script reloads it on NOSCRIPT (e.g. after a Redis restart).
+Every key of a call is passed in KEYS (no script builds a key). The scripts are loaded once
+(SCRIPT LOAD) and called with EVALSHA; redis-py's Script reloads them on NOSCRIPT (e.g. after a
+Redis restart).
 """
 
 from __future__ import annotations
