@@ -21,11 +21,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.features.keys import Keys
+from recstack.redis_cluster import sync_from_url
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import Service, service_env, service_stack, start_all, stop_all, wait_serving
 from tests.integration.stream_support import (
@@ -76,7 +76,7 @@ def online(
             "bootstrap": kafka_broker,
             "topic": env["RECSTACK_EVENTS_TOPIC"],
             "prefix": env["RECSTACK_REDIS_PREFIX"],
-            "redis": redis.Redis.from_url(redis_url),
+            "redis": sync_from_url(redis_url),
             "procs": [worker, bandit.proc],
             "log": worker_log,
             "bandit_log": bandit.log_path,
@@ -196,7 +196,7 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         RECSTACK_EXPERIMENTS=str(experiments),
     )
     services["bandit"].env.update(RECSTACK_LINUCB_EPSILON="0", RECSTACK_REWARD_WINDOW_S="600")
-    r = redis.Redis.from_url(redis_url)
+    r = sync_from_url(redis_url)
     try:
         start_all(services.values())
         version = (small_bundle / "CURRENT").read_text().strip()

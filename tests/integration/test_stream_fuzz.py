@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.events.schema import MAX_EVENT_BYTES
 from recstack.features.keys import Keys
 from recstack.metrics_text import sample, samples, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     produce_batched,
     read_topic,
@@ -121,7 +121,7 @@ def test_fuzzed_bad_records_are_dead_lettered_and_good_ones_applied(
         RECSTACK_LOG_LEVEL="WARNING",
     )
     prefix, port, log = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"]), tmp_path / "w.log"
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = sync_from_url(redis_url, decode_responses=True)
     r.set(Keys(prefix).recent_items("poison"), "not a list")
     proc = start_worker(env, log)
     try:

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.features.keys import Keys
 from recstack.metrics_text import sample, samples, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     produce_batched,
     start_worker,
@@ -55,7 +55,7 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
         user = rng.choice([u for u in users if cursor[u] < 30])
         events.append(new_event(user, rng.choice(["view", "click"]), sequence[user][cursor[user]]))
         cursor[user] += 1
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = sync_from_url(redis_url, decode_responses=True)
     try:
         # the group settles with two partitions on each worker (the assignment is balanced)
         wait_for(lambda: assigned() == [2.0, 2.0], "both workers to own partitions", procs, log, 45)
