@@ -246,7 +246,7 @@ def redis_migrate_keys_cmd(
         src = sync_from_url(source)
         dst = src if not target else sync_from_url(target, cluster=target_cluster)
         report = migrate_keys(src, dst, prefix, delete=delete)
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         _fail(f"migration failed: {exc}")
     if as_json:
         typer.echo(json.dumps(asdict(report)))

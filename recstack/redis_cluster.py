@@ -53,6 +53,14 @@ def sync_from_url(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
 MAX_CONCURRENT_CALLS = 32
 
 
+async def ensure_initialized(client: Any) -> None:
+    """Initialize a cluster client once, before concurrent use (redis-py 8.1's asyncio RedisCluster
+    fails concurrent first commands with AttributeError when they race its lazy initialization);
+    a no-op for a single-Redis client and for an initialized one."""
+    if is_cluster(client) and getattr(client, "_initialize", False):
+        await client.initialize()
+
+
 async def gather_calls(client: Any, calls: list[Any]) -> list[Any]:
     """Await ``calls`` (coroutines of Redis commands): on a cluster client at most
     MAX_CONCURRENT_CALLS at once, after initializing the client (redis-py 8.1's asyncio
@@ -60,7 +68,7 @@ async def gather_calls(client: Any, calls: list[Any]) -> list[Any]:
     initialization); on a single Redis there is one call per step anyway."""
     if not is_cluster(client):
         return [await call for call in calls]
-    await client.initialize()
+    await ensure_initialized(client)
     gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
 
     async def run(call: Any) -> Any:

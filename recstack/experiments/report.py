@@ -79,9 +79,11 @@ def load_redis_records(
     pattern = keys.user_experiments("*")  # one hash per user: fields "{exp}\n{field}"
     head, tail = pattern.split("*", 1)
     mark = experiment_field(experiment_id, "").encode()
-    client = sync_from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
     rows: list[dict[str, object]] = []
+    client = None
     try:
+        # a cluster client reads the topology here: an unreachable node fails now
+        client = sync_from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         names = [k.decode() for k in client.scan_iter(match=pattern, count=batch)]
         for start in range(0, len(names), batch):
             chunk = names[start : start + batch]
@@ -99,15 +101,16 @@ def load_redis_records(
                     record[field] = float(row.get(field, 0))
                 rows.append(record)
         variants = sorted(v.decode() for v in client.smembers(keys.experiment_variants(experiment_id)))
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise ExperimentStatsError(f"cannot read A/B records from Redis at {redis_url}: {exc}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if not rows:
         seen = f" (variants seen: {variants})" if variants else ""
         raise ExperimentStatsError(
             f"no A/B records for experiment {experiment_id!r} in Redis at {redis_url} "
-            f"(keys {head}*){seen}: no impression of this experiment has been processed by the "
+            f"(keys {pattern}){seen}: no impression of this experiment has been processed by the "
             "feature stream yet, or the experiment id / RECSTACK_REDIS_PREFIX is wrong"
         )
     return pd.DataFrame(rows, columns=["user_id", *REDIS_RECORD_FIELDS])

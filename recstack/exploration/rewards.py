@@ -57,6 +57,7 @@ from recstack import lua
 from recstack.events.schema import REWARD_TYPES, UserEvent
 from recstack.exploration.state_codec import STATE_DTYPE
 from recstack.features.keys import Keys
+from recstack.redis_cluster import ensure_initialized
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class LinearRewardWriter:
         if not batch:
             return RewardResult(0, 0, 0)
         payload = json.dumps(batch, separators=(",", ":"))
+        await ensure_initialized(self.redis)
         keys = {self.keys.bandit_contexts_pending(): None, self.keys.linear_shared("linucb-hybrid"): None}
         for entry in batch:
             keys[self.keys.bandit_contexts(entry[1])] = None
@@ -145,6 +147,7 @@ class LinearRewardWriter:
     async def settle(self, now: float | None = None, limit: int = 1000) -> RewardResult:
         """Zero reward for every recorded item of the requests whose window closed before ``now``."""
         now = time.time() if now is None else now
+        await ensure_initialized(self.redis)
         pending = self.keys.bandit_contexts_pending()
         due = [_text(r) for r in await self.redis.zrangebyscore(pending, "-inf", repr(float(now)), 0, limit)]
         if not due:

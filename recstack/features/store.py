@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from recstack import lua
 from recstack.features.keys import Keys, experiment_field
 from recstack.features.types import UserFeatures
-from recstack.redis_cluster import is_cluster
+from recstack.redis_cluster import ensure_initialized, is_cluster
 
 
 def _s(value: Any) -> str:
@@ -53,6 +53,7 @@ class FeatureStore:
         on a single Redis one read-only Lua call (store_arms.lua; measured ~0.5 ms of client CPU for
         200 arms against ~3 ms for a pipeline), on a Redis Cluster a pipeline (one per node: the
         arms carry their items' tags, so no call may read them together)."""
+        await ensure_initialized(self.redis)
         if not self._cluster:
             return list(await self._arms_script(keys=list(keys)))
         pipe = self.redis.pipeline(transaction=False)
@@ -68,6 +69,7 @@ class FeatureStore:
 
         An unknown user gets empty features (``is_cold`` is True).
         """
+        await ensure_initialized(self.redis)
         pipe = self.redis.pipeline(transaction=False)
         pipe.lrange(self.keys.recent_items(user_id), 0, -1)
         pipe.hgetall(self.keys.genre_scores(user_id))
@@ -94,6 +96,7 @@ class FeatureStore:
     async def get_popular(self, n: int) -> list[str]:
         """The n most popular item ids (highest time-decayed popularity first); empty when nothing was
         streamed yet. The gateway's popularity fallback reads this."""
+        await ensure_initialized(self.redis)
         if n <= 0:
             return []
         return [_s(x) for x in await self.redis.zrevrange(self.keys.popularity(), 0, n - 1)]
@@ -104,6 +107,7 @@ class FeatureStore:
         """The n most popular items with their popularity decayed to ``now`` (unix s, default the
         clock): sum of weight * 2^(-(now - t) / half_life_s) over the item's events. half_life_s must
         be the writer's (FeatureWriter.popularity_half_life_s; 0: plain weighted counts)."""
+        await ensure_initialized(self.redis)
         if n <= 0:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -144,6 +148,7 @@ class FeatureStore:
     async def get_experiment(self, experiment_id: str) -> dict[str, dict[str, float]]:
         """variant -> counters (impressions, users, click, like, purchase, users_click, ...) of an
         experiment, as written by the feature stream; {} when no impression of it was seen."""
+        await ensure_initialized(self.redis)
         variants = sorted(
             _s(v) for v in await self.redis.smembers(self.keys.experiment_variants(experiment_id))
         )
@@ -159,6 +164,7 @@ class FeatureStore:
 
     async def get_experiment_user(self, experiment_id: str, user_id: str) -> dict[str, str]:
         """The user's exposure/outcome record in an experiment ({} when never exposed)."""
+        await ensure_initialized(self.redis)
         row = await self.redis.hgetall(self.keys.user_experiments(user_id))
         head = experiment_field(experiment_id, "")
         return {_s(k)[len(head) :]: _s(v) for k, v in row.items() if _s(k).startswith(head)}

@@ -91,7 +91,7 @@ from recstack.features.keys import (
     is_valid_segment,
     pending_member,
 )
-from recstack.redis_cluster import gather_calls, is_cluster
+from recstack.redis_cluster import ensure_initialized, gather_calls, is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,7 @@ class FeatureWriter:
         # step 1: the users' groups, bucketed by slot
         calls: dict[int, _Call] = {}
         groups: dict[str, dict[str, Any]] = {}
+        encoded_events: list[list[Any]] = []
         for index, event in enumerate(events):
             user = event.user_id
             call = calls.setdefault(self._slot(keys.user_tag(user)), _Call())
@@ -294,15 +295,18 @@ class FeatureWriter:
                 }
                 call.groups.append(group)
             req = event.request_id
+            encoded = self._encode(event)
+            encoded_events.append(encoded)
             group["e"].append(
                 [
                     index,
-                    *self._encode(event),
+                    *encoded,
                     *srcs[index],
                     call.key(keys.event_seen(user, event.event_id)),
-                    call.key(keys.impression(user, req)),
-                    call.key(keys.impression_segment(user, req)),
-                    call.key(keys.impression_experiment(user, req)),
+                    # the impression's keys only where the event names a request (0: none)
+                    call.key(keys.impression(user, req)) if req else 0,
+                    call.key(keys.impression_segment(user, req)) if req else 0,
+                    call.key(keys.impression_experiment(user, req)) if req else 0,
                 ]
             )
         args = [
@@ -323,10 +327,11 @@ class FeatureWriter:
             a, d, r, fails, fx = json.loads(reply)
             applied, dup, rewards = applied + a, dup + d, rewards + r
             failed.update((int(i), str(msg)) for i, msg in _rows(fails))
-            effects.extend((int(i), list(f)) for i, f in _rows(fx))
+            effects.extend((int(i), _rows(f)) for i, f in _rows(fx))
         # step 2: the effects on the other tags, bucketed by slot
         if effects:
             effects.sort(key=lambda row: row[0])
+            effects = [(i, [*_event_effects(encoded_events[i]), *fx]) for i, fx in effects]
             step2, _ = await self._run_groups(self._effect_groups(events, srcs, effects))
             for index, error in step2:
                 failed.setdefault(index, error)
@@ -412,6 +417,7 @@ class FeatureWriter:
         now = time.time() if now is None else now
         keys = self.keys
         pending = keys.impressions_pending()
+        await ensure_initialized(self.redis)
         members = await self.redis.zrangebyscore(pending, "-inf", repr(float(now)), start=0, num=limit)
         if not members:
             if self.bandit_rewards is not None:
@@ -476,6 +482,33 @@ class FeatureWriter:
             1 if event.is_interaction else 0,
             impression_segment(event),
         ]
+
+
+def _event_effects(encoded: list[Any]) -> list[list[Any]]:
+    """The effects every applied event has on other tags, known from the event alone (those that
+    depend on the user's state come back from writer_user.lua): item counters, popularity, the
+    pending reward window, the experiments' variants and impressions. ``encoded``: ``_encode``."""
+    item, etype, req, slate, exps, variants, interaction = (
+        encoded[1],
+        encoded[2],
+        encoded[6],
+        encoded[8],
+        encoded[9],
+        encoded[10],
+        encoded[11],
+    )
+    out: list[list[Any]] = []
+    if etype == "impression":
+        out.extend(["s", it, "impression"] for it in slate)
+        if req:
+            out.append(["p", req])
+        for exp, variant in zip(exps, variants, strict=True):
+            out.append(["v", exp, variant])
+            out.append(["x", exp, variant, "impressions"])
+    elif interaction:
+        out.append(["s", item, etype])
+        out.append(["o", item])
+    return out
 
 
 def _str(value: Any) -> str:

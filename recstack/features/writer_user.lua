@@ -3,10 +3,12 @@
 -- [{k = {stats, recent, consumed, genres, experiments, offsets, effects}, e = [event, ...]}, ...]
 -- with every key an index into KEYS; event = [index, id, item, type, ts, weight, genres, request,
 -- reward, slate, exps, variants, interaction, segment, src, offset, k_marker, k_imp, k_seg, k_exp].
--- Returns JSON {applied, dup, rewards, failed = [[index, error]], fx = [[index, effects]]}: the
--- effects are what the event does under other tags (item counters, arms, popularity, experiment
--- stats, pending windows), applied by writer_groups.lua; they are stored with the event's offset
--- (KEYS effects) so that a replay of an event this group already applied returns them again.
+-- Returns JSON {applied, dup, rewards, failed = [[index, error]], fx = [[index, effects]]}: one fx
+-- row per applied event (the caller derives from the event itself what every applied event does to
+-- item counters, popularity, pending windows and experiment impressions); its effects are those
+-- that depend on this user's state: Thompson arm rewards (with the impression's segment), first
+-- exposures, attributed A/B outcomes. They are stored with the event's offset (KEYS effects), so
+-- that a replay of an event this group already applied returns them again.
 local alpha = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local cap = tonumber(ARGV[3])
@@ -31,13 +33,11 @@ local function apply_one(K, ev, fx)
   local xkey = KEYS[exp_k]
   if etype == 'impression' then
     for _, it in ipairs(slate) do
-      fx[#fx + 1] = {'s', it, 'impression'}
       if req ~= '' then redis.call('HSETNX', ikey, it, 0) end
     end
     local keep = math.floor(window) + 86400
     if req ~= '' then
       redis.call('EXPIRE', ikey, keep)
-      fx[#fx + 1] = {'p', req}
       if seg ~= '' and not redis.call('SET', segkey, seg, 'NX', 'EX', keep) then
         redis.call('EXPIRE', segkey, keep)
       end
@@ -45,8 +45,6 @@ local function apply_one(K, ev, fx)
     local meta = {}
     for n, exp in ipairs(exps) do
       local variant = variants[n]
-      fx[#fx + 1] = {'v', exp, variant}
-      fx[#fx + 1] = {'x', exp, variant, 'impressions'}
       if redis.call('HSETNX', xkey, exp .. '\n' .. 'variant', variant) == 1 then
         redis.call('HSET', xkey, exp .. '\n' .. 'first_exposure', fmt(ts))
         fx[#fx + 1] = {'x', exp, variant, 'users'}
@@ -78,8 +76,6 @@ local function apply_one(K, ev, fx)
       args[#args + 1] = fmt(s)
     end
     if #args > 0 then redis.call('HSET', gkey, unpack(args)) end
-    fx[#fx + 1] = {'s', item, etype}
-    fx[#fx + 1] = {'o', item}
     if reward == 1 and req ~= '' then
       local state = redis.call('HGET', ikey, item)
       if state ~= '1' then
@@ -139,12 +135,10 @@ for _, g in ipairs(groups) do
         failed[#failed + 1] = {ev[1], msg}
       elseif res == 'ok' then
         applied = applied + 1
-        if #fx > 0 then
-          fxout[#fxout + 1] = {ev[1], fx}
-          if src ~= '' then
-            redis.call('HSET', fkey, string.format('%s\t%d', src, off), cjson.encode(fx))
-            wrote = true
-          end
+        fxout[#fxout + 1] = {ev[1], fx}
+        if src ~= '' then
+          redis.call('HSET', fkey, string.format('%s\t%d', src, off), cjson.encode(fx))
+          wrote = true
         end
       else
         dup = dup + 1
