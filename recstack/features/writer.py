@@ -345,9 +345,13 @@ class FeatureWriter:
     def _effect_groups(
         self, events: Sequence[UserEvent], srcs: Sequence[tuple[str, int]], effects: list[tuple[int, list]]
     ) -> dict[str, _Group]:
-        """Tag -> the ops step 1's effects make on it, per event in batch order."""
+        """Tag -> the ops step 1's effects make on it, per event in batch order (each tag's key
+        names built once per batch)."""
         keys = self.keys
         groups: dict[str, _Group] = {}
+        items: dict[str, tuple[_Group, str, str]] = {}  # item -> (group, stats key, arm key)
+        exps: dict[str, _Group] = {}
+        pop = pending = None
 
         def group(tag: str, offsets: str) -> _Group:
             g = groups.get(tag)
@@ -361,27 +365,35 @@ class FeatureWriter:
                 kind = effect[0]
                 if kind in ("s", "a"):
                     item = str(effect[1])
-                    g = group(keys.item_tag(item), keys.item_offsets(item))
+                    entry = items.get(item)
+                    if entry is None:
+                        g = group(keys.item_tag(item), keys.item_offsets(item))
+                        entry = items[item] = (g, keys.item_stats(item), keys.bandit_arm(item))
+                    g, stats_key, arm_key = entry
                     if kind == "s":
-                        g.op(index, src, ["h", keys.item_stats(item), effect[2]])
+                        g.op(index, src, ["h", stats_key, effect[2]])
                     else:
-                        g.op(index, src, ["a", keys.bandit_arm(item), effect[2], 0])
+                        g.op(index, src, ["a", arm_key, effect[2], 0])
                         if effect[3]:
                             seg_key = keys.bandit_segment_arm(str(effect[3]), item)
                             g.op(index, src, ["a", seg_key, effect[2], self.segment_arm_ttl_s])
                 elif kind == "o":
-                    g = group(keys.popularity(), keys.popularity_offsets())
+                    if pop is None:
+                        pop = group(keys.popularity(), keys.popularity_offsets())
+                        pop_keys = (keys.popularity(), keys.popularity_epoch())
                     w = self.weights.weight(event)
-                    op = ["p", keys.popularity(), keys.popularity_epoch(), str(effect[1]), w, event.timestamp]
-                    g.op(index, src, op)
+                    pop.op(index, src, ["p", *pop_keys, str(effect[1]), w, event.timestamp])
                 elif kind == "p":
-                    g = group(keys.impressions_pending(), keys.impressions_pending_offsets())
+                    if pending is None:
+                        pending = group(keys.impressions_pending(), keys.impressions_pending_offsets())
                     member = pending_member(event.user_id, str(effect[1]))
                     score = event.timestamp + self.reward_window_s
-                    g.op(index, src, ["n", keys.impressions_pending(), score, member])
+                    pending.op(index, src, ["n", keys.impressions_pending(), score, member])
                 elif kind in ("v", "x"):
                     exp = str(effect[1])
-                    g = group(keys.experiment_tag(exp), keys.experiment_offsets(exp))
+                    g = exps.get(exp)
+                    if g is None:
+                        g = exps[exp] = group(keys.experiment_tag(exp), keys.experiment_offsets(exp))
                     if kind == "v":
                         g.op(index, src, ["s", keys.experiment_variants(exp), effect[2]])
                     else:
