@@ -344,21 +344,15 @@ class FeatureWriter:
 
     def _effect_groups(
         self, events: Sequence[UserEvent], srcs: Sequence[tuple[str, int]], effects: list[tuple[int, list]]
-    ) -> dict[str, _Group]:
-        """Tag -> the ops step 1's effects make on it, per event in batch order (each tag's key
-        names built once per batch)."""
+    ) -> _Groups:
+        """The ops step 1's effects make on each tag, per event in batch order, bucketed by slot
+        into calls (each tag's key names and KEYS indexes resolved once per batch)."""
         keys = self.keys
-        groups: dict[str, _Group] = {}
-        items: dict[str, tuple[_Group, str, str]] = {}  # item -> (group, stats key, arm key)
+        groups = _Groups(self._slot)
+        items: dict[str, tuple[_Group, int, int]] = {}  # item -> (group, stats index, arm index)
         exps: dict[str, _Group] = {}
-        pop = pending = None
-
-        def group(tag: str, offsets: str) -> _Group:
-            g = groups.get(tag)
-            if g is None:
-                g = groups[tag] = _Group(tag, offsets)
-            return g
-
+        pop: tuple[_Group, int, int] | None = None
+        pending: tuple[_Group, int] | None = None
         for index, fx in effects:
             event, src = events[index], srcs[index]
             for effect in fx:
@@ -367,46 +361,45 @@ class FeatureWriter:
                     item = str(effect[1])
                     entry = items.get(item)
                     if entry is None:
-                        g = group(keys.item_tag(item), keys.item_offsets(item))
-                        entry = items[item] = (g, keys.item_stats(item), keys.bandit_arm(item))
+                        g = groups.get(keys.item_tag(item), keys.item_offsets(item))
+                        entry = items[item] = (g, g.key(keys.item_stats(item)), g.key(keys.bandit_arm(item)))
                     g, stats_key, arm_key = entry
                     if kind == "s":
                         g.op(index, src, ["h", stats_key, effect[2]])
                     else:
                         g.op(index, src, ["a", arm_key, effect[2], 0])
                         if effect[3]:
-                            seg_key = keys.bandit_segment_arm(str(effect[3]), item)
+                            seg_key = g.key(keys.bandit_segment_arm(str(effect[3]), item))
                             g.op(index, src, ["a", seg_key, effect[2], self.segment_arm_ttl_s])
                 elif kind == "o":
                     if pop is None:
-                        pop = group(keys.popularity(), keys.popularity_offsets())
-                        pop_keys = (keys.popularity(), keys.popularity_epoch())
+                        g = groups.get(keys.popularity(), keys.popularity_offsets())
+                        pop = (g, g.key(keys.popularity()), g.key(keys.popularity_epoch()))
                     w = self.weights.weight(event)
-                    pop.op(index, src, ["p", *pop_keys, str(effect[1]), w, event.timestamp])
+                    pop[0].op(index, src, ["p", pop[1], pop[2], str(effect[1]), w, event.timestamp])
                 elif kind == "p":
                     if pending is None:
-                        pending = group(keys.impressions_pending(), keys.impressions_pending_offsets())
+                        g = groups.get(keys.impressions_pending(), keys.impressions_pending_offsets())
+                        pending = (g, g.key(keys.impressions_pending()))
                     member = pending_member(event.user_id, str(effect[1]))
                     score = event.timestamp + self.reward_window_s
-                    pending.op(index, src, ["n", keys.impressions_pending(), score, member])
+                    pending[0].op(index, src, ["n", pending[1], score, member])
                 elif kind in ("v", "x"):
                     exp = str(effect[1])
                     g = exps.get(exp)
                     if g is None:
-                        g = exps[exp] = group(keys.experiment_tag(exp), keys.experiment_offsets(exp))
+                        g = exps[exp] = groups.get(keys.experiment_tag(exp), keys.experiment_offsets(exp))
                     if kind == "v":
-                        g.op(index, src, ["s", keys.experiment_variants(exp), effect[2]])
+                        g.op(index, src, ["s", g.key(keys.experiment_variants(exp)), effect[2]])
                     else:
-                        g.op(index, src, ["h", keys.experiment_stats(exp, str(effect[2])), effect[3]])
+                        stats = g.key(keys.experiment_stats(exp, str(effect[2])))
+                        g.op(index, src, ["h", stats, effect[3]])
         return groups
 
-    async def _run_groups(self, groups: dict[str, _Group]) -> tuple[list[tuple[int, str]], int]:
+    async def _run_groups(self, groups: _Groups) -> tuple[list[tuple[int, str]], int]:
         """One writer_groups.lua call per slot; returns the failed (event index, error) and the
         zero rewards settle applied."""
-        calls: dict[int, _Call] = {}
-        for tag, g in groups.items():
-            call = calls.setdefault(self._slot(tag), _Call())
-            call.groups.append(g.encode(call))
+        calls = groups.calls
         args = [popularity_tau(self.popularity_half_life_s), self.popularity_rescale_at]
         replies = await gather_calls(
             self.redis, [self._groups_script(keys=c.keys, args=[c.payload(), *args]) for c in calls.values()]
@@ -441,7 +434,7 @@ class FeatureWriter:
             pipe.hgetall(keys.impression(user, req))
             pipe.get(keys.impression_segment(user, req))
         rows = await pipe.execute()
-        groups: dict[str, _Group] = {}
+        groups = _Groups(self._slot)
         for n, (_user, req) in enumerate(windows):
             served, seg = rows[2 * n], rows[2 * n + 1]
             seg = _str(seg) if seg is not None else ""
@@ -449,19 +442,18 @@ class FeatureWriter:
                 if _str(state) != "0":
                     continue
                 item = _str(item)
-                tag = keys.item_tag(item)
-                g = groups.get(tag) or groups.setdefault(tag, _Group(tag, ""))
+                g = groups.get(keys.item_tag(item), "")
                 op = [
                     "z",
-                    keys.item_settled(item, req),
+                    g.key(keys.item_settled(item, req)),
                     SETTLED_MARKER_TTL_S,
-                    keys.bandit_arm(item),
-                    keys.bandit_segment_arm(seg, item) if seg else 0,
+                    g.key(keys.bandit_arm(item)),
+                    g.key(keys.bandit_segment_arm(seg, item)) if seg else 0,
                     self.segment_arm_ttl_s,
                 ]
                 g.op(n, ("", -1), op)
         zeros = 0
-        if groups:
+        if groups.calls:
             failed, zeros = await self._run_groups(groups)
             for n, error in failed:
                 log.error("zero rewards of request %s not applied: %s", windows[n][1], error)
@@ -553,36 +545,39 @@ class _Call:
 
 
 class _Group:
-    """The ops of one tag in step 2: per event (batch index, source, offset), ops whose keys are
-    names until ``encode`` turns them into KEYS indexes of a call."""
+    """The ops of one tag in step 2 (keys already KEYS indexes of its call): per event, [batch
+    index, source, offset, op, ...]."""
 
-    def __init__(self, tag: str, offsets: str) -> None:
-        self.tag = tag
-        self.offsets = offsets
+    def __init__(self, call: _Call, offsets: str) -> None:
+        self.call = call
         self.events: list[list[Any]] = []
+        self.payload = {"o": call.key(offsets) if offsets else 0, "e": self.events}
+        call.groups.append(self.payload)
+
+    def key(self, name: str) -> int:
+        return self.call.key(name)
 
     def op(self, index: int, src: tuple[str, int], op: list[Any]) -> None:
-        if not self.events or self.events[-1][0] != index:
-            self.events.append([index, src[0], src[1]])
-        self.events[-1].append(op)
-
-    def encode(self, call: _Call) -> dict[str, Any]:
-        out = []
-        for index, src, off, *ops in self.events:
-            row: list[Any] = [index, src, off]
-            for op in ops:
-                row.append(_encode_op(call, op))
-            out.append(row)
-        return {"o": call.key(self.offsets) if self.offsets else 0, "e": out}
+        events = self.events
+        if not events or events[-1][0] != index:
+            events.append([index, src[0], src[1], op])
+        else:
+            events[-1].append(op)
 
 
-# positions of key names in each op (see writer_groups.lua)
-_OP_KEYS = {"h": (1,), "a": (1,), "z": (1, 3, 4), "p": (1, 2), "n": (1,), "s": (1,)}
+class _Groups:
+    """Tag groups of step 2 bucketed into one call per slot (``slot``: FeatureWriter._slot)."""
 
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+        self.calls: dict[int, _Call] = {}
+        self._groups: dict[str, _Group] = {}
 
-def _encode_op(call: _Call, op: list[Any]) -> list[Any]:
-    out = list(op)
-    for pos in _OP_KEYS[op[0]]:
-        if out[pos]:  # 0: no key (a settle op without a segment arm)
-            out[pos] = call.key(out[pos])
-    return out
+    def get(self, tag: str, offsets: str) -> _Group:
+        g = self._groups.get(tag)
+        if g is None:
+            call = self.calls.get(slot := self._slot(tag))
+            if call is None:
+                call = self.calls[slot] = _Call()
+            g = self._groups[tag] = _Group(call, offsets)
+        return g
