@@ -98,30 +98,60 @@ local function apply_one(K, ev, fx)
   end
   return 'ok'
 end
+-- The effects of the applied events are stored per (call, partition) as one field
+-- "src\tfirst\tlast" -> JSON [[offset, effects], ...] of KEYS effects: one HSET per user and call.
+-- A field whose last offset is below this call's first offset of its partition is dropped: that
+-- partition was applied in every tag up to there before this batch was read.
+local function field_range(f)
+  local src, lo, hi = string.match(f, '^(.*)\t(%-?%d+)\t(%-?%d+)$')
+  if src then return src, tonumber(lo), tonumber(hi) end
+end
 for _, g in ipairs(groups) do
   local K = g.k
   local offs = offsets(KEYS[K[6]])
   local fkey = KEYS[K[7]]
-  -- effects of offsets before this call's first one (per partition) are no longer needed: the
-  -- partition was applied in every tag up to there before this batch was read
-  local first, wrote = {}, false
+  local first = {}
   for _, ev in ipairs(g.e) do
     local src, off = ev[15], ev[16]
     if src ~= '' and (first[src] == nil or off < first[src]) then first[src] = off end
   end
   if next(first) ~= nil then
     for _, f in ipairs(redis.call('HKEYS', fkey)) do
-      local src, off = string.match(f, '^(.*)\t(%-?%d+)$')
-      if src and first[src] and tonumber(off) < first[src] then redis.call('HDEL', fkey, f) end
+      local src, _, hi = field_range(f)
+      if src and first[src] and hi < first[src] then redis.call('HDEL', fkey, f) end
     end
+  end
+  local stored = nil -- offset-indexed effects of earlier calls, read on the first replayed event
+  local function stored_effects(src, off)
+    if stored == nil then
+      stored = {}
+      local flat = redis.call('HGETALL', fkey)
+      for i = 1, #flat, 2 do
+        local fsrc = field_range(flat[i])
+        if fsrc then
+          for _, row in ipairs(cjson.decode(flat[i + 1])) do stored[fsrc .. '\t' .. string.format('%d', row[1])] = row[2] end
+        end
+      end
+    end
+    return stored[src .. '\t' .. string.format('%d', off)]
+  end
+  local records = {} -- src -> {lo, hi, rows}
+  local function save_records()
+    local wrote = false
+    for src, r in pairs(records) do
+      redis.call('HSET', fkey, string.format('%s\t%d\t%d', src, r.lo, r.hi), cjson.encode(r.rows))
+      wrote = true
+    end
+    if wrote then redis.call('EXPIRE', fkey, fx_ttl) end
   end
   for _, ev in ipairs(g.e) do
     local src, off = ev[15], ev[16]
     if offs.seen(src, off) then
-      -- applied by an earlier call: its effects again (the other tags skip what they applied)
+      -- applied by an earlier call: its effects again (the other tags skip what they applied);
+      -- none stored: it was a duplicate event_id then
       dup = dup + 1
-      local stored = redis.call('HGET', fkey, string.format('%s\t%d', src, off))
-      if stored then fxout[#fxout + 1] = {ev[1], cjson.decode(stored)} end
+      local fx = stored_effects(src, off)
+      if fx then fxout[#fxout + 1] = {ev[1], fx} end
     else
       local fx = {}
       local ok, res = pcall(apply_one, K, ev, fx)
@@ -130,6 +160,7 @@ for _, g in ipairs(groups) do
         local code = transient_code(msg)
         if code then
           offs.save()
+          save_records()
           return redis.error_reply(code .. ' ' .. msg)
         end
         failed[#failed + 1] = {ev[1], msg}
@@ -137,8 +168,13 @@ for _, g in ipairs(groups) do
         applied = applied + 1
         fxout[#fxout + 1] = {ev[1], fx}
         if src ~= '' then
-          redis.call('HSET', fkey, string.format('%s\t%d', src, off), cjson.encode(fx))
-          wrote = true
+          local r = records[src]
+          if r == nil then
+            r = {lo = off, hi = off, rows = {}}
+            records[src] = r
+          end
+          r.hi = off
+          r.rows[#r.rows + 1] = {off, fx}
         end
       else
         dup = dup + 1
@@ -147,6 +183,6 @@ for _, g in ipairs(groups) do
     end
   end
   offs.save()
-  if wrote then redis.call('EXPIRE', fkey, fx_ttl) end
+  save_records()
 end
 return cjson.encode({applied, dup, rewards, failed, fxout})
