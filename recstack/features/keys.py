@@ -100,9 +100,10 @@ class Keys:
         return f"{self.user_tag(user_id)}:offsets"
 
     def user_effects(self, user_id: str) -> str:
-        """``topic:partition\toffset`` -> the effects (JSON) the user's call derived from that
-        event for the other tags, kept until the partition moves past the batch (TTL the dedup
-        TTL): a replay re-sends them to the tags that missed them."""
+        """``topic:partition\tfirst\tlast`` -> JSON [[offset, effects], ...] of the events one
+        call of the writer applied (effects on other tags that depend on the user's state), kept
+        until the partition moves past them (TTL the dedup TTL): a replay re-sends them to the
+        tags that missed them."""
         return f"{self.user_tag(user_id)}:effects"
 
     # --- per item ------------------------------------------------------------------------------
