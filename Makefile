@@ -27,7 +27,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.recstack-tools.stamp
 SCHEMAS_STAMP := deploy/schemas/node_modules/.recstack-schemas.stamp
 K8S_TARGETS := $(patsubst %/,%,$(wildcard deploy/k8s/overlays/*/)) deploy/k8s/train-distributed
 
-.PHONY: install test demo up lint format protos bench k8s tools image lock clean distclean
+.PHONY: install test test-redis-cluster demo up lint format protos bench k8s tools image lock clean distclean
 
 install: $(STAMP) tools
 
@@ -51,6 +51,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+# The stream's exactly-once / dead-letter / rebuild tests, the bandit's Redis tests and the gateway
+# with the bandit, against an embedded 3-master Redis Cluster instead of one redis-server.
+REDIS_CLUSTER_TESTS = tests/integration/test_redis_cluster.py \
+	tests/integration/test_stream_exactly_once.py \
+	tests/integration/test_stream_worker.py::test_worker_writes_features_dead_letters_and_dedups \
+	tests/integration/test_stream_worker.py::test_an_event_of_a_megabyte_is_dead_lettered_truncated_and_never_stalls_the_partition \
+	tests/integration/test_stream_fuzz.py tests/integration/test_stream_rebuild.py \
+	tests/integration/test_stream_two_workers.py tests/integration/test_bandit_rewards.py \
+	tests/integration/test_linucb_redis.py tests/integration/test_ab_report_redis.py \
+	tests/integration/test_bandit_online.py
+test-redis-cluster: install
+	RECSTACK_TEST_REDIS=cluster $(BIN)/pytest $(REDIS_CLUSTER_TESTS) $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/recstack demo $(ARGS)

@@ -24,6 +24,8 @@ events_app = typer.Typer(help="Produce and inspect user events.", no_args_is_hel
 bench_app = typer.Typer(help="Benchmarks (JSON output).", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(bench_app, name="bench")
+redis_app = typer.Typer(help="Redis maintenance.", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
 
 SERVICES = ("gateway", "retrieval", "ranking", "rerank", "bandit")
 
@@ -212,6 +214,47 @@ def serve_command(
 
 
 # --- stream and events (services/feature_stream, recstack/features, recstack/events) -----------
+
+
+@redis_app.command("migrate-keys")
+def redis_migrate_keys_cmd(
+    source: str = typer.Option(None, "--from", envvar="REDIS_URL", help="Redis holding the old key names."),
+    target: str = typer.Option(
+        None, "--to", help="Redis to write the new names to (default: --from, in place)."
+    ),
+    target_cluster: bool = typer.Option(
+        False, "--to-cluster", help="--to is a Redis Cluster node (RECSTACK_REDIS_CLUSTER for --from)."
+    ),
+    prefix: str = typer.Option("", envvar="RECSTACK_REDIS_PREFIX", help="Key prefix of the deployment."),
+    delete: bool = typer.Option(False, "--delete", help="Delete the old keys after every copy succeeded."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Copy features, popularity, Thompson and LinUCB arms and A/B records from the key names before
+    hash tags to the tagged names (docs/operations.md, "Upgrading to hash-tagged keys"). Stop the
+    stream worker first; idempotent."""
+    import json
+    from dataclasses import asdict
+
+    import redis
+
+    from recstack.features.migrate import migrate_keys
+    from recstack.redis_cluster import sync_from_url
+
+    if not source:
+        _fail("--from or REDIS_URL is required")
+    try:
+        src = sync_from_url(source)
+        dst = src if not target else sync_from_url(target, cluster=target_cluster)
+        report = migrate_keys(src, dst, prefix, delete=delete)
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        _fail(f"migration failed: {exc}")
+    if as_json:
+        typer.echo(json.dumps(asdict(report)))
+    else:
+        typer.echo(
+            f"copied {report.copied} keys, merged {report.merged_records} A/B records, "
+            f"skipped {report.skipped}, deleted {report.deleted}: {report.kinds}"
+        )
 
 
 @app.command("stream")

@@ -5,6 +5,9 @@
 - ``rediss://user:password@host:port/db``: TLS, the server verified against RECSTACK_REDIS_CA (a
   PEM CA bundle; unset: the system's trust store), its host name checked.
 
+With RECSTACK_REDIS_CLUSTER=true the clients are Redis Cluster clients (``REDIS_URL`` names any
+one node; recstack/redis_cluster.py has the rest of the cluster support).
+
 A missing or unreadable RECSTACK_REDIS_CA raises RedisConfigError naming the variable; so does a URL
 that is neither redis:// nor rediss:// (unix:// sockets are passed through).
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REDIS_CA_ENV = "RECSTACK_REDIS_CA"
+CLUSTER_ENV = "RECSTACK_REDIS_CLUSTER"
 SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -48,15 +52,30 @@ def connection_kwargs(url: str, environ: Mapping[str, str] | None = None) -> dic
     return kwargs
 
 
-def async_redis(url: str, **kwargs: Any) -> Any:
-    """``redis.asyncio.Redis.from_url(url, **kwargs)`` with the TLS settings of the URL."""
+def cluster_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """True when RECSTACK_REDIS_CLUSTER is true/1/yes/on."""
+    value = (environ if environ is not None else os.environ).get(CLUSTER_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def async_redis(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """``redis.asyncio.Redis.from_url(url, **kwargs)`` with the TLS settings of the URL; with
+    ``cluster`` (default: RECSTACK_REDIS_CLUSTER) ``redis.asyncio.cluster.RedisCluster.from_url``."""
+    if cluster_enabled() if cluster is None else cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **connection_kwargs(url), **kwargs)
     import redis.asyncio as aioredis
 
     return aioredis.Redis.from_url(url, **connection_kwargs(url), **kwargs)
 
 
-def sync_redis(url: str, **kwargs: Any) -> Any:
-    """``redis.Redis.from_url(url, **kwargs)`` with the TLS settings of the URL."""
+def sync_redis(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
+    """The synchronous counterpart of :func:`async_redis` (redis.Redis / redis.cluster.RedisCluster)."""
+    if cluster_enabled() if cluster is None else cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **connection_kwargs(url), **kwargs)
     import redis
 
     return redis.Redis.from_url(url, **connection_kwargs(url), **kwargs)

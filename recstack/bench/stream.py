@@ -192,12 +192,12 @@ class Consumer:
     def done(self) -> float:
         return _events_done(self.metrics())
 
-    def applied(self, last: dict[int, str]) -> bool:
+    def applied(self, last: dict[int, tuple[str, str]]) -> bool:
         """True once the last event of every partition is in Redis: a partition is applied in order,
         so everything before it is too. One EXISTS call: no load on the consumer (a /metrics
         scrape costs it ~10 ms of CPU)."""
-        keys = [Keys(self.prefix).event_seen(event_id) for event_id in last.values()]
-        return self._redis.exists(*keys) == len(keys)
+        keys = [Keys(self.prefix).event_seen(user, event_id) for user, event_id in last.values()]
+        return sum(self._redis.exists(key) for key in keys) == len(keys)  # one slot per key
 
     def close(self) -> None:
         self._redis.close()
@@ -218,8 +218,9 @@ def _topic(bootstrap: str, mode: str, phase: str) -> str:
     return topic
 
 
-async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) -> dict[int, str]:
-    """Send all events (stamped now) and wait for the acks; returns partition -> its last event_id."""
+async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) -> dict[int, tuple[str, str]]:
+    """Send all events (stamped now) and wait for the acks; returns partition -> (user, event_id) of
+    its last event."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **aiokafka_kwargs())
@@ -233,12 +234,12 @@ async def _produce_backlog(bootstrap: str, topic: str, events: list[UserEvent]) 
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return {m.partition: e.event_id for e, m in zip(events, metadata, strict=True)}
+    return {m.partition: (e.user_id, e.event_id) for e, m in zip(events, metadata, strict=True)}
 
 
 async def _produce_paced(
     bootstrap: str, topic: str, events: list[UserEvent], rate: float
-) -> tuple[float, dict[int, str]]:
+) -> tuple[float, dict[int, tuple[str, str]]]:
     """Offer events at ``rate``/s in 5 ms ticks, each stamped just before it is handed to the client
     (so the latency includes producer batching); returns the achieved rate and partition -> last
     event_id."""
@@ -262,7 +263,9 @@ async def _produce_paced(
         metadata = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return len(events) / elapsed, {m.partition: e.event_id for e, m in zip(events, metadata, strict=True)}
+    return len(events) / elapsed, {
+        m.partition: (e.user_id, e.event_id) for e, m in zip(events, metadata, strict=True)
+    }
 
 
 def bench_throughput(

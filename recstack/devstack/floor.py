@@ -57,7 +57,10 @@ async def echo(port: int) -> int:
 
 async def front(port: int, redis_url: str, echoes: list[str]) -> int:
 
+    from recstack.features.keys import Keys
+
     redis = redis_client.async_redis(redis_url)
+    keys = Keys()
     channels = [grpc.aio.insecure_channel(a) for a in echoes]
     calls = [
         c.unary_unary(ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity)
@@ -67,9 +70,9 @@ async def front(port: int, redis_url: str, echoes: list[str]) -> int:
     async def recommend(request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
         user = request.user_id
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(f"user:{user}:recent_items", 0, 49)
-            pipe.hgetall(f"user:{user}:genre_scores")
-            pipe.hgetall(f"user:{user}:stats")
+            pipe.lrange(keys.recent_items(user), 0, 49)
+            pipe.hgetall(keys.genre_scores(user))
+            pipe.hgetall(keys.user_stats(user))
             await pipe.execute()
         for call in calls:
             await call(PAYLOAD, timeout=1.0)

@@ -5,8 +5,8 @@
 
 Records come from a DataFrame, a CSV file, a JSON-lines file (one record per line) with the
 columns described in ``recstack.experiments.stats``, or Redis: ``load_redis_records`` reads the
-per-user hashes ``exp:{exp}:user:{id}`` (variant, first_exposure, impressions, click, like,
-purchase) that the feature stream writes from impressions and attributed outcomes.
+per-user hashes ``{u:{id}}:experiments`` (fields ``{exp}\nvariant``, first_exposure, impressions,
+click, like, purchase) that the feature stream writes from impressions and attributed outcomes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from recstack import redis_client
 from recstack.experiments.config import (
     DEFAULT_EXPERIMENT,
     ExperimentConfig,
@@ -73,38 +72,45 @@ def load_redis_records(
     """
     import redis
 
-    from recstack.features.keys import Keys
+    from recstack.features.keys import Keys, experiment_field
+    from recstack.redis_cluster import sync_from_url
 
     keys = Keys(prefix)
-    head = keys.experiment_user(experiment_id, "")
-    client = redis_client.sync_redis(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    pattern = keys.user_experiments("*")  # one hash per user: fields "{exp}\n{field}"
+    head, tail = pattern.split("*", 1)
+    mark = experiment_field(experiment_id, "").encode()
     rows: list[dict[str, object]] = []
+    client = None
     try:
-        names = [k.decode() for k in client.scan_iter(match=f"{head}*", count=batch)]
+        # a cluster client reads the topology here: an unreachable node fails now
+        client = sync_from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        names = [k.decode() for k in client.scan_iter(match=pattern, count=batch)]
         for start in range(0, len(names), batch):
             chunk = names[start : start + batch]
             pipe = client.pipeline(transaction=False)
             for name in chunk:
                 pipe.hgetall(name)
             for name, raw in zip(chunk, pipe.execute(), strict=True):
-                row = {k.decode(): v.decode() for k, v in raw.items()}
+                row = {k[len(mark) :].decode(): v.decode() for k, v in raw.items() if k.startswith(mark)}
                 if "variant" not in row:
                     continue
-                record: dict[str, object] = {"user_id": name[len(head) :], "variant": row["variant"]}
+                user = name[len(head) : len(name) - len(tail)]
+                record: dict[str, object] = {"user_id": user, "variant": row["variant"]}
                 record["first_exposure"] = float(row.get("first_exposure", "nan"))
                 for field in REDIS_RECORD_FIELDS[2:]:
                     record[field] = float(row.get(field, 0))
                 rows.append(record)
         variants = sorted(v.decode() for v in client.smembers(keys.experiment_variants(experiment_id)))
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise ExperimentStatsError(f"cannot read A/B records from Redis at {redis_url}: {exc}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if not rows:
         seen = f" (variants seen: {variants})" if variants else ""
         raise ExperimentStatsError(
             f"no A/B records for experiment {experiment_id!r} in Redis at {redis_url} "
-            f"(keys {head}*){seen}: no impression of this experiment has been processed by the "
+            f"(keys {pattern}){seen}: no impression of this experiment has been processed by the "
             "feature stream yet, or the experiment id / RECSTACK_REDIS_PREFIX is wrong"
         )
     return pd.DataFrame(rows, columns=["user_id", *REDIS_RECORD_FIELDS])

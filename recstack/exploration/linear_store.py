@@ -19,6 +19,7 @@ import numpy as np
 
 from recstack.exploration.linucb import HybridLinUCB, LinUCB
 from recstack.features.keys import Keys
+from recstack.redis_cluster import ensure_initialized
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class LinearStateCache:
         if not missing and not shared:
             return False
         try:
+            await ensure_initialized(self.redis)  # a cluster client's first topology read: once
             async with asyncio.timeout(self.timeout_s):
                 pipe = self.redis.pipeline(transaction=False)
                 queue_state_reads(pipe, self.policy, missing, self.prefix, shared)

@@ -4,7 +4,7 @@ How the context of a decision reaches the reward. When the bandit service serves
 policy (``linucb`` / ``lints``) it records, per request, the context vector of every item it put
 into an exploration slot (``ContextRecorder``):
 
-    {prefix}bandit:ctx:{request_id}   hash  ridge -> the policy's ridge;  x:{item} -> x (float32 LE, [d])
+    {{prefix}bandit}:ctx:{request_id}   hash  ridge -> the policy's ridge;  x:{item} -> x (float32 LE, [d])
                                       TTL = reward window + CONTEXT_TTL_MARGIN_S
 
 ``request_id`` is the gateway's request id (gRPC metadata ``x-request-id``), the one the gateway
@@ -13,7 +13,7 @@ batch (``FeatureWriter.apply``, given it as ``bandit_rewards``) and ``LinearRewa
 its settle timer:
 
 * impression with a request_id whose context hash exists: recorded items that are not in the
-  served slate are dropped, and the request joins ``{prefix}bandit:ctx:pending`` (zset,
+  served slate are dropped, and the request joins ``{{prefix}bandit}:ctx:pending`` (zset,
   score = impression ts + reward window);
 * click / like / purchase with a request_id: if ``x:{item}`` is still in the hash it is deleted
   and the arm gets reward 1 (at most once per (request, item): a replayed batch or a like after
@@ -21,11 +21,12 @@ its settle timer:
 * settle: for every pending request whose window ended, each remaining ``x:{item}`` gets reward 0,
   then the hash and the pending entry are deleted.
 
-Update. ``{prefix}bandit:linucb:{item}`` (the ``LinUCB.arm_hash`` format: ``format`` linucb-v1,
+Update. ``{{prefix}bandit}:linucb:{item}`` (the ``LinUCB.arm_hash`` format: ``format`` linucb-v1,
 ``dim``, ``n``, ``state`` = A^{-1} row-major then b, float32 LE) receives
 ``A^{-1} <- A^{-1} - (A^{-1}x)(A^{-1}x)^T / (1 + x^T A^{-1} x)``, ``b <- b + r x``, ``n += 1``
 inside one Lua script per batch (rewards_apply.lua / rewards_settle.lua after rewards_common.lua,
-next to this module; their keys are built from the stems of recstack/features/keys.py), so
+next to this module; their keys, named from the stems of recstack/features/keys.py, are all
+passed in KEYS and share the one ``{{prefix}bandit}`` hash tag: one Redis Cluster slot), so
 concurrent stream workers never lose an update (Redis runs scripts one at a time). A missing
 arm starts at the prior ``A^{-1} = I / ridge``, ``b = 0``; an arm whose stored state is
 unreadable (wrong format, dim or length, NaN/inf, non-positive diagonal) is reset to that prior
@@ -34,8 +35,8 @@ reads the same statistics as LinUCB (``kind`` linucb).
 
 Hybrid LinUCB. A request served by ``linucb-hybrid`` records ``kind`` linucb-hybrid and its
 ``shared`` dimension k in the context hash (0: z and x are both the whole row). Its rewards update
-``{prefix}bandit:linucb-hybrid:{item}`` (``HybridLinUCB.arm_hash``: A_a^{-1}, B_a, b_a) and the
-one shared hash ``{prefix}bandit:linucb-hybrid-shared`` (A0, b0) in the same script, with the
+``{{prefix}bandit}:linucb-hybrid:{item}`` (``HybridLinUCB.arm_hash``: A_a^{-1}, B_a, b_a) and the
+one shared hash ``{{prefix}bandit}:linucb-hybrid-shared`` (A0, b0) in the same script, with the
 rank-one shared change of ``linucb.hybrid_shared_delta`` (O(d^2 + dk + k^2) per reward instead
 of Algorithm 2's O(d^2 k)). Every reward of every request touches the shared hash, so hybrid
 rewards serialise on it (Redis runs one script at a time anyway).
@@ -56,6 +57,7 @@ from recstack import lua
 from recstack.events.schema import REWARD_TYPES, UserEvent
 from recstack.exploration.state_codec import STATE_DTYPE
 from recstack.features.keys import Keys
+from recstack.redis_cluster import ensure_initialized
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def key_stems(keys: Keys) -> str:
 
 _APPLY_LUA = lua.load(__package__, "rewards_common.lua", "rewards_apply.lua")
 _SETTLE_LUA = lua.load(__package__, "rewards_common.lua", "rewards_settle.lua")
+_RECORD_LUA = lua.load(__package__, "rewards_record.lua")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ class LinearRewardWriter:
     def __init__(self, redis: Any, prefix: str = "", reward_window_s: float = 1800.0):
         self.redis = redis
         self.prefix = prefix
-        self._stems = key_stems(Keys(prefix))
+        self.keys = Keys(prefix)
+        self._stems = key_stems(self.keys)
         self.reward_window_s = float(reward_window_s)
         self._apply = redis.register_script(_APPLY_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
@@ -127,8 +131,14 @@ class LinearRewardWriter:
         if not batch:
             return RewardResult(0, 0, 0)
         payload = json.dumps(batch, separators=(",", ":"))
+        await ensure_initialized(self.redis)
+        keys = {self.keys.bandit_contexts_pending(): None, self.keys.linear_shared("linucb-hybrid"): None}
+        for entry in batch:
+            keys[self.keys.bandit_contexts(entry[1])] = None
+            if entry[0] == "r":
+                keys.update(dict.fromkeys(self._arm_keys(entry[2])))
         updates, resets, opened, failed = await self._apply(
-            keys=[], args=[self._stems, self.reward_window_s, payload]
+            keys=list(keys), args=[self._stems, self.reward_window_s, payload]
         )
         for error in failed:
             log.error("bandit reward not applied: %s", error.decode() if isinstance(error, bytes) else error)
@@ -137,8 +147,27 @@ class LinearRewardWriter:
     async def settle(self, now: float | None = None, limit: int = 1000) -> RewardResult:
         """Zero reward for every recorded item of the requests whose window closed before ``now``."""
         now = time.time() if now is None else now
-        requests, updates, resets = await self._settle(keys=[], args=[self._stems, repr(float(now)), limit])
+        await ensure_initialized(self.redis)
+        pending = self.keys.bandit_contexts_pending()
+        due = [_text(r) for r in await self.redis.zrangebyscore(pending, "-inf", repr(float(now)), 0, limit)]
+        if not due:
+            return RewardResult(0, 0, 0)
+        pipe = self.redis.pipeline(transaction=False)
+        for req in due:
+            pipe.hkeys(self.keys.bandit_contexts(req))
+        keys = {pending: None, self.keys.linear_shared("linucb-hybrid"): None}
+        for req, fields in zip(due, await pipe.execute(), strict=True):
+            keys[self.keys.bandit_contexts(req)] = None
+            for field in map(_text, fields):
+                if field.startswith(CONTEXT_FIELD):
+                    keys.update(dict.fromkeys(self._arm_keys(field[len(CONTEXT_FIELD) :])))
+        args = [self._stems, json.dumps(due, separators=(",", ":"))]
+        requests, updates, resets = await self._settle(keys=list(keys), args=args)
         return self._result(updates, resets, requests)
+
+    def _arm_keys(self, item: str) -> tuple[str, str]:
+        """The arms a reward of ``item`` may update (the request's recorded kind decides which)."""
+        return self.keys.linear_arm(item, "linucb"), self.keys.linear_arm(item, "linucb-hybrid")
 
     @staticmethod
     def _result(updates: Any, resets: Any, requests: Any) -> RewardResult:
@@ -150,6 +179,10 @@ class LinearRewardWriter:
         return result
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class ContextRecorder:
     """Writes the contexts of a request's explored items (see the module docstring); used by the
     bandit service after each contextual decision. ``redis`` is a ``redis.asyncio.Redis``."""
@@ -158,6 +191,7 @@ class ContextRecorder:
         self.redis = redis
         self.prefix = prefix
         self.ttl_s = int(reward_window_s) + CONTEXT_TTL_MARGIN_S
+        self._record = redis.register_script(_RECORD_LUA)
 
     async def record(
         self,
@@ -180,7 +214,7 @@ class ContextRecorder:
         for item, row in zip(items, x, strict=True):
             mapping[CONTEXT_FIELD + item] = row.tobytes()
         key = Keys(self.prefix).bandit_contexts(request_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self.ttl_s)
-        await pipe.execute()
+        flat = [part for pair in mapping.items() for part in pair]
+        # HSET + EXPIRE atomically in one single-key script (a MULTI pipeline of redis-py 8.1's
+        # asyncio RedisCluster breaks the client's later broadcasts, e.g. SCRIPT LOAD)
+        await self._record(keys=[key], args=[self.ttl_s, *flat])

@@ -4,7 +4,7 @@ local window = tonumber(ARGV[2])
 local batch = cjson.decode(ARGV[3])
 local opened, failed = 0, {}
 local function apply_one(ev)
-  local ckey = K.ctx .. ev[2]
+  local ckey = key(K.ctx .. ev[2])
   if ev[1] == 'i' then
     if redis.call('EXISTS', ckey) == 0 then return end
     local served = {}
@@ -12,7 +12,7 @@ local function apply_one(ev)
     for _, f in ipairs(redis.call('HKEYS', ckey)) do
       if string.sub(f, 1, 2) == 'x:' and not served[f] then redis.call('HDEL', ckey, f) end
     end
-    opened = opened + redis.call('ZADD', K.pending, 'NX', ev[3] + window, ev[2])
+    opened = opened + redis.call('ZADD', key(K.pending), 'NX', ev[3] + window, ev[2])
   else
     local xs = redis.call('HGET', ckey, 'x:' .. ev[3])
     if xs then

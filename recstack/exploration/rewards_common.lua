@@ -1,9 +1,18 @@
 -- Contextual bandit rewards -> LinUCB statistics in Redis (recstack/exploration/rewards.py).
 -- Shared by rewards_apply.lua and rewards_settle.lua (prepended to each).
--- ARGV[1]: the key stems of recstack/features/keys.py as JSON (key = stem .. id):
+-- ARGV[1]: the key stems of recstack/features/keys.py as JSON (key = stem .. id, each one also
+-- passed in KEYS by recstack/exploration/rewards.py):
 -- linucb / hybrid (Keys.linear_arm), hybrid_shared (Keys.linear_shared),
 -- ctx (Keys.bandit_contexts), pending (Keys.bandit_contexts_pending)
 local K = cjson.decode(ARGV[1])
+-- every key a script touches is one of KEYS (all under the {prefix bandit} tag: one slot); key()
+-- returns a name built from a stem only after checking that the caller declared it
+local declared = {}
+for _, name in ipairs(KEYS) do declared[name] = true end
+local function key(name)
+  if not declared[name] then error('undeclared key ' .. name) end
+  return name
+end
 local updates, resets = 0, 0
 local function finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
 local function floats(data, pos, n)
@@ -58,7 +67,7 @@ local function sm_update(item, xs, ridge, reward)
   local d = math.floor(#xs / 4)
   if d < 1 or #xs ~= 4 * d then return end
   local x = {struct.unpack('<' .. string.rep('f', d), xs)}
-  local akey = K.linucb .. item
+  local akey = key(K.linucb .. item)
   local blocks, n = load_state(akey, 'linucb-v1', d, {d * d, d})
   if blocks ~= nil and not diag_ok(blocks[1], d) then blocks, resets = nil, resets + 1 end
   if blocks == nil then blocks, n = {scaled_identity(d, 1 / ridge), zeros(d)}, 0 end
@@ -88,11 +97,11 @@ local function hybrid_update(item, xs, ridge, shared, reward)
   if shared > 0 and shared < D then kd, dd = shared, D - shared end
   for i = 1, kd do z[i] = row[i] end
   for i = 1, dd do x[i] = row[D - dd + i] end
-  local skey = K.hybrid_shared
+  local skey = key(K.hybrid_shared)
   local sb, sn = load_state(skey, 'linucb-hybrid-shared-v1', kd, {kd * kd, kd})
   if sb ~= nil and not diag_ok(sb[1], kd) then sb, resets = nil, resets + 1 end
   if sb == nil then sb, sn = {scaled_identity(kd, ridge), zeros(kd)}, 0 end
-  local akey = K.hybrid .. item
+  local akey = key(K.hybrid .. item)
   local ab, an = load_state(akey, 'linucb-hybrid-v1', D, {dd * dd, dd * kd, dd})
   if ab ~= nil and not diag_ok(ab[1], dd) then ab, resets = nil, resets + 1 end
   if ab == nil then ab, an = {scaled_identity(dd, 1 / ridge), zeros(dd * kd), zeros(dd)}, 0 end

@@ -60,9 +60,12 @@ class Service:
 
 
 def service_env(name: str, port: int, metrics_port: int, artifacts: Path, redis_url: str) -> dict[str, str]:
-    """The environment of one service: this process's without RECSTACK_* and Kafka, plus the
-    service's ports, bundle and Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_")}
+    """The environment of one service: this process's without RECSTACK_* (but RECSTACK_REDIS_CLUSTER,
+    set by the cluster backend of tests/conftest.py) and Kafka, plus the service's ports, bundle and
+    Redis."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("RECSTACK_") or k == "RECSTACK_REDIS_CLUSTER"
+    }
     env.update(
         RECSTACK_HOST="127.0.0.1",
         RECSTACK_PORT=str(port),

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from recstack.events import UserEvent, new_event
 from recstack.events.producer import EventProducer
 from recstack.features.keys import Keys
 from recstack.features.writer import FeatureWriter
 from recstack.metrics_text import sample, scrape
+from recstack.redis_cluster import async_from_url
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
@@ -208,7 +208,7 @@ def snapshot(r: redis.Redis, prefix: str) -> dict[str, object]:
 
 
 async def apply_reference(redis_url: str, prefix: str, events: list[UserEvent]) -> None:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = async_from_url(redis_url, decode_responses=True)
     try:
         await FeatureWriter(client, Keys(prefix), catalog=GENRES).apply(events)
     finally:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from recstack.cli import app
@@ -17,6 +16,7 @@ from recstack.events import new_event
 from recstack.experiments.report import load_redis_records
 from recstack.experiments.stats import ExperimentStatsError
 from recstack.features.writer import FeatureWriter
+from recstack.redis_cluster import async_from_url
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def write_records(redis_url: str, users: dict[str, str], clicks: dict[str, int])
     """One impression per user (its variant) and ``clicks[user]`` attributed clicks."""
 
     async def run() -> None:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_from_url(redis_url)
         try:
             writer = FeatureWriter(client, reward_window_s=600)
             events = []

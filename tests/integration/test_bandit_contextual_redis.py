@@ -21,6 +21,7 @@ from recstack.exploration.rewards import ContextRecorder
 from recstack.exploration.thompson import ThompsonSlatePolicy
 from recstack.features.keys import Keys
 from recstack.features.store import FeatureStore
+from recstack.redis_cluster import async_from_url, sync_from_url
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2
 from services.bandit.servicer import BanditServicer
 from tests.grpc_support import in_process_channel
@@ -87,11 +88,11 @@ async def test_linucb_serves_redis_state_records_contexts_and_survives_redis_dow
 @pytest.mark.integration
 async def test_corrupted_state_is_reset_to_prior_with_warning(redis_url: str, caplog) -> None:
     builder = ContextBuilder(VOCAB, GENRES, D)
-    sync = redis.Redis.from_url(redis_url)
+    sync = sync_from_url(redis_url)
     save_arms(sync, _trained_state(builder, "i9"), ITEMS[:-1], prefix="t:")
     sync.hset(Keys("t:").linear_arm("i9", "linucb"), "state", b"garbage")
     sync.close()
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     explorer = _explorer(client, builder)
     with caplog.at_level(logging.WARNING):
         decision, stale = await explorer.explore("linucb", USER, ITEMS, np.zeros(len(ITEMS)), 4)
@@ -103,7 +104,7 @@ async def test_corrupted_state_is_reset_to_prior_with_warning(redis_url: str, ca
 
 @pytest.fixture
 async def stub(redis_url: str) -> AsyncIterator[bandit_pb2_grpc.BanditStub]:
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     store = FeatureStore(client, Keys("t:"))
     servicer = BanditServicer(
         ThompsonSlatePolicy(explore_slots=1, seed=0),

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.features.keys import Keys
+from recstack.redis_cluster import sync_from_url
 from recstack.v1 import bandit_pb2, bandit_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import Service, service_env, service_stack, start_all, stop_all, wait_serving
 from tests.integration.stream_support import (
@@ -76,7 +76,7 @@ def online(
             "bootstrap": kafka_broker,
             "topic": env["RECSTACK_EVENTS_TOPIC"],
             "prefix": env["RECSTACK_REDIS_PREFIX"],
-            "redis": redis.Redis.from_url(redis_url),
+            "redis": sync_from_url(redis_url),
             "procs": [worker, bandit.proc],
             "log": worker_log,
             "bandit_log": bandit.log_path,
@@ -196,7 +196,7 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         RECSTACK_EXPERIMENTS=str(experiments),
     )
     services["bandit"].env.update(RECSTACK_LINUCB_EPSILON="0", RECSTACK_REWARD_WINDOW_S="600")
-    r = redis.Redis.from_url(redis_url)
+    r = sync_from_url(redis_url)
     try:
         start_all(services.values())
         version = (small_bundle / "CURRENT").read_text().strip()
@@ -210,7 +210,7 @@ def test_gateway_linucb_slot_is_learned_from_its_own_impression_and_a_click(
         assert 0 < reply.items[-1].propensity <= 1
         # the gateway's impression (published to Kafka) reaches the stream and opens the window
         wait_for(
-            lambda: r.zscore(f"{prefix}bandit:ctx:pending", reply.request_id) is not None,
+            lambda: r.zscore(Keys(prefix).bandit_contexts_pending(), reply.request_id) is not None,
             "the gateway's impression to open the LinUCB reward window",
             worker,
             worker_log,
@@ -264,17 +264,17 @@ def test_thompson_segments_learn_opposite_preferences_through_the_stream(online:
     asyncio.run(produce(online["bootstrap"], online["topic"], [(b"u-seg", event_to_json(e)) for e in events]))
 
     def settled() -> bool:
-        tv = r.hget(f"{prefix}bandit:tsseg:device:tv|m0", "beta")
-        mobile = r.hget(f"{prefix}bandit:tsseg:device:mobile|m1", "beta")
+        tv = r.hget(Keys(prefix).bandit_segment_arm("device:tv", "m0"), "beta")
+        mobile = r.hget(Keys(prefix).bandit_segment_arm("device:mobile", "m1"), "beta")
         return tv is not None and mobile is not None and float(tv) == 11 and float(mobile) == 11
 
     wait_for(settled, "zero rewards in both segments", online["procs"], online["log"], timeout=DEADLINE_S)
     for item in served:  # globally a tie: 10 rewards and 10 zero rewards each
-        assert {k: float(v) for k, v in r.hgetall(f"{prefix}bandit:ts:{item}").items()} == {
+        assert {k: float(v) for k, v in r.hgetall(Keys(prefix).bandit_arm(item)).items()} == {
             b"alpha": 11.0,
             b"beta": 11.0,
         }
-    assert float(r.hget(f"{prefix}bandit:tsseg:device:tv|m1", "alpha")) == 11
+    assert float(r.hget(Keys(prefix).bandit_segment_arm("device:tv", "m1"), "alpha")) == 11
     time.sleep(0.3)  # past the bandit's arm cache TTL (0.2 s)
     tv = [thompson_pick(stub, served, "device:tv") for _ in range(20)]
     mobile = [thompson_pick(stub, served, "device:mobile") for _ in range(20)]

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from recstack.events.schema import new_event
@@ -18,6 +17,7 @@ from recstack.exploration.rewards import (
     LinearRewardWriter,
 )
 from recstack.features.keys import Keys
+from recstack.redis_cluster import async_from_url, sync_from_url
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +30,14 @@ async def _arm(client: aioredis.Redis, policy: LinUCB, item: str) -> None:
 
 
 def _load(redis_url: str, policy: HybridLinUCB, arms: list[str]) -> list[str]:
-    with redis.Redis.from_url(redis_url) as client:
+    with sync_from_url(redis_url) as client:
         return load_arms(client, policy, arms, PREFIX)
 
 
 async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, D))
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         rec = ContextRecorder(client, PREFIX, reward_window_s=60)
         rewards = LinearRewardWriter(client, PREFIX, reward_window_s=60)
@@ -75,12 +75,12 @@ async def test_click_and_settle_update_arms_like_linucb(redis_url: str) -> None:
 async def test_concurrent_writers_lose_no_update(redis_url: str) -> None:
     rng = np.random.default_rng(1)
     xs = rng.normal(size=(40, D)) / np.sqrt(D)
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         rec = ContextRecorder(client, PREFIX)
         for i in range(40):
             await rec.record(f"r{i}", ["hot"], xs[i : i + 1], ridge=1.0)
-        writers = [LinearRewardWriter(aioredis.from_url(redis_url), PREFIX) for _ in range(4)]
+        writers = [LinearRewardWriter(async_from_url(redis_url), PREFIX) for _ in range(4)]
         clicks = [new_event("u", "click", "hot", request_id=f"r{i}") for i in range(40)]
         await asyncio.gather(*(writers[i % 4].apply([c]) for i, c in enumerate(clicks)))
         for w in writers:
@@ -106,7 +106,7 @@ async def test_concurrent_writers_lose_no_update(redis_url: str) -> None:
 )
 async def test_corrupted_arm_is_reset_to_prior_with_warning(redis_url: str, bad: dict, caplog) -> None:
     x = np.linspace(-1, 1, D)
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         good = LinUCB(D, epsilon=0.0)
         good.update("a", x, 1.0)
@@ -139,7 +139,7 @@ async def test_hybrid_rewards_in_lua_equal_python_updates(redis_url: str, shared
     xs = rng.normal(size=(n, D)) / np.sqrt(D)
     items = [f"h{i % 3}" for i in range(n)]
     clicked = rng.random(n) < 0.5
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         rec = ContextRecorder(client, PREFIX, reward_window_s=60)
         rewards = LinearRewardWriter(client, PREFIX, reward_window_s=60)
@@ -167,7 +167,7 @@ async def test_hybrid_rewards_in_lua_equal_python_updates(redis_url: str, shared
 
 
 async def test_hybrid_corrupted_state_in_redis_is_reset_before_the_update(redis_url: str) -> None:
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         await client.hset(
             Keys(PREFIX).linear_shared(), mapping={"format": b"linucb-hybrid-shared-v1", "state": b"x"}
@@ -200,7 +200,7 @@ async def test_hybrid_corrupted_state_in_redis_is_reset_before_the_update(redis_
 
 
 async def test_recorder_rejects_an_unknown_kind(redis_url: str) -> None:
-    client = aioredis.from_url(redis_url)
+    client = async_from_url(redis_url)
     try:
         with pytest.raises(ValueError, match="kind must be one of"):
             await ContextRecorder(client, PREFIX).record("r", ["a"], np.ones((1, D)), 1.0, "thompson")

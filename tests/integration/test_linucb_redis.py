@@ -10,6 +10,7 @@ import pytest
 from recstack.exploration.linear_store import load_arms, save_arms
 from recstack.exploration.linucb import HybridLinUCB, LinUCB
 from recstack.features.keys import Keys
+from recstack.redis_cluster import sync_from_url
 
 D = 8
 
@@ -21,9 +22,8 @@ def _ids(n: int) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.parametrize("make", [lambda: LinUCB(D, seed=0), lambda: HybridLinUCB(D, seed=0)])
 def test_state_round_trip_through_real_redis(make, redis_url: str, caplog) -> None:
-    import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = sync_from_url(redis_url)
     rng = np.random.default_rng(9)
     src, dst = make(), make()
     ids = _ids(6)

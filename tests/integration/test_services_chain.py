@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.artifacts import write_current
@@ -27,6 +26,7 @@ from recstack.devstack.embedded import free_port
 from recstack.events.schema import parse_event
 from recstack.events.topics import ensure_topics
 from recstack.features.keys import Keys
+from recstack.redis_cluster import sync_from_url
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.procs import (
     REPO,
@@ -70,7 +70,7 @@ def known_user(small_bundle: Path, redis_server: str) -> tuple[str, list[str]]:
     users = json.loads((small_bundle / version / "users.json").read_text())["user_ids"]
     items = json.loads((small_bundle / version / "catalog.json").read_text())["item_ids"]
     user, recent = str(users[0]), [str(x) for x in items[:3]]
-    client = redis.Redis.from_url(redis_server)
+    client = sync_from_url(redis_server)
     key = Keys().recent_items(user)
     client.delete(key)
     client.rpush(key, *recent)

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json
+from recstack.features.keys import Keys
 from recstack.metrics_text import samples, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     GENRES,
     ITEMS,
@@ -65,19 +66,19 @@ def test_sigkill_mid_backlog_applies_every_event_exactly_once(
     )
     prefix, port, log = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"]), tmp_path / "w.log"
     group, topic = env["RECSTACK_STREAM_GROUP"], env["RECSTACK_EVENTS_TOPIC"]
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = sync_from_url(redis_url, decode_responses=True)
     values = [(e.user_id.encode(), event_to_json(e)) for e in events]
     asyncio.run(produce_batched(kafka_broker, topic, values))
 
     def markers() -> int:
-        return sum(1 for _ in r.scan_iter(f"{prefix}event:*", count=1000))
+        return sum(1 for _ in r.scan_iter(Keys(prefix).event_seen("*", "*"), count=1000))
 
     procs = []
     try:
         # 1st kill: as soon as the first batch is in Redis; this worker's commit interval is longer
         # than the test, so nothing it wrote is committed and all of it is replayed
         procs.append(start_worker({**env, "RECSTACK_STREAM_COMMIT_INTERVAL_S": "600"}, log))
-        wait_for(lambda: r.exists(f"{prefix}items:popularity"), "the first writes", procs[-1], log, 60, 0.01)
+        wait_for(lambda: r.exists(Keys(prefix).popularity()), "the first writes", procs[-1], log, 60, 0.01)
         procs[-1].send_signal(signal.SIGKILL)
         procs[-1].wait(10)
         first = markers()

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.events.schema import MAX_EVENT_BYTES
+from recstack.features.keys import Keys
 from recstack.metrics_text import sample, samples, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     produce_batched,
     read_topic,
@@ -120,12 +121,12 @@ def test_fuzzed_bad_records_are_dead_lettered_and_good_ones_applied(
         RECSTACK_LOG_LEVEL="WARNING",
     )
     prefix, port, log = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"]), tmp_path / "w.log"
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    r.set(f"{prefix}user:poison:recent_items", "not a list")
+    r = sync_from_url(redis_url, decode_responses=True)
+    r.set(Keys(prefix).recent_items("poison"), "not a list")
     proc = start_worker(env, log)
     try:
         asyncio.run(produce_batched(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], records))  # type: ignore[arg-type]
-        wait_for(lambda: r.exists(f"{prefix}user:sentinel:stats"), "the sentinel event", proc, log)
+        wait_for(lambda: r.exists(Keys(prefix).user_stats("sentinel")), "the sentinel event", proc, log)
         dead = asyncio.run(read_topic(kafka_broker, env["RECSTACK_DEAD_LETTER_TOPIC"], len(expected_bad)))
         topic = env["RECSTACK_EVENTS_TOPIC"]
 
@@ -157,7 +158,7 @@ def test_fuzzed_bad_records_are_dead_lettered_and_good_ones_applied(
     # every good event applied exactly once
     per_user = Counter((e["user_id"], e["event_type"]) for e in good_events)
     for (user, etype), count in per_user.items():
-        assert r.hget(f"{prefix}user:{user}:stats", etype) == str(count), (user, etype)
+        assert r.hget(Keys(prefix).user_stats(user), etype) == str(count), (user, etype)
 
     # metrics: dead letters per reason, events per type, batch size, latencies, lag
     reasons = Counter(reason for _, reason in expected_bad.values())

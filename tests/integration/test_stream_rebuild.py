@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     GENRES,
     apply_reference,
@@ -64,7 +64,7 @@ def test_rebuild_replays_the_topic_into_an_empty_redis_once(
         RECSTACK_STREAM_BATCH="200",
     )
     prefix = env["RECSTACK_REDIS_PREFIX"]
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = sync_from_url(redis_url, decode_responses=True)
     assert not list(r.scan_iter(f"{prefix}*", count=1000))  # an empty Redis (for this prefix)
 
     first = run_rebuild(env)

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 
 from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
+from recstack.features.keys import Keys
 from recstack.metrics_text import sample, samples, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     produce_batched,
     start_worker,
@@ -54,7 +55,7 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
         user = rng.choice([u for u in users if cursor[u] < 30])
         events.append(new_event(user, rng.choice(["view", "click"]), sequence[user][cursor[user]]))
         cursor[user] += 1
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = sync_from_url(redis_url, decode_responses=True)
     try:
         # the group settles with two partitions on each worker (the assignment is balanced)
         wait_for(lambda: assigned() == [2.0, 2.0], "both workers to own partitions", procs, log, 45)
@@ -62,7 +63,7 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
         asyncio.run(produce_batched(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], values))
 
         def done() -> bool:
-            return sum(int(r.hget(f"{prefix}user:{u}:stats", "total") or 0) for u in users) >= len(events)
+            return sum(int(r.hget(Keys(prefix).user_stats(u), "total") or 0) for u in users) >= len(events)
 
         wait_for(done, "every event in redis", procs, log)
 
@@ -80,8 +81,8 @@ def test_two_workers_share_partitions_apply_once_and_keep_user_order(
     # (more than len(events) only if a rebalance replayed a batch: a no-op for the features)
     assert sum(counts) >= len(events) and min(counts) > 0, counts
     for user in users:
-        stats = r.hgetall(f"{prefix}user:{user}:stats")
+        stats = r.hgetall(Keys(prefix).user_stats(user))
         assert int(stats["total"]) == 30, user
         # newest first: the reverse of the production order
-        assert r.lrange(f"{prefix}user:{user}:recent_items", 0, -1) == sequence[user][::-1], user
+        assert r.lrange(Keys(prefix).recent_items(user), 0, -1) == sequence[user][::-1], user
     r.close()

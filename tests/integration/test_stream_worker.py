@@ -15,7 +15,9 @@ import redis
 
 from recstack.devstack.embedded import EmbeddedRedis, free_port
 from recstack.events import event_to_json, new_event
+from recstack.features.keys import Keys
 from recstack.metrics_text import sample, scrape
+from recstack.redis_cluster import sync_from_url
 from tests.integration.stream_support import (
     metric,
     produce,
@@ -52,7 +54,7 @@ def worker(
         "bootstrap": kafka_broker,
         "metrics_port": int(env["RECSTACK_METRICS_PORT"]),
         "prefix": env["RECSTACK_REDIS_PREFIX"],
-        "redis": redis.Redis.from_url(redis_url, decode_responses=True),
+        "redis": sync_from_url(redis_url, decode_responses=True),
         "artifacts": artifacts,
     }
     try:
@@ -65,6 +67,7 @@ def worker(
 def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     r: redis.Redis = worker["redis"]
     p = worker["prefix"]
+    K = Keys(p)  # noqa: N806
     proc, log = worker["proc"], worker["log"]
     impression = new_event("u1", "impression", items=["i1", "i2"], request_id="req1")
     view = new_event("u1", "view", "i2")
@@ -73,17 +76,17 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     values = [(b"u1", event_to_json(e)) for e in (impression, view, click, click)] + [(b"u1", bad)]
     asyncio.run(produce(worker["bootstrap"], worker["events_topic"], values))
 
-    wait_for(lambda: r.hget(f"{p}user:u1:stats", "click"), "features in redis", proc, log)
-    assert r.lrange(f"{p}user:u1:recent_items", 0, -1) == ["i1", "i2"]
-    stats = r.hgetall(f"{p}user:u1:stats")
+    wait_for(lambda: r.hget(K.user_stats("u1"), "click"), "features in redis", proc, log)
+    assert r.lrange(K.recent_items("u1"), 0, -1) == ["i1", "i2"]
+    stats = r.hgetall(K.user_stats("u1"))
     assert (stats["click"], stats["view"], stats["impression"], stats["total"]) == ("1", "1", "1", "2")
-    genres = {k: float(v) for k, v in r.hgetall(f"{p}user:u1:genre_scores").items()}
+    genres = {k: float(v) for k, v in r.hgetall(K.genre_scores("u1")).items()}
     assert genres["Action"] == pytest.approx(0.1) and genres["Drama"] == pytest.approx(0.05 * 0.9)
-    assert r.hget(f"{p}item:i1:stats", "impression") == "1"
+    assert r.hget(K.item_stats("i1"), "impression") == "1"
 
     # reward window 1 s: i1 was clicked (alpha 2), i2 was not (beta 2 after settling)
-    wait_for(lambda: r.hget(f"{p}bandit:ts:i2", "beta") == "2", "zero reward for i2", proc, log)
-    assert r.hgetall(f"{p}bandit:ts:i1") == {"alpha": "2", "beta": "1"}
+    wait_for(lambda: r.hget(K.bandit_arm("i2"), "beta") == "2", "zero reward for i2", proc, log)
+    assert r.hgetall(K.bandit_arm("i1")) == {"alpha": "2", "beta": "1"}
 
     dead = asyncio.run(read_topic(worker["bootstrap"], worker["dlq_topic"], 1))
     assert len(dead) == 1
@@ -104,7 +107,7 @@ def test_worker_writes_features_dead_letters_and_dedups(worker: dict) -> None:
     (worker["artifacts"] / "CURRENT").write_text("v2\n")
 
     def horror_seen() -> bool:
-        if r.hexists(f"{p}user:u1:genre_scores", "Horror"):
+        if r.hexists(K.genre_scores("u1"), "Horror"):
             return True
         view = new_event("u1", "view", "i3")
         asyncio.run(produce(worker["bootstrap"], worker["events_topic"], [(b"u1", event_to_json(view))]))
@@ -136,6 +139,7 @@ def test_offsets_commit_only_after_redis_writes(
     server, env = _env_with_own_redis(kafka_broker, kafka_topic, artifacts, tmp_path)
     port = server.port
     p, metrics_port = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"])
+    K = Keys(p)  # noqa: N806
     log = tmp_path / "worker.log"
     first = start_worker(env, log)
     second: subprocess.Popen | None = None
@@ -144,7 +148,7 @@ def test_offsets_commit_only_after_redis_writes(
         send = [(e.user_id.encode(), event_to_json(e)) for e in events]
         asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[:1]))
         r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        wait_for(lambda: r.exists(f"{p}user:u0:stats"), "the first event in redis", first, log)
+        wait_for(lambda: r.exists(K.user_stats("u0")), "the first event in redis", first, log)
         r.close()
         server.stop()
 
@@ -169,9 +173,9 @@ def test_offsets_commit_only_after_redis_writes(
         second = start_worker(env, log)
         r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
         wait_for(
-            lambda: r.exists(f"{p}user:u1:stats", f"{p}user:u2:stats") == 2, "replayed events", second, log
+            lambda: r.exists(K.user_stats("u1"), K.user_stats("u2")) == 2, "replayed events", second, log
         )
-        assert r.lrange(f"{p}user:u2:recent_items", 0, -1) == ["i1"]
+        assert r.lrange(K.recent_items("u2"), 0, -1) == ["i1"]
         wait_for(lambda: lag() == 0, "consumer lag back to 0", second, log)
         r.close()
     finally:
@@ -190,6 +194,7 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
     server, env = _env_with_own_redis(kafka_broker, kafka_topic, artifacts, tmp_path)
     port = server.port
     p, metrics_port = env["RECSTACK_REDIS_PREFIX"], int(env["RECSTACK_METRICS_PORT"])
+    K = Keys(p)  # noqa: N806
     log = tmp_path / "worker.log"
     proc = start_worker(env, log)
     items = [f"i{n}" for n in range(20)]
@@ -197,7 +202,7 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
     try:
         asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[:1]))
         r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        wait_for(lambda: r.exists(f"{p}user:u:stats"), "the first event in redis", proc, log)
+        wait_for(lambda: r.exists(K.user_stats("u")), "the first event in redis", proc, log)
         r.close()  # an open client would keep the port in FIN-WAIT-2, and the restart on it would fail
         server.stop()
         asyncio.run(produce(kafka_broker, env["RECSTACK_EVENTS_TOPIC"], send[1:]))
@@ -205,8 +210,8 @@ def test_worker_pauses_while_redis_is_down_and_resumes_without_loss(
         wait_for(lambda: metric(metrics_port, retries) >= 2, "redis write retries", proc, log)
         server = EmbeddedRedis(port=port, log_dir=tmp_path).start()  # empty: only the new writes land
         r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-        wait_for(lambda: r.hget(f"{p}user:u:stats", "view") == "19", "the events held back", proc, log)
-        assert r.lrange(f"{p}user:u:recent_items", 0, -1) == items[1:][::-1]
+        wait_for(lambda: r.hget(K.user_stats("u"), "view") == "19", "the events held back", proc, log)
+        assert r.lrange(K.recent_items("u"), 0, -1) == items[1:][::-1]
         r.close()
         assert proc.poll() is None
     finally:
@@ -225,6 +230,7 @@ def test_an_event_of_a_megabyte_is_dead_lettered_truncated_and_never_stalls_the_
 
     r: redis.Redis = worker["redis"]
     p = worker["prefix"]
+    K = Keys(p)  # noqa: N806
     proc, log = worker["proc"], worker["log"]
     before = [new_event("u9", "view", f"i{k % 2 + 1}") for k in range(10)]
     huge = b'{"schema_version": 1, "pad": "' + b"x" * 999_000 + b'"}'
@@ -235,8 +241,8 @@ def test_an_event_of_a_megabyte_is_dead_lettered_truncated_and_never_stalls_the_
         + [(b"u9", event_to_json(e)) for e in after]
     )
     asyncio.run(produce(worker["bootstrap"], worker["events_topic"], values))
-    wait_for(lambda: r.hget(f"{p}user:u9:stats", "click") == "10", "all 20 valid events applied", proc, log)
-    assert r.hget(f"{p}user:u9:stats", "view") == "10"
+    wait_for(lambda: r.hget(K.user_stats("u9"), "click") == "10", "all 20 valid events applied", proc, log)
+    assert r.hget(K.user_stats("u9"), "view") == "10"
     dead = asyncio.run(read_topic(worker["bootstrap"], worker["dlq_topic"], 1))
     headers = dict(dead[0].headers)
     assert headers["recstack-reason"] == b"too_large" and headers["recstack-truncated"] == b"1"

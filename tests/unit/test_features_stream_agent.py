@@ -8,6 +8,7 @@ import time
 import redis.asyncio as aioredis
 
 from recstack.events import event_to_json, new_event
+from recstack.features.keys import Keys
 from services.feature_stream.app import create_app
 from services.feature_stream.settings import StreamSettings
 
@@ -31,11 +32,11 @@ async def test_agent_applies_batches_once(redis_url: str, tmp_path) -> None:
             for event in (new_event("u", "view", "i2"), click, click, sentinel):
                 await ctx.put(event_to_json(event), key=b"u")
             deadline = time.monotonic() + 10
-            while not await client.exists("agent:user:last:stats"):
+            while not await client.exists(Keys("agent:").user_stats("last")):
                 assert time.monotonic() < deadline, "agent did not write the batch"
                 await asyncio.sleep(0.05)
-        assert await client.lrange("agent:user:u:recent_items", 0, -1) == ["i1", "i2"]
-        stats = await client.hgetall("agent:user:u:stats")
+        assert await client.lrange(Keys("agent:").recent_items("u"), 0, -1) == ["i1", "i2"]
+        stats = await client.hgetall(Keys("agent:").user_stats("u"))
         assert stats["click"] == "1" and stats["view"] == "1" and stats["total"] == "2"
     finally:
         await client.aclose()

@@ -35,7 +35,7 @@ async def test_recent_items_newest_first_dedup_and_capped(client: aioredis.Redis
     events = [ev("u", "view", f"i{n}", T0 + n) for n in range(5)] + [ev("u", "click", "i3", T0 + 9)]
     result = await writer.apply(events)
     assert result.applied == 6 and result.duplicates == 0
-    assert await client.lrange("user:u:recent_items", 0, -1) == ["i3", "i4", "i2"]
+    assert await client.lrange("{u:u}:recent_items", 0, -1) == ["i3", "i4", "i2"]
 
 
 async def test_genre_ema_decays_all_and_adds_weighted(client: aioredis.Redis) -> None:
@@ -43,7 +43,7 @@ async def test_genre_ema_decays_all_and_adds_weighted(client: aioredis.Redis) ->
     await writer.apply(
         [ev("u", "click", "i1"), ev("u", "purchase", "i2"), ev("u", "rating", "i3", rating=4.0)]
     )
-    scores = {k: float(v) for k, v in (await client.hgetall("user:u:genre_scores")).items()}
+    scores = {k: float(v) for k, v in (await client.hgetall("{u:u}:genre_scores")).items()}
     # click i1: Action=Comedy=0.1; purchase i2: decay 0.9, Drama += 0.2; rating i3 (no genres): decay 0.9
     assert scores["Action"] == pytest.approx(0.1 * 0.9 * 0.9)
     assert scores["Comedy"] == pytest.approx(0.1 * 0.9 * 0.9)
@@ -53,9 +53,9 @@ async def test_genre_ema_decays_all_and_adds_weighted(client: aioredis.Redis) ->
 async def test_configurable_weights_and_popularity(client: aioredis.Redis) -> None:
     writer = FeatureWriter(client, catalog=GENRES, weights=EventWeights(view=0.25))
     await writer.apply([ev("a", "view", "i1"), ev("b", "view", "i1"), ev("a", "like", "i2")])
-    pop = await client.zrevrange("items:popularity", 0, -1, withscores=True)
+    pop = await client.zrevrange("{items:popularity}", 0, -1, withscores=True)
     assert pop == [("i2", 1.5), ("i1", 0.5)]
-    assert float(await client.hget("user:a:genre_scores", "Action")) == pytest.approx(0.1 * 0.25 * 0.9)
+    assert float(await client.hget("{u:a}:genre_scores", "Action")) == pytest.approx(0.1 * 0.25 * 0.9)
 
 
 async def test_counters_last_active_and_item_stats(client: aioredis.Redis) -> None:
@@ -63,19 +63,19 @@ async def test_counters_last_active_and_item_stats(client: aioredis.Redis) -> No
     await writer.apply(
         [ev("u", "click", "i1", T0 + 50), ev("u", "view", "i1", T0 + 10), ev("u", "session_start")]
     )
-    stats = await client.hgetall("user:u:stats")
+    stats = await client.hgetall("{u:u}:stats")
     assert stats["click"] == "1" and stats["view"] == "1" and stats["session_start"] == "1"
     assert stats["total"] == "2"  # session events are not interactions
     assert float(stats["last_active"]) == T0 + 50
-    assert await client.hgetall("item:i1:stats") == {"click": "1", "view": "1"}
+    assert await client.hgetall("{i:i1}:stats") == {"click": "1", "view": "1"}
 
 
 async def test_impression_counts_only(client: aioredis.Redis) -> None:
     writer = FeatureWriter(client)
     await writer.apply([ev("u", "impression", items=["i1", "i2"], request_id="r1")])
-    assert await client.hget("item:i1:stats", "impression") == "1"
-    assert await client.hget("item:i2:stats", "impression") == "1"
-    assert await client.exists("user:u:recent_items", "items:popularity", "bandit:ts:i1") == 0
+    assert await client.hget("{i:i1}:stats", "impression") == "1"
+    assert await client.hget("{i:i2}:stats", "impression") == "1"
+    assert await client.exists("{u:u}:recent_items", "{items:popularity}", "{i:i1}:ts") == 0
 
 
 async def test_duplicate_event_ids_are_applied_once(client: aioredis.Redis) -> None:
@@ -84,9 +84,9 @@ async def test_duplicate_event_ids_are_applied_once(client: aioredis.Redis) -> N
     first = await writer.apply([click, click])
     again = await writer.apply([click])
     assert (first.applied, first.duplicates, again.applied, again.duplicates) == (1, 1, 0, 1)
-    assert await client.hget("user:u:stats", "click") == "1"
-    assert await client.hget("bandit:ts:i1", "alpha") == "2"
-    assert 0 < await client.ttl(f"event:{click.event_id}") <= 60
+    assert await client.hget("{u:u}:stats", "click") == "1"
+    assert await client.hget("{i:i1}:ts", "alpha") == "2"
+    assert 0 < await client.ttl(f"{{u:u}}:event:{click.event_id}") <= 60
 
 
 async def test_rewards_and_windowed_zero_rewards(client: aioredis.Redis) -> None:
@@ -107,7 +107,7 @@ async def test_rewards_and_windowed_zero_rewards(client: aioredis.Redis) -> None
 
 async def test_click_without_request_id_is_no_reward(client: aioredis.Redis) -> None:
     await FeatureWriter(client).apply([ev("u", "click", "i1")])
-    assert await client.exists("bandit:ts:i1") == 0
+    assert await client.exists("{i:i1}:ts") == 0
 
 
 async def test_prefix_and_store_round_trip(client: aioredis.Redis) -> None:
@@ -120,7 +120,7 @@ async def test_prefix_and_store_round_trip(client: aioredis.Redis) -> None:
     assert features.counters == {"view": 1, "click": 1, "total": 2}
     assert features.last_active == T0 + 1
     assert await FeatureStore(client, keys).get_popular(1) == ["i1"]
-    assert await client.exists("user:u:stats") == 0
+    assert await client.exists("{u:u}:stats") == 0
     cold = await FeatureStore(client).get_user_features("nobody")
     assert cold.is_cold and cold.counters == {}
 
@@ -187,13 +187,13 @@ async def test_experiment_exposures_and_outcomes(client: aioredis.Redis) -> None
 
 
 async def test_event_failing_in_redis_is_reported_and_others_applied(client: aioredis.Redis) -> None:
-    await client.set("user:bad:recent_items", "not a list")
+    await client.set("{u:bad}:recent_items", "not a list")
     writer = FeatureWriter(client)
     events = [ev("ok", "view", "i1"), ev("bad", "view", "i1"), ev("ok", "view", "i2")]
     result = await writer.apply(events)
     assert result.applied == 2 and result.duplicates == 0
     assert len(result.failed) == 1 and result.failed[0][0] == 1 and "WRONGTYPE" in result.failed[0][1]
-    assert await client.lrange("user:ok:recent_items", 0, -1) == ["i2", "i1"]
+    assert await client.lrange("{u:ok}:recent_items", 0, -1) == ["i2", "i1"]
 
 
 async def test_qa_impressions_write_no_ab_record_but_still_count(client: aioredis.Redis) -> None:
@@ -209,8 +209,8 @@ async def test_qa_impressions_write_no_ab_record_but_still_count(client: aioredi
     )
     assert await store.get_experiment("e1") == {}
     assert await store.get_experiment_user("e1", "q") == {}
-    assert await client.hget("item:i1:stats", "impression") == "1"  # the impression itself counts
-    assert await client.hget("bandit:ts:i1", "alpha") == "2"  # and so does the bandit reward
+    assert await client.hget("{i:i1}:stats", "impression") == "1"  # the impression itself counts
+    assert await client.hget("{i:i1}:ts", "alpha") == "2"  # and so does the bandit reward
 
 
 async def test_impression_in_two_layers_writes_both_experiments(client: aioredis.Redis) -> None:
@@ -270,10 +270,10 @@ async def test_popularity_rescales_its_epoch_and_keeps_the_ratios(client: aiored
     # rescale as soon as an increment's exponent passes 2 (about 2.9 half-lives)
     writer = FeatureWriter(client, popularity_half_life_s=hour, popularity_rescale_at=2.0)
     await writer.apply([ev("a", "click", "i1", T0), ev("a", "like", "i2", T0 + hour)])
-    assert float(await client.get("items:popularity:epoch")) == T0
+    assert float(await client.get("{items:popularity}:epoch")) == T0
     await writer.apply([ev("b", "view", "i3", T0 + 10 * hour)])
-    assert float(await client.get("items:popularity:epoch")) == T0 + 10 * hour
-    raw_scores = dict(await client.zrange("items:popularity", 0, -1, withscores=True))
+    assert float(await client.get("{items:popularity}:epoch")) == T0 + 10 * hour
+    raw_scores = dict(await client.zrange("{items:popularity}", 0, -1, withscores=True))
     assert raw_scores["i3"] == pytest.approx(0.5)  # stored at the new epoch: no scaling
     decayed = dict(await FeatureStore(client).get_popular_scores(10, hour, now=T0 + 10 * hour))
     assert decayed == pytest.approx({"i1": 2.0**-10, "i2": 1.5 * 2.0**-9, "i3": 0.5})
@@ -282,8 +282,8 @@ async def test_popularity_rescales_its_epoch_and_keeps_the_ratios(client: aiored
 async def test_zero_half_life_keeps_plain_weighted_counts(client: aioredis.Redis) -> None:
     writer = FeatureWriter(client, popularity_half_life_s=0)
     await writer.apply([ev("a", "click", "i1", T0), ev("a", "click", "i1", T0 + 1e6)])
-    assert await client.zscore("items:popularity", "i1") == 2.0
-    assert await client.exists("items:popularity:epoch") == 0
+    assert await client.zscore("{items:popularity}", "i1") == 2.0
+    assert await client.exists("{items:popularity}:epoch") == 0
 
 
 async def test_redis_out_of_memory_fails_the_whole_call(client: aioredis.Redis) -> None:
@@ -302,7 +302,7 @@ async def test_redis_out_of_memory_fails_the_whole_call(client: aioredis.Redis) 
         await client.config_set("maxmemory", "0")
     result = await writer.apply([first, ev("u", "view", "i2")])
     assert (result.applied, result.duplicates) == (1, 1)
-    assert await client.lrange("user:u:recent_items", 0, -1) == ["i2", "i1"]
+    assert await client.lrange("{u:u}:recent_items", 0, -1) == ["i2", "i1"]
 
 
 async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_once(
@@ -324,9 +324,9 @@ async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_o
     ]
     assert (await writer.apply(batch)).rewards == 2
     assert (await writer.apply(batch)).applied == 0  # replay: every event is a duplicate
-    assert await client.get("p:imp:r1:seg") == "device:tv"
-    assert 0 < await client.ttl("p:imp:r1:seg") <= await client.ttl("p:imp:r1")
-    assert await client.exists("p:imp:r2:seg") == 0
+    assert await client.get("{p:u:u}:imp:r1:seg") == "device:tv"
+    assert 0 < await client.ttl("{p:u:u}:imp:r1:seg") <= await client.ttl("{p:u:u}:imp:r1")
+    assert await client.exists("{p:u:v}:imp:r2:seg") == 0
     settled = await writer.settle(now=T0 + 31)
     assert (settled.requests, settled.zero_rewards) == (2, 2)
     again = await writer.settle(now=T0 + 100)
@@ -335,13 +335,13 @@ async def test_segment_rewards_and_zero_rewards_update_segment_and_global_arms_o
     # global: i1 rewarded in r1 (alpha) and zero in r2; i2 zero in r1 and rewarded in r2
     assert glob == {"i1": (2.0, 2.0), "i2": (2.0, 2.0)}
     assert in_seg == {"i1": (2.0, 1.0), "i2": (1.0, 2.0)}  # only r1's outcomes
-    assert await client.hgetall("p:bandit:tsseg:device:tv|i1") == {"alpha": "2", "beta": "1"}
+    assert await client.hgetall("{p:i:i1}:tsseg:device:tv") == {"alpha": "2", "beta": "1"}
     # segment arms expire after segment_arm_ttl_s without updates (a reward or a zero reward)
     day = 86400
-    assert 29 * day < await client.ttl("p:bandit:tsseg:device:tv|i1") <= 30 * day
-    assert 29 * day < await client.ttl("p:bandit:tsseg:device:tv|i2") <= 30 * day
-    assert await client.ttl("p:bandit:ts:i1") == -1  # global arms never expire
-    assert await client.exists("p:imp:r1", "p:imp:r1:seg", "p:imp:r1:exp") == 0
+    assert 29 * day < await client.ttl("{p:i:i1}:tsseg:device:tv") <= 30 * day
+    assert 29 * day < await client.ttl("{p:i:i2}:tsseg:device:tv") <= 30 * day
+    assert await client.ttl("{p:i:i1}:ts") == -1  # global arms never expire
+    assert await client.exists("{p:u:u}:imp:r1", "{p:u:u}:imp:r1:seg", "{p:u:u}:imp:r1:exp") == 0
     assert await store.get_segment_arms([], "device:tv") == ({}, {})
 
 
@@ -357,8 +357,8 @@ async def test_segment_arm_ttl_zero_keeps_segment_arms(client: aioredis.Redis) -
         ]
     )
     await writer.settle(now=T0 + 100)
-    assert await client.ttl("bandit:tsseg:device:tv|i1") == -1
-    assert await client.ttl("bandit:tsseg:device:tv|i2") == -1
+    assert await client.ttl("{i:i1}:tsseg:device:tv") == -1
+    assert await client.ttl("{i:i2}:tsseg:device:tv") == -1
 
 
 async def test_invalid_segment_in_an_impression_is_ignored(client: aioredis.Redis) -> None:
@@ -371,14 +371,14 @@ async def test_invalid_segment_in_an_impression_is_ignored(client: aioredis.Redi
         ]
     )
     assert result.applied == 2 and result.rewards == 1 and not result.failed
-    assert await client.exists("imp:r:seg") == 0
-    assert await client.keys("bandit:tsseg:*") == []
-    assert await client.hget("bandit:ts:i1", "alpha") == "2"
+    assert await client.exists("{u:u}:imp:r:seg") == 0
+    assert await client.keys("{i:*}:tsseg:*") == []
+    assert await client.hget("{i:i1}:ts", "alpha") == "2"
 
 
 async def test_segment_arms_are_read_in_one_round_trip(client: aioredis.Redis) -> None:
-    await client.hset("bandit:ts:i1", mapping={"alpha": 3, "beta": 4})
-    await client.hset("bandit:tsseg:s|i2", mapping={"alpha": 5, "beta": 1})
+    await client.hset("{i:i1}:ts", mapping={"alpha": 3, "beta": 4})
+    await client.hset("{i:i2}:tsseg:s", mapping={"alpha": 5, "beta": 1})
     commands: list[tuple[object, ...]] = []
     execute_command = client.execute_command
 
@@ -421,13 +421,16 @@ async def test_partition_offsets_make_a_replay_of_any_age_a_no_op(client: aiored
     events = [ev("u1", "click", f"i{k}", ts=T0 + k) for k in range(10)]
     sources = [("user-events:3", 100 + k) for k in range(10)]
     assert (await writer.apply(events, sources)).applied == 10
-    assert await client.hget("stream:offsets", "user-events:3") == "109"
+    assert await client.hget("{u:u1}:offsets", "user-events:3") == "109"
+    for k in range(10):  # every tag group the batch touched keeps its own applied offset
+        assert await client.hget(f"{{i:i{k}}}:offsets", "user-events:3") == str(100 + k)
+    assert await client.hget("{items:popularity}:offsets", "user-events:3") == "109"
     await asyncio.sleep(1.2)
-    assert not await client.exists(f"event:{events[0].event_id}")  # the markers expired
+    assert not await client.exists(f"{{u:u1}}:event:{events[0].event_id}")  # the markers expired
     replay = await writer.apply(events, sources)  # e.g. after a stall longer than the marker TTL
     assert (replay.applied, replay.duplicates) == (0, 10)
-    assert await client.hget("user:u1:stats", "click") == "10"
+    assert await client.hget("{u:u1}:stats", "click") == "10"
     later = await writer.apply([ev("u1", "click", "i99", ts=T0 + 99)], [("user-events:3", 110)])
-    assert later.applied == 1 and await client.hget("stream:offsets", "user-events:3") == "110"
+    assert later.applied == 1 and await client.hget("{u:u1}:offsets", "user-events:3") == "110"
     other = await writer.apply([ev("u1", "view", "i5")], [("user-events:4", 0)])  # another partition
     assert other.applied == 1
