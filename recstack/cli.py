@@ -770,6 +770,8 @@ def replay_command(
     pipeline on the same users; cold start versus after their history; click -> changed list."""
     import json
     import logging
+    import shlex
+    import sys
 
     from rich.console import Console
 
@@ -811,6 +813,7 @@ def replay_command(
         target=target,
         run_dir=run_dir,
         progress=progress,
+        command=shlex.join(["recstack", *sys.argv[1:]]) if sys.argv[1:2] == ["replay"] else "",
     )
     console = Console(stderr=True)
     try:

@@ -90,6 +90,7 @@ class ReplayConfig:
     target: Target | None = None
     run_dir: Path | None = None
     progress: bool = True
+    command: str = ""  # how it was invoked (recorded in the report)
 
 
 @dataclass
@@ -143,10 +144,13 @@ def offline_lists(bundle, users: Sequence[str], events: Sequence[UserEvents], k:
 # --- metrics ----------------------------------------------------------------------------------
 
 
+MISS = 2**31  # the rank of a target that is not in the list
+
+
 def target_ranks(lists: Sequence[Sequence[str]], targets: Sequence[str]) -> np.ndarray:
-    """1-based position of each target in its list; len(list) + 1 when absent (a miss at k)."""
+    """1-based position of each target in its list; MISS when absent."""
     return np.asarray(
-        [list(lst).index(t) + 1 if t in lst else len(lst) + 1 for lst, t in zip(lists, targets, strict=True)],
+        [list(lst).index(t) + 1 if t in lst else MISS for lst, t in zip(lists, targets, strict=True)],
         dtype=np.int64,
     )
 
@@ -157,7 +161,6 @@ def list_metrics(lists: Sequence[Sequence[str]], targets: Sequence[str], k: int)
     from recstack.evaluation.metrics import hit_ratio, ndcg
 
     ranks = target_ranks([list(lst)[:k] for lst in lists], targets)
-    ranks = np.where(ranks > k, k + 1, ranks)
     hits, gains = hit_ratio(ranks, k), ndcg(ranks, k)
     n = len(ranks)
     sd = float(gains.std(ddof=1)) if n > 1 else 0.0
@@ -203,15 +206,17 @@ def paired(
 
 
 def percentiles_ms(seconds: Sequence[float]) -> dict:
-    """p50, p95 and max in ms (a timeout counts as infinite: it can only raise p95)."""
+    """p50, p95 (linear interpolation) and the largest finite value, in ms. A timeout (inf) counts
+    as slower than everything: a percentile that reaches one is None (unknown, and too slow)."""
     if not seconds:
         return {"p50": None, "p95": None, "max": None}
     arr = np.asarray(seconds, dtype=np.float64) * 1000.0
     finite = arr[np.isfinite(arr)]
+    capped = np.where(np.isfinite(arr), arr, 1e15)
 
     def q(p: float) -> float | None:
-        v = float(np.percentile(arr, p, method="higher"))
-        return round(v, 1) if math.isfinite(v) else None
+        v = float(np.percentile(capped, p))
+        return round(v, 1) if v < 1e14 else None
 
     return {"p50": q(50), "p95": q(95), "max": round(float(finite.max()), 1) if len(finite) else None}
 
@@ -549,6 +554,8 @@ def run_replay(config: ReplayConfig, console: Console | None = None) -> dict:
         "click_p95_below_250ms": latency["p95"] is not None and latency["p95"] < 250.0,
     }
     report["seconds"] = round(time.perf_counter() - t_start, 1)
+    if config.command:
+        report["command"] = config.command
     return report
 
 
