@@ -292,7 +292,9 @@ def replay(d: dict) -> list[str]:
         "## Online evaluation — `recstack replay --json`",
         "",
         f"`{d.get('command', 'recstack replay')}`: {n} users of `{d['data']}` held out of training (seed "
-        f"{h['seed']}; {h['rule']}), bundle `{d['bundle']}` ({d.get('profile')} profile), served by the "
+        f"{h['seed']}; {h['rule']}), bundle `{d['bundle']}` ({d.get('profile')} profile, models "
+        f"{', '.join(d.get('models', []))}; {'; '.join(d.get('training_warnings') or ['no warning'])}), "
+        "served by the "
         f"started stack ({d['stack'].get('stages', '-')} stages). Each user's interactions but the last "
         f"({d['replay']['events_sent']} events) went through Kafka; the stream had applied them "
         f"{d['replay']['applied_s']} s after the first was sent. Recommend k = {k}, before the events "
@@ -322,6 +324,10 @@ def replay(d: dict) -> list[str]:
         f"{lat['timeouts']} timeouts): p50 {_ms(lat['p50'])} ms, **p95 {_ms(lat['p95'])} ms**, max "
         f"{_ms(lat['max'])} ms; p95 < 250 ms: **{c['click_p95_below_250ms']}**.",
     ]
+    degraded = {p: v for p, v in d.get("degraded_replies", {}).items() if v.get("replies")}
+    if degraded:
+        parts = [f"{p} {v['replies']} ({', '.join(v['skipped_stages'])})" for p, v in degraded.items()]
+        out += ["", f"Degraded replies (a stage skipped at its deadline), by phase: {'; '.join(parts)}."]
     return out
 
 

@@ -100,6 +100,7 @@ class Reply:
     request_id: str
     degraded: bool
     stages: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 # --- offline side -----------------------------------------------------------------------------
@@ -295,7 +296,17 @@ class Live:
             reply.request_id,
             reply.degraded,
             list(reply.stages),
+            dict(reply.skipped),
         )
+
+
+def degraded_summary(replies: Sequence[Reply]) -> dict:
+    """How many replies were degraded, and which stages were skipped how often."""
+    skipped: dict[str, int] = {}
+    for r in replies:
+        for stage in r.skipped:
+            skipped[stage] = skipped.get(stage, 0) + 1
+    return {"replies": sum(r.degraded for r in replies), "skipped_stages": dict(sorted(skipped.items()))}
 
 
 async def _gather(jobs: Sequence, concurrency: int, desc: str, progress: bool) -> list:
@@ -405,7 +416,7 @@ async def run_live(
             config.progress,
         )
         out["cold"][name] = [r.items for r in replies]
-        out["degraded"][f"cold_{name}"] = sum(r.degraded for r in replies)
+        out["degraded"][f"cold_{name}"] = degraded_summary(replies)
     t0 = time.perf_counter()
     out["events_sent"] = await _replay_events(live, ids, events, config.progress)
     out["features"] = await _wait_applied(live, ids, [len(e.items) - 1 for e in events], config.progress)
@@ -418,7 +429,7 @@ async def run_live(
             config.progress,
         )
         out["after"][name] = [r.items for r in replies]
-        out["degraded"][f"after_{name}"] = sum(r.degraded for r in replies)
+        out["degraded"][f"after_{name}"] = degraded_summary(replies)
         out["variants_served"][name] = sorted({r.variant for r in replies})
     sample = list(ids)[: config.latency_users]
     latencies = []
@@ -495,6 +506,8 @@ def run_replay(config: ReplayConfig, console: Console | None = None) -> dict:
         "data": config.data_spec,
         "bundle": bundle.version,
         "profile": (bundle.manifest.get("training") or {}).get("profile"),
+        "models": bundle.model_names,
+        "training_warnings": list((bundle.manifest.get("training") or {}).get("warnings") or []),
         "holdout": {
             "users": len(held),
             "seed": holdout_record.get("seed"),

@@ -27,7 +27,10 @@ def test_replay_online_equals_offline_and_reports_latency(tmp_path: Path) -> Non
         "--out", str(tmp_path / "artifacts"), "--run-dir", str(tmp_path / "run"),
         "--latency-users", "4", "--json", "--no-progress",
     )  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=350)
+    # Generous stage deadlines: on a loaded machine a stage skipped at its deadline would change a
+    # list; this test checks that the live chain computes the offline pipeline, not its latency.
+    env = cli_env() | {f"RECSTACK_{s}_TIMEOUT_S": "5" for s in ("FEATURES", "RETRIEVAL", "RANKING", "RERANK")}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=350)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
 
@@ -49,7 +52,7 @@ def test_replay_online_equals_offline_and_reports_latency(tmp_path: Path) -> Non
         assert det["after"][key] == offline["after"][key], key
         assert det["cold_start"][key] == offline["cold_start"][key], key  # the bundle's popularity
     assert det["after"]["users"] == HELD
-    assert report["degraded_replies"]["after_deterministic"] == 0
+    assert report["degraded_replies"]["after_deterministic"] == {"replies": 0, "skipped_stages": {}}
     comparison = report["comparison"]
     lo, hi = comparison["offline_HR@10_ci95"]
     assert lo <= comparison["online_HR@10"] <= hi and comparison["online_within_offline_ci95"] is True
