@@ -467,6 +467,7 @@ def run_replay(config: ReplayConfig, console: Console | None = None) -> dict:
     from recstack.artifacts import load_bundle
     from recstack.data import load_dataset
     from recstack.evaluation.holdout import user_events
+    from recstack.events.schema import INTERACTION_TYPES
     from recstack.training.bundle_eval import held_out_users
 
     console = console or Console(stderr=True)
@@ -489,7 +490,10 @@ def run_replay(config: ReplayConfig, console: Console | None = None) -> dict:
             "omit the option or train another bundle"
         )
     holdout_record = (bundle.manifest.get("training") or {}).get("holdout") or {}
-    events = user_events(load_dataset(config.data_spec), held)
+    dataset = load_dataset(config.data_spec)
+    inter = dataset.interactions
+    dataset.interactions = inter[inter["event_type"].isin(INTERACTION_TYPES)]  # what the stream counts
+    events = user_events(dataset, held)
     targets = [e.target for e in events]
     k = config.k
     with console.status("offline pipeline lists ..."):
