@@ -73,6 +73,9 @@ def train_command(
         None, "--jobs", min=1, help="Models trained side by side (default: CPUs, up to 2; same result)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars."),
+    holdout_users: int = typer.Option(
+        0, "--holdout-users", min=0, help="Remove N users (drawn with --seed) from the data entirely."
+    ),
 ) -> None:
     """Train every model on a dataset, configure the serving pipeline on validation, write a bundle.
 
@@ -103,6 +106,7 @@ def train_command(
             config.max_minutes = max_minutes
         if jobs is not None:
             config.jobs = jobs
+        config.holdout_users = holdout_users
         if params is not None:
             config.params = read_params(params)
         if models:
@@ -889,6 +893,102 @@ def demo_command(
 
     config = StackConfig.from_options(artifacts, port_offset, free_ports, True, run_dir)
     raise typer.Exit(run_demo(config, user_id=user, k=k, keep_running=keep_running))
+
+
+@app.command("replay")
+def replay_command(
+    data: str = typer.Option(..., "--data", help="Dataset spec (as for train), e.g. ml-100k[:DIR]."),
+    holdout_users: int | None = typer.Option(
+        None, "--holdout-users", min=1, help="Users held out of training (default 150; --artifacts: its own)."
+    ),
+    artifacts: Path | None = typer.Option(
+        None, "--artifacts", help="A bundle trained with --holdout-users (default: train one into --out)."
+    ),
+    out: Path = typer.Option(Path("reports/replay/artifacts"), "--out", help="Where a trained bundle goes."),
+    profile: str = typer.Option("auto", "--profile", help="Training profile when training: auto or small."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out users and of training."),
+    k: int = typer.Option(10, "--k", min=1, max=100, help="List length (HR@k, NDCG@k)."),
+    latency_users: int = typer.Option(
+        100, "--latency-users", min=0, help="Users timed click -> changed list."
+    ),
+    gateway: str | None = typer.Option(None, "--gateway", help="Target a running stack: gateway host:port."),
+    bootstrap: str | None = typer.Option(None, "--kafka", help="With --gateway: Kafka bootstrap servers."),
+    redis_url: str | None = typer.Option(None, "--redis", help="With --gateway: the stack's Redis URL."),
+    topic: str = typer.Option("user-events", "--topic", envvar="RECSTACK_EVENTS_TOPIC", help="Events topic."),
+    redis_prefix: str = typer.Option("", "--redis-prefix", envvar="RECSTACK_REDIS_PREFIX"),
+    deterministic_variant: str = typer.Option(
+        "",
+        "--deterministic-variant",
+        help="With --gateway: force_variant of a variant without bandit slots nor diversity (EXP/VARIANT).",
+    ),
+    run_dir: Path | None = _RUN_DIR_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars (stderr)."),
+) -> None:
+    """Online HR@k / NDCG@k of the live stack on users held out of training, against the offline
+    pipeline on the same users; cold start versus after their history; click -> changed list."""
+    import json
+    import logging
+    import shlex
+    import sys
+
+    from rich.console import Console
+
+    from recstack.artifacts import BundleError
+    from recstack.data import DataError
+    from recstack.devstack.embedded import EmbeddedError
+    from recstack.devstack.process import ProcessStartError
+    from recstack.devstack.replay import (
+        ReplayConfig,
+        ReplayError,
+        Target,
+        report_table,
+        run_replay,
+        summary_lines,
+    )
+    from recstack.devstack.up import PortInUseError
+    from recstack.events.producer import ProducerError
+    from recstack.events.topics import TopicError
+    from recstack.training.plans import UnknownModelNameError
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = None
+    given = [x for x in (gateway, bootstrap, redis_url) if x]
+    if given and len(given) != 3:
+        _fail("targeting a running stack needs --gateway, --kafka and --redis together")
+    if gateway:
+        if artifacts is None:
+            _fail("--gateway needs --artifacts: the bundle that stack serves")
+        target = Target(gateway, bootstrap, redis_url, topic, redis_prefix, deterministic_variant)  # type: ignore[arg-type]
+    config = ReplayConfig(
+        data_spec=data,
+        holdout_users=holdout_users,
+        seed=seed,
+        artifacts=artifacts,
+        out=out,
+        profile=profile,
+        k=k,
+        latency_users=latency_users,
+        target=target,
+        run_dir=run_dir,
+        progress=progress,
+        command=shlex.join(["recstack", *sys.argv[1:]]) if sys.argv[1:2] == ["replay"] else "",
+    )
+    console = Console(stderr=True)
+    try:
+        report = run_replay(config, console)
+    except (
+        ReplayError, DataError, BundleError, UnknownModelNameError, ProducerError, TopicError,
+        ProcessStartError, EmbeddedError, PortInUseError,
+    ) as exc:  # fmt: skip
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    out_console = Console()
+    out_console.print(report_table(report))
+    for line in summary_lines(report):
+        out_console.print(line, highlight=False)
 
 
 if __name__ == "__main__":

@@ -282,8 +282,58 @@ def diversity(d: dict) -> list[str]:
     return out
 
 
+def replay(d: dict) -> list[str]:
+    k = d["k"]
+    h = d["holdout"]
+    c = d["comparison"]
+    lat = d["click_to_changed_list_ms"]
+    n = h["users"]
+    out = [
+        "## Online evaluation — `recstack replay --json`",
+        "",
+        f"`{d.get('command', 'recstack replay')}`: {n} users of `{d['data']}` held out of training (seed "
+        f"{h['seed']}; {h['rule']}), bundle `{d['bundle']}` ({d.get('profile')} profile, models "
+        f"{', '.join(d.get('models', []))}; {'; '.join(d.get('training_warnings') or ['no warning'])}), "
+        "served by the "
+        f"started stack ({d['stack'].get('stages', '-')} stages). Each user's interactions but the last "
+        f"({d['replay']['events_sent']} events) went through Kafka; the stream had applied them "
+        f"{d['replay']['applied_s']} s after the first was sent. Recommend k = {k}, before the events "
+        "(cold start) and after; the offline pipeline on the same users' histories. HR@10 with its "
+        "Wilson 95 % interval:",
+        "",
+        f"| list | HR@{k} | 95 % interval | NDCG@{k} | identical to offline |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label: str, m: dict, same: str = "") -> str:
+        lo, hi = m[f"HR@{k}_ci95"]
+        hr, ndcg = _f(m[f"HR@{k}"], 3), _f(m[f"NDCG@{k}"], 3)
+        return f"| {label} | {hr} | {_f(lo, 3)}–{_f(hi, 3)} | {ndcg} | {same} |"
+
+    out.append(row("offline pipeline, cold start (popularity)", d["offline"]["cold_start"]))
+    out.append(row("offline pipeline, after the history", d["offline"]["after"]))
+    for name, e in d["online"].items():
+        label = f"online, {name} ({e.get('force_variant') or 'own A/B variant'})"
+        out.append(row(f"{label}, cold start", e["cold_start"]))
+        same = f"{e['paired_with_offline']['identical_lists']}/{n}"
+        out.append(row(f"{label}, after the history", e["after"], same))
+    out += [
+        "",
+        f"Online ({c['online']}) HR@{k} {_f(c[f'online_HR@{k}'], 3)} within the offline 95 % interval: "
+        f"**{c['online_within_offline_ci95']}**. Click → changed list ({lat['users']} users, "
+        f"{lat['timeouts']} timeouts): p50 {_ms(lat['p50'])} ms, **p95 {_ms(lat['p95'])} ms**, max "
+        f"{_ms(lat['max'])} ms; p95 < 250 ms: **{c['click_p95_below_250ms']}**.",
+    ]
+    degraded = {p: v for p, v in d.get("degraded_replies", {}).items() if v.get("replies")}
+    if degraded:
+        parts = [f"{p} {v['replies']} ({', '.join(v['skipped_stages'])})" for p, v in degraded.items()]
+        out += ["", f"Degraded replies (a stage skipped at its deadline), by phase: {'; '.join(parts)}."]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("quality", quality),
+    ("replay", replay),
     ("serve", serve),
     ("retrieval", retrieval),
     ("stream", stream),

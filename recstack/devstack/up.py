@@ -86,6 +86,8 @@ class StackConfig:
     # "grpc": retrieval, ranking and rerank are processes of their own; "inprocess": they run inside
     # the gateway (RECSTACK_STAGES=inprocess) and are not started.
     stages: str = "grpc"
+    # extra environment of every child process (over os.environ), e.g. RECSTACK_EXPERIMENTS
+    env: dict[str, str] = field(default_factory=dict)
     # argv of each process; tests swap in fakes. Default: the same interpreter, `-m services.NAME`.
     command: Callable[[str], list[str]] = field(
         default=lambda name: [sys.executable, "-m", f"services.{name}"]
@@ -186,6 +188,7 @@ def service_specs(
 ) -> list[ServiceSpec]:
     """The six processes in start order, with their environment and health checks."""
     base = dict(os.environ if base_env is None else base_env)
+    base.update(config.env)
     common = {
         "RECSTACK_ARTIFACTS": str(artifacts),
         "REDIS_URL": redis_url,

@@ -36,10 +36,16 @@ def standardize(x: np.ndarray) -> np.ndarray:
 
 
 def rank_feature(x: np.ndarray) -> np.ndarray:
-    """-log2(1 + rank) of each entry of ``x`` (C,) sorted descending (rank 0 = best; ties by position)."""
+    """-log2(1 + rank) of each entry of ``x`` (C,) sorted descending (rank 0 = best). Equal scores
+    share their mean rank, so the feature depends on the candidate set, never on its order (the
+    gateway hands the rerank stage the ranker's order, the offline evaluation retrieval's)."""
     x = np.asarray(x, dtype=np.float64)
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[np.argsort(-x, kind="stable")] = np.arange(len(x), dtype=np.float64)
+    n = len(x)
+    order = np.argsort(-x, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(x[order]) != 0])
+    ends = np.r_[starts[1:], n]
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
     return -np.log2(1.0 + ranks)
 
 

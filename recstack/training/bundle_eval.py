@@ -150,6 +150,23 @@ def pipeline_lists(
     """Run the serving cores for every user with a target at ``stage`` (or ``users``): retrieval,
     the ranker (``ranker_model``; None or absent from the bundle: no ranking scores) and, with
     ``rerank``, the scores the rerank stage computes (every sequence model of the bundle, popularity)."""
+    users, feats_list, seen = stage_users(split, feats, stage, users)
+    return features_lists(bundle, users, feats_list, seen, retrieve_n, ranker_model, rerank, batch)
+
+
+def features_lists(
+    bundle,
+    users: np.ndarray,
+    feats_list: Sequence[UserFeatures],
+    seen: Sequence[set],
+    retrieve_n: int,
+    ranker_model: str | None = "multitask",
+    rerank: bool = True,
+    batch: int = 256,
+) -> StageLists:
+    """:func:`pipeline_lists` for users given by their features (as Redis would hold them) and the
+    items they consumed (never retrieved): the one path from a history to a pipeline list, used by
+    the offline evaluation and by ``recstack replay``'s offline side. ``users`` labels the rows."""
     from recstack.serving.ranker import Ranker, ranking_components
     from recstack.serving.reranker import Reranker, popularity_feature
     from recstack.serving.retriever import Retriever
@@ -159,10 +176,9 @@ def pipeline_lists(
     seq_models = [m for m in SEQUENTIAL_MODELS if m in bundle.model_names] if rerank else []
     reranker = Reranker(bundle, default_model=seq_models[0]) if seq_models else None
     popularity = popularity_feature(bundle)
-    users, feats_list, seen = stage_users(split, feats, stage, users)
-    lists = StageLists(users)
-    for start in range(0, len(users), batch):
-        part = feats_list[start : start + batch]
+    lists = StageLists(np.asarray(users))
+    for start in range(0, len(feats_list), batch):
+        part = list(feats_list[start : start + batch])
         retrieved = retriever.retrieve_batch(part, retrieve_n, seen[start : start + batch])
         ids = [r[0] for r in retrieved]
         comps = [dict(r[2]) for r in retrieved]
@@ -181,6 +197,21 @@ def pipeline_lists(
             lists.candidates.append(cand)
             lists.scores.append(comp)
     return lists
+
+
+def pipeline_top_k(bundle, lists: StageLists, k: int) -> list[list[str]]:
+    """Each list's first ``k`` item ids in the bundle's final order (its rerank settings), as the
+    rerank stage sorts them (descending final score, stable)."""
+    from recstack.serving.reranker import Reranker
+
+    reranker = Reranker(bundle, settings=bundle.configs.get("rerank") or {"model": None, "blend": {}})
+    ids = bundle.item_map.ids
+    out = []
+    for row, scores in enumerate(lists.scores):
+        final = np.asarray(reranker.final_scores(scores, lists.upstream(row)), dtype=np.float64)
+        order = np.argsort(-final, kind="stable")[:k]
+        out.append([ids[i - 1] for i in lists.candidates[row][order].tolist()])
+    return out
 
 
 def _lists_scorer(
@@ -314,12 +345,11 @@ def evaluate_bundle(data_spec: str, artifacts: Path | str, pipeline: bool = True
     the non-neural baselines are fitted on the split here (they are not part of the bundle).
     """
     from recstack.artifacts import load_bundle
-    from recstack.data import load_dataset
     from recstack.evaluation import leave_one_out
     from recstack.training.examples import build_features
 
     bundle = load_bundle(artifacts)
-    split = leave_one_out(load_dataset(data_spec))
+    split = leave_one_out(bundle_dataset(bundle, data_spec))
     check_same_ids(bundle, split)
     feats = build_features(split, feature_length(bundle), bundle.genre_vocab)
     recorded = bundle.metrics.get("models", {})
@@ -350,6 +380,22 @@ def evaluate_bundle(data_spec: str, artifacts: Path | str, pipeline: bool = True
     if "pipeline" in out:
         out["pipeline"] = out.pop("pipeline")  # last row of the table
     return out
+
+
+def held_out_users(bundle) -> list[str]:
+    """The users removed from the bundle's training data (``recstack train --holdout-users``)."""
+    training = bundle.manifest.get("training") or {}
+    return [str(u) for u in (training.get("holdout") or {}).get("user_ids", [])]
+
+
+def bundle_dataset(bundle, data_spec: str):
+    """``data_spec`` loaded as the bundle saw it: without the users it held out of training."""
+    from recstack.data import load_dataset
+    from recstack.evaluation.holdout import without_users
+
+    dataset = load_dataset(data_spec)
+    held = held_out_users(bundle)
+    return without_users(dataset, held) if held else dataset
 
 
 def candidate_scores(

@@ -71,6 +71,7 @@ class TrainConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # from `recstack tune`, over the plans
     jobs: int = 1  # models trained side by side in worker processes (the result does not depend on it)
     exact_max_items: int | None = None  # retrieval searched exactly up to this many items (ann default)
+    holdout_users: int = 0  # users removed from the data before the split (recstack.evaluation.holdout)
 
     def select(self, names: list[str]) -> TrainConfig:
         """A copy training only ``names``."""
@@ -290,6 +291,14 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
 
     t0 = time.perf_counter()
     dataset = load_dataset(data_spec)
+    holdout: dict = {}
+    if config.holdout_users:
+        from recstack.evaluation.holdout import choose_holdout, without_users
+
+        held = choose_holdout(dataset, config.holdout_users, config.seed)
+        dataset = without_users(dataset, held)
+        holdout = {"users": len(held), "seed": config.seed, "user_ids": held}
+        logger.info("%d users held out of training (seed %d)", len(held), config.seed)
     split = leave_one_out(dataset)
     stats = DataStats.of(split)
     config = config.resolve(stats)
@@ -367,6 +376,8 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         "data_stats": stats.to_dict(),
         "models": records,
     }
+    if holdout:
+        metrics["holdout_users"] = holdout["users"]
     if dist is not None:
         metrics["distributed"] = dist.describe()
     warnings = [
@@ -405,6 +416,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
             "params": config.params,
             "stopped_by": {n: r["stopped_by"] for n, r in records.items()},
             "warnings": warnings,
+            **({"holdout": holdout} if holdout else {}),
             **({"distributed": dist.describe()} if dist is not None else {}),
         },
     )

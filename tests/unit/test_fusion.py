@@ -26,7 +26,12 @@ def test_design_matrix_standardises_ranks_and_zeros_missing_scores() -> None:
     np.testing.assert_allclose(x[:, 1], -np.log2([1, 3, 2]))
     assert x[1, 2] < x[0, 2] == x[2, 2]  # NaN ranks last
     assert (x[:, 4:] == 0).all()  # "c" missing: contributes nothing
-    np.testing.assert_allclose(rank_feature(np.array([5.0, 5.0, 1.0])), -np.log2([1, 2, 3]))
+    np.testing.assert_allclose(rank_feature(np.array([5.0, 5.0, 1.0])), -np.log2([1.5, 1.5, 3]))
+    np.testing.assert_allclose(rank_feature(np.array([1.0, 5.0, 3.0])), -np.log2([3, 1, 2]))
+    x = np.array([2.0, 7.0, 2.0, 7.0, 0.0, 2.0])  # ties share their mean rank, whatever the order
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    np.testing.assert_allclose(rank_feature(x)[perm], rank_feature(x[perm]))
+    np.testing.assert_allclose(rank_feature(x), -np.log2(1 + np.array([3, 0.5, 3, 0.5, 5, 3])))
 
 
 def _lists(n_lists: int, rng: np.random.Generator) -> tuple[list[dict], list[int], list[int]]:
