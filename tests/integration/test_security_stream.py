@@ -19,6 +19,7 @@ from recstack.devstack.embedded import free_port
 from recstack.events import event_to_json, new_event
 from recstack.events.producer import EventProducer
 from recstack.events.signing import Signer, new_secret
+from recstack.features.keys import Keys
 from recstack.metrics_text import sample, scrape
 from tests.integration.stream_support import (
     REPO,
@@ -72,7 +73,8 @@ async def send(env: dict, signer: Signer | None, events: list, raw_headers: list
 
 
 def test_forged_events_are_dead_lettered_and_never_reach_redis(worker: dict) -> None:
-    env, r, p = worker["env"], worker["redis"], worker["env"]["RECSTACK_REDIS_PREFIX"]
+    env, r = worker["env"], worker["redis"]
+    keys = Keys(env["RECSTACK_REDIS_PREFIX"])
     proc, log = worker["proc"], worker["log"]
     gateway = Signer("gateway", SECRETS["gateway"].encode())
     wrong_key = Signer("gateway", SECRETS["cli"].encode())
@@ -87,7 +89,7 @@ def test_forged_events_are_dead_lettered_and_never_reach_redis(worker: dict) -> 
     asyncio.run(send(env, None, [tampered], raw_headers=gateway.headers(event_to_json(signed))))
     asyncio.run(send(env, gateway, [signed]))
 
-    wait_for(lambda: r.hget(f"{p}user:u1:stats", "click"), "the signed event in redis", proc, log)
+    wait_for(lambda: r.hget(keys.user_stats("u1"), "click"), "the signed event in redis", proc, log)
     dead = asyncio.run(read_topic(env["KAFKA_BOOTSTRAP_SERVERS"], env["RECSTACK_DEAD_LETTER_TOPIC"], 4))
     assert len(dead) == 4
     reasons = [dict(d.headers)["recstack-reason"] for d in dead]
@@ -97,8 +99,8 @@ def test_forged_events_are_dead_lettered_and_never_reach_redis(worker: dict) -> 
     assert "bad signature" in details[3]
     assert dict(dead[2].headers)["recstack-producer"] == b"mallory"
     # the worker applies in offset order: the signed one came last, so the forged ones were decided
-    assert not any(r.keys(f"{p}user:{u}:*") for u in ("f1", "f2", "f3", "f4"))
-    assert r.hget(f"{p}item:i1:stats", "click") == "1"
+    assert not any(r.keys(f"{keys.user_tag(u)}*") for u in ("f1", "f2", "f3", "f4"))
+    assert r.hget(keys.item_stats("i1"), "click") == "1"
     text = scrape(int(env["RECSTACK_METRICS_PORT"]))
     assert sample(text, "recstack_stream_dead_letters_total", reason="unauthenticated") == 4
     assert sample(text, "recstack_stream_signed_events_total", producer="gateway") == 1
