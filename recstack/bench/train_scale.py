@@ -19,11 +19,13 @@ The machine is shared: the load average before and after is part of the result.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
 import platform
 import pstats
+import re
 import resource
 import signal
 import subprocess
@@ -127,6 +129,28 @@ def _profile_top(path: Path, n: int = 25) -> list[dict]:
     return rows[:n]
 
 
+_DONE = re.compile(r"\b(\w+) test (\{.*\}) \(([\d.]+) s, stopped by (\w+)\)")
+_EPOCH = re.compile(r"trainer: (\w+) epoch (\d+) loss")
+
+
+def progress_from_log(text: str) -> dict:
+    """What a training log says about each model (for a run stopped before its bundle was written):
+    ``{"finished": {name: {...}}, "epochs_logged": {name: n}}``."""
+    finished: dict = {}
+    epochs: dict[str, int] = {}
+    for line in text.splitlines():
+        if m := _DONE.search(line):
+            test = ast.literal_eval(m.group(2))
+            finished[m.group(1)] = {
+                "train_seconds": float(m.group(3)),
+                "stopped_by": m.group(4),
+                "test_NDCG@10": test.get("NDCG@10"),
+            }
+        elif m := _EPOCH.search(line):
+            epochs[m.group(1)] = max(epochs.get(m.group(1), 0), int(m.group(2)))
+    return {"finished": finished, "epochs_logged": epochs}
+
+
 def _goal_checks(users: int, items: int, interactions: int, wall_s: float, peak_gib: float) -> dict:
     checks = {}
     for name, g in GOALS.items():
@@ -205,7 +229,9 @@ def run(
             if stdout is None
             else f"training failed with exit code {child.returncode}"
         )
-        result["log_tail"] = log_path.read_text()[-3000:]
+        text = log_path.read_text()
+        result["log_tail"] = text[-3000:]
+        result["progress"] = progress_from_log(text)
         result["goals"] = {
             name: {"met": False, "why": result["error"]}
             for name, g in GOALS.items()
