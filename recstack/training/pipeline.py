@@ -340,7 +340,11 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         raise TrainingError("TrainConfig.models is empty; name at least one model to train")
     feats = build_features(split, config.max_len)
     catalog = Catalog.of(dataset, split, feats)
-    del dataset  # the split and the features hold what training needs
+    # One copy of the interactions from here on: the features hold the per-row event types and
+    # ratings the models need; the raw frame and the split's per-row event details go (the split
+    # still gives targets, histories and ids) before the split is sent to the training workers.
+    del dataset
+    split = dataclasses.replace(split, train_event_types=[], train_ratings=[], train_timestamps=[])
     valid_users = validation_sample(split, config.valid_users, config.seed)
     stages.lap("features")
     main = dist is None or dist.main
