@@ -324,22 +324,34 @@ def train_scale(d: dict) -> list[str]:
             f"{q['users']:,} users, {q['items']:,} items, {q['interactions']:,} rows: `{r['command']}`",
         ]
         if "error" in r:
-            out += ["", f"**{r['error']}**. Models finished before it stopped:"]
             done = r.get("progress", {}).get("finished", {})
-            out += ["", "| model | train s | stopped by | test NDCG@10 |", "|---|---|---|---|"]
+            if not done:
+                out += ["", f"**{r['error']}**, before any training group had finished (test metrics are "
+                        "logged when a group of models is done)."]  # fmt: skip
+            else:
+                out += ["", f"**{r['error']}**. Models finished before it stopped:", ""]
+                out += ["| model | train s | stopped by | test NDCG@10 |", "|---|---|---|---|"]
             out += [
                 f"| {MODEL_LABELS.get(n, n)} | {m['train_seconds']:,.0f} | {m['stopped_by']} | "
                 f"{_f(m['test_NDCG@10'])} |"
                 for n, m in done.items()
             ]
-            running = {
-                n: e for n, e in r.get("progress", {}).get("epochs_logged", {}).items() if n not in done
-            }
-            if running:
+            logged = r.get("progress", {}).get("models", {})
+            if logged:
                 out += [
                     "",
-                    "Still training: " + ", ".join(f"{n} ({e} validations)" for n, e in running.items()),
+                    "From the log:",
+                    "",
+                    "| model | validations | best | last validation NDCG@10 | epochs logged from → to |",
+                    "|---|---|---|---|---|",
                 ]
+                for n, m in logged.items():
+                    out.append(
+                        f"| {MODEL_LABELS.get(n, n)} | {m.get('validations', '–')}"
+                        f"{' (early stop)' if 'early_stopped_at' in m else ''} | {m.get('best', '–')} | "
+                        f"{_f(m.get('last_valid_ndcg10'))} | {m.get('first_epoch_at', '–')} → "
+                        f"{m.get('last_epoch_at', '–')} |"
+                    )
             continue
         out += [
             "",

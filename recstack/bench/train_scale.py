@@ -130,14 +130,17 @@ def _profile_top(path: Path, n: int = 25) -> list[dict]:
 
 
 _DONE = re.compile(r"\b(\w+) test (\{.*\}) \(([\d.]+) s, stopped by (\w+)\)")
-_EPOCH = re.compile(r"trainer: (\w+) epoch (\d+) loss")
+_EPOCH = re.compile(r"^(\S+ \S+) INFO .*trainer: (\w+) epoch (\d+) loss .* valid NDCG@10 ([\d.na]+)")
+_EARLY = re.compile(r"trainer: (\w+): early stop after epoch (\d+) \(best (\d+)\)")
 
 
 def progress_from_log(text: str) -> dict:
     """What a training log says about each model (for a run stopped before its bundle was written):
-    ``{"finished": {name: {...}}, "epochs_logged": {name: n}}``."""
+    ``{"finished": {name: {...}}, "models": {name: {"validations", "last_valid_NDCG@10",
+    "first_epoch_at", "last_epoch_at", "early_stopped_at"?, "best"?}}}``; "finished" holds the models
+    whose group completed (test metrics logged)."""
     finished: dict = {}
-    epochs: dict[str, int] = {}
+    models: dict[str, dict] = {}
     for line in text.splitlines():
         if m := _DONE.search(line):
             test = ast.literal_eval(m.group(2))
@@ -147,8 +150,13 @@ def progress_from_log(text: str) -> dict:
                 "test_NDCG@10": test.get("NDCG@10"),
             }
         elif m := _EPOCH.search(line):
-            epochs[m.group(1)] = max(epochs.get(m.group(1), 0), int(m.group(2)))
-    return {"finished": finished, "epochs_logged": epochs}
+            rec = models.setdefault(m.group(2), {"first_epoch_at": m.group(1)})
+            rec.update(
+                validations=int(m.group(3)), last_valid_ndcg10=float(m.group(4)), last_epoch_at=m.group(1)
+            )
+        elif m := _EARLY.search(line):
+            models.setdefault(m.group(1), {}).update(early_stopped_at=int(m.group(2)), best=int(m.group(3)))
+    return {"finished": finished, "models": models}
 
 
 def _goal_checks(users: int, items: int, interactions: int, wall_s: float, peak_gib: float) -> dict:
