@@ -323,6 +323,8 @@ def train_scale(d: dict) -> list[str]:
             "",
             f"{q['users']:,} users, {q['items']:,} items, {q['interactions']:,} rows: `{r['command']}`",
         ]
+        if r.get("note"):
+            out += ["", str(r["note"])]
         if "error" in r:
             done = r.get("progress", {}).get("finished", {})
             if not done:

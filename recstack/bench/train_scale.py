@@ -241,7 +241,7 @@ def run(
         result["log_tail"] = text[-3000:]
         result["progress"] = progress_from_log(text)
         result["goals"] = {
-            name: {"met": False, "why": result["error"]}
+            name: {"met": False, "why": result["error"], "max_minutes": g.max_minutes}
             for name, g in GOALS.items()
             if (g.users, g.items, g.interactions) == (users, items, interactions)
         }
