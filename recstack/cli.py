@@ -545,6 +545,40 @@ def bench_retrieval_cmd(
     )
 
 
+@bench_app.command("train-scale")
+def bench_train_scale_cmd(
+    users: int = typer.Option(30_000, "--users", min=10, help="Users of the synthetic dataset."),
+    items: int = typer.Option(25_000, "--items", min=10, help="Items of the synthetic dataset."),
+    interactions: int = typer.Option(
+        300_000, "--interactions", min=100, help="About this many interaction rows."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Work directory (bundle, log); default a temp dir."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Train with --jobs 1 under cProfile; top functions."
+    ),
+    models: str | None = typer.Option(None, "--models", help="Train only these (comma-separated)."),
+    timeout_minutes: float | None = typer.Option(
+        None, "--timeout-minutes", min=0.1, help="Stop training after."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON."),
+) -> None:
+    """The default `recstack train` on a synthetic dataset of this shape in a child process: wall
+    time per stage and per model, peak memory of the process tree, the issue-13 goal checks."""
+    import json
+
+    from recstack.bench.train_scale import run, summary
+
+    extra = ("--models", models) if models else ()
+    result = run(users, items, interactions, seed, out, profile, extra, timeout_minutes)
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+    else:
+        typer.echo(summary(result))
+    if "error" in result:
+        raise typer.Exit(1)
+
+
 @bench_app.command("quality")
 def bench_quality_cmd(
     data: list[str] = typer.Option(

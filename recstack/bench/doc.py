@@ -331,6 +331,102 @@ def replay(d: dict) -> list[str]:
     return out
 
 
+def train_scale(d: dict) -> list[str]:
+    runs = d.get("runs", [d])
+    out = [
+        "## Training at scale — `recstack bench train-scale --json`",
+        "",
+        "The default `recstack train` (auto profile, every model, the pipeline) in a child process on "
+        "the seeded synthetic generator at a given shape; wall time of the whole command, peak resident "
+        "memory of its process tree (summed over the training workers), and the goals of issue 13 "
+        "(300k rows within 20 min; 1M rows within 60 min and 8 GiB). The machine is shared: the load "
+        "average before and after each run is given; read the times with it.",
+        "",
+        "| requested shape | users / items / training rows | wall | peak RSS | load (1/5/15 min) start → end "
+        "| goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        q = r["requested"]
+        shape = f"{q['users']:,} / {q['items']:,} / {q['interactions']:,}"
+        got = r.get("dataset")
+        real = f"{got['users']:,} / {got['items']:,} / {got['training_rows']:,}" if got else "–"
+        goals = r.get("goals", {})
+        goal = (
+            "; ".join(
+                f"{'met' if c['met'] else 'NOT met'} ({c.get('max_minutes', '?')} min"
+                + (f", {c['max_peak_gib']} GiB" if "max_peak_gib" in c else "")
+                + ")"
+                for c in goals.values()
+            )
+            or "–"
+        )
+        wall = f"{r['wall_seconds'] / 60:.1f} min" + (" (stopped)" if "error" in r else "")
+        out.append(
+            f"| {shape} | {real} | {wall} | {r['peak_rss_gib']} GiB | {r['load_average_start']} → "
+            f"{r['load_average_end']} | {goal} |"
+        )
+    for r in runs:
+        q = r["requested"]
+        out += [
+            "",
+            f"{q['users']:,} users, {q['items']:,} items, {q['interactions']:,} rows: `{r['command']}`",
+        ]
+        if r.get("note"):
+            out += ["", str(r["note"])]
+        if "error" in r:
+            done = r.get("progress", {}).get("finished", {})
+            if not done:
+                out += ["", f"**{r['error']}**, before any training group had finished (test metrics are "
+                        "logged when a group of models is done)."]  # fmt: skip
+            else:
+                out += ["", f"**{r['error']}**. Models finished before it stopped:", ""]
+                out += ["| model | train s | stopped by | test NDCG@10 |", "|---|---|---|---|"]
+            out += [
+                f"| {MODEL_LABELS.get(n, n)} | {m['train_seconds']:,.0f} | {m['stopped_by']} | "
+                f"{_f(m['test_NDCG@10'])} |"
+                for n, m in done.items()
+            ]
+            logged = r.get("progress", {}).get("models", {})
+            if logged:
+                out += [
+                    "",
+                    "From the log:",
+                    "",
+                    "| model | validations | best | last validation NDCG@10 | epochs logged from → to |",
+                    "|---|---|---|---|---|",
+                ]
+                for n, m in logged.items():
+                    out.append(
+                        f"| {MODEL_LABELS.get(n, n)} | {m.get('validations', '–')}"
+                        f"{' (early stop)' if 'early_stopped_at' in m else ''} | {m.get('best', '–')} | "
+                        f"{_f(m.get('last_valid_ndcg10'))} | {m.get('first_epoch_at', '–')} → "
+                        f"{m.get('last_epoch_at', '–')} |"
+                    )
+            continue
+        out += [
+            "",
+            "| model | train s (of which validation) | test eval s | validations run / best | stopped by "
+            "| validation users | test NDCG@10 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, m in r["models"].items():
+            out.append(
+                f"| {MODEL_LABELS.get(n, n)} | {m['train_seconds']:,.0f} ({_ms(m.get('valid_seconds'))}) | "
+                f"{_ms(m.get('test_seconds'))} | {m['epochs_run']} / {m['best_epoch']} | {m['stopped_by']} | "
+                f"{m.get('valid_users')} | {_f(m['test_NDCG@10'])} |"
+            )
+        if r.get("pipeline"):
+            p = r["pipeline"]
+            out.append(
+                f"| **pipeline** | – | {_ms(p.get('eval_seconds'))} | – | – | – | {_f(p['test_NDCG@10'])} |"
+            )
+        stages = r.get("stage_seconds", {})
+        if stages:
+            out += ["", "Stages (wall s): " + ", ".join(f"{k} {v:,.0f}" for k, v in stages.items()) + "."]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("quality", quality),
     ("replay", replay),
@@ -340,6 +436,7 @@ SECTIONS: list[tuple[str, Callable[[dict], list[str]]]] = [
     ("bandit", bandit),
     ("diversity", diversity),
     ("regret", regret),
+    ("train-scale", train_scale),
 ]
 
 

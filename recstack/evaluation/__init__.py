@@ -4,6 +4,8 @@ from recstack.evaluation.beyond import beyond_accuracy, top_k
 from recstack.evaluation.metrics import hit_ratio, ndcg
 from recstack.evaluation.protocol import (
     EvaluationError,
+    candidate_ranks,
+    evaluate_candidates,
     evaluate_sampled,
     evaluate_scores,
     history_matrix,
@@ -16,6 +18,8 @@ __all__ = [
     "EvaluationError",
     "Split",
     "beyond_accuracy",
+    "candidate_ranks",
+    "evaluate_candidates",
     "evaluate_sampled",
     "evaluate_scores",
     "history_matrix",

@@ -120,12 +120,92 @@ def evaluate_scores(
     Returns {"HR@10", "NDCG@10", "HR@50", "NDCG@50", "users": n_evaluated} (keys follow ``ks``).
     """
     _, ranks = target_ranks(score_fn, split, stage, users, batch_size)
+    return metrics_of_ranks(ranks, ks)
+
+
+CandidateScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def candidate_ranks(
+    score_fn: CandidateScoreFn,
+    split: Split,
+    stage: str = "valid",
+    users: Sequence[int] | None = None,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users [N], ranks [N]) as :func:`target_ranks` gives them when every item outside a user's
+    candidate list scores -inf, computed over the candidates only (cost users x candidates, never
+    users x items).
+
+    ``score_fn(user_indices [B]) -> (items int64 [B, C], valid bool [B, C], scores [B, C])``: each
+    user's candidates (``valid`` marks the real ones of a padded row) and their scores. The same
+    masking and pessimistic tie rule apply; a target that is not among its user's candidates (or
+    scores -inf) ranks behind every item, n_items + 2, as it does in the full matrix.
+    """
+    targets = split.targets(stage)
+    cand = np.arange(1, split.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
+    if len(cand) and (cand.min() < 1 or cand.max() > split.n_users):
+        raise ValueError(f"user indices must lie in 1..{split.n_users}")
+    cand = cand[targets[cand] > 0]
+    hist = user_histories(split, stage)
+    ranks = np.empty(len(cand), dtype=np.int64)
+    for start in range(0, len(cand), batch_size):
+        batch = cand[start : start + batch_size]
+        items, valid, scores = score_fn(batch)
+        items = np.asarray(items, dtype=np.int64)
+        scores = np.array(scores, dtype=np.float64, copy=True)
+        valid = np.asarray(valid, dtype=bool)
+        if not (items.shape == valid.shape == scores.shape) or items.shape[0] != len(batch):
+            raise EvaluationError(
+                f"candidate score_fn returned shapes {items.shape}, {valid.shape}, {scores.shape}; "
+                f"expected three ({len(batch)}, C) arrays"
+            )
+        if np.isnan(scores[valid]).any():
+            raise EvaluationError(
+                "score_fn returned NaN scores; replace them (e.g. with -inf) before ranking"
+            )
+        tgt = targets[batch]
+        scores[~valid] = -np.inf
+        r, c = _mask_flat(hist, batch)
+        if len(r):  # masked candidates: those in the user's history (the target never is)
+            keys = np.unique(r * (split.n_items + 1) + c)
+            flat = np.arange(len(batch))[:, None] * (split.n_items + 1) + items
+            scores[np.isin(flat, keys) & (items != tgt[:, None])] = -np.inf
+        is_tgt = (items == tgt[:, None]) & valid
+        has = is_tgt.any(axis=1)
+        first = np.argmax(is_tgt, axis=1)
+        tgt_score = np.where(has, scores[np.arange(len(batch)), first], -np.inf)
+        others = np.where(is_tgt, -np.inf, scores)
+        higher = (others > tgt_score[:, None]).sum(axis=1)
+        ties = ((others == tgt_score[:, None]) & np.isfinite(others)).sum(axis=1)
+        ranks[start : start + len(batch)] = np.where(
+            np.isfinite(tgt_score), 1 + higher + ties, split.n_items + 2
+        )
+    return cand, ranks
+
+
+def metrics_of_ranks(ranks: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict:
+    """{"HR@K", "NDCG@K" for each K, "users"} averaged over ``ranks``."""
     out: dict = {}
     for k in ks:
         out[f"HR@{k}"] = float(hit_ratio(ranks, k).mean()) if len(ranks) else 0.0
         out[f"NDCG@{k}"] = float(ndcg(ranks, k).mean()) if len(ranks) else 0.0
     out["users"] = int(len(ranks))
     return out
+
+
+def evaluate_candidates(
+    score_fn: CandidateScoreFn,
+    split: Split,
+    stage: str = "valid",
+    ks: Sequence[int] = (10, 50),
+    users: Sequence[int] | None = None,
+    batch_size: int = 256,
+) -> dict:
+    """:func:`evaluate_scores` of a model that scores only each user's candidates (every other item
+    -inf), at the cost of the candidates (:func:`candidate_ranks`)."""
+    _, ranks = candidate_ranks(score_fn, split, stage, users, batch_size)
+    return metrics_of_ranks(ranks, ks)
 
 
 def evaluate_sampled(

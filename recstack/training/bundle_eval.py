@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recstack.evaluation import Split, evaluate_scores
+from recstack.evaluation import Split, evaluate_candidates, evaluate_scores
 from recstack.evaluation.protocol import user_histories
 from recstack.features.keys import RECENT_ITEMS_CAP
 from recstack.features.types import UserFeatures
@@ -214,24 +214,30 @@ def pipeline_top_k(bundle, lists: StageLists, k: int) -> list[list[str]]:
     return out
 
 
-def _lists_scorer(
-    lists: StageLists, final: Sequence[np.ndarray], n_items: int
-) -> Callable[[np.ndarray], np.ndarray]:
+def _lists_candidates(
+    lists: StageLists, final: Sequence[np.ndarray]
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``candidate_ranks`` score function: each user's list padded to the batch's longest."""
     row = {int(u): k for k, u in enumerate(lists.users)}
 
-    def fn(users: np.ndarray) -> np.ndarray:
-        out = np.full((len(users), n_items + 1), -np.inf)
-        for b, u in enumerate(users):
-            k = row[int(u)]
-            out[b, lists.candidates[k]] = final[k]
-        return out
+    def fn(users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ks = [row[int(u)] for u in users]
+        width = max((len(lists.candidates[k]) for k in ks), default=1) or 1
+        items = np.ones((len(ks), width), dtype=np.int64)
+        valid = np.zeros((len(ks), width), dtype=bool)
+        scores = np.full((len(ks), width), -np.inf)
+        for b, k in enumerate(ks):
+            n = len(lists.candidates[k])
+            items[b, :n], valid[b, :n], scores[b, :n] = lists.candidates[k], True, final[k]
+        return items, valid, scores
 
     return fn
 
 
 def evaluate_lists(lists: StageLists, final: Sequence[np.ndarray], split: Split, stage: str) -> dict:
-    """Protocol metrics of the lists ordered by ``final`` (items outside a list rank last)."""
-    return evaluate_scores(_lists_scorer(lists, final, split.n_items), split, stage, users=lists.users)
+    """Protocol metrics of the lists ordered by ``final`` (items outside a list rank last), over the
+    lists only: users x list length, never users x items."""
+    return evaluate_candidates(_lists_candidates(lists, final), split, stage, users=lists.users)
 
 
 def order_by(lists: StageLists, name: str) -> list[np.ndarray]:

@@ -11,7 +11,8 @@ Order of work, stage by stage as the pipeline serves:
    validation NDCG@10 over a fixed sample of users;
 2. the retrieval stage: two_tower plus the best sequence model as a second candidate source, with
    the share of each chosen on validation recall (:func:`choose_retrieval`);
-3. the pair-scoring rankers (multitask, ncf), validated and tested over those candidates;
+3. the pair-scoring rankers (multitask, ncf), validated and tested over those candidates (over the
+   most popular unseen items when two_tower is not trained: never over users x items);
 4. the final order: every stage's own order and a learned fusion of all their scores, compared on
    validation (``recstack.training.bundle_eval.select_rerank``).
 """
@@ -149,6 +150,8 @@ def _fit_record(r: FitResult) -> dict:
         "stopped_by": r.stopped_by,
         "train_seconds": round(r.train_seconds, 2),
         "peak_rss_mb": round(r.peak_rss_mb, 1),
+        "valid_seconds": round(r.valid_seconds, 2),
+        "test_seconds": round(r.test_seconds, 2),
     }
 
 
@@ -242,6 +245,30 @@ def ranker_candidates(bundle, split, feats, n: int, valid_users: np.ndarray | No
     return Candidates(lists)
 
 
+def popularity_candidates(split, n: int, valid_users: np.ndarray | None):
+    """Candidates when no retrieval model was trained (rankers chosen without two_tower): each
+    user's ``n`` most popular training items outside the history, so that the pair-scoring rankers
+    still score users x ``n`` pairs, never users x items."""
+    from recstack.evaluation.protocol import user_histories
+    from recstack.training.tasks import Candidates
+
+    counts = split.train_item_counts()
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    lists = {}
+    for stage, users in (("valid", valid_users), ("test", None)):
+        targets = split.targets(stage)
+        users = np.flatnonzero(targets > 0) if users is None else np.asarray(users, np.int64)
+        users = users[targets[users] > 0]
+        hist = user_histories(split, stage)
+        cands = []
+        for u in users:
+            seen = np.unique(hist[u])
+            top = order[: n + len(seen)]
+            cands.append(top[~np.isin(top, seen)][:n])
+        lists[stage] = (users, cands)
+    return Candidates(lists)
+
+
 @dataclass
 class Catalog:
     """What the bundle records besides the models: ids, genres, titles, popularity, creation times."""
@@ -274,6 +301,19 @@ class Catalog:
         return Bundle.in_memory(models, self.content, self.user_ids, serving, indexes=indexes)
 
 
+class StageClock:
+    """Wall seconds per stage of :func:`train_bundle` (``lap(name)`` closes the running stage)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+
+
 def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | None = None) -> Path:
     """Train ``config``'s models on ``data_spec`` (leave-one-out split), configure the serving
     pipeline on validation, write a bundle under ``out``, point ``out/CURRENT`` at it and return
@@ -290,7 +330,9 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
     from recstack.training.profiles import DataStats
 
     t0 = time.perf_counter()
+    stages = StageClock()
     dataset = load_dataset(data_spec)
+    stages.lap("load")
     holdout: dict = {}
     if config.holdout_users:
         from recstack.evaluation.holdout import choose_holdout, without_users
@@ -301,12 +343,19 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         logger.info("%d users held out of training (seed %d)", len(held), config.seed)
     split = leave_one_out(dataset)
     stats = DataStats.of(split)
+    stages.lap("split")
     config = config.resolve(stats)
     if not config.models:
         raise TrainingError("TrainConfig.models is empty; name at least one model to train")
     feats = build_features(split, config.max_len)
     catalog = Catalog.of(dataset, split, feats)
+    # One copy of the interactions from here on: the features hold the per-row event types and
+    # ratings the models need; the raw frame and the split's per-row event details go (the split
+    # still gives targets, histories and ids) before the split is sent to the training workers.
+    del dataset
+    split = dataclasses.replace(split, train_event_types=[], train_ratings=[], train_timestamps=[])
     valid_users = validation_sample(split, config.valid_users, config.seed)
+    stages.lap("features")
     main = dist is None or dist.main
     logger.info(
         "%s: %d users, %d items, %d training rows; profile %s; validation on %s users",
@@ -339,9 +388,14 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
     for group in (first, rankers):
         if group is rankers and rankers and "two_tower" in trained and main:
             configure_retrieval()  # the rankers' candidates serve their evaluation: rank 0 only
+            stages.lap("retrieval_config")
             candidates = ranker_candidates(
                 catalog.bundle(trained, serving, indexes), split, feats, config.retrieve_n, valid_users
             )
+            stages.lap("ranker_candidates")
+        elif group is rankers and rankers and main:
+            candidates = popularity_candidates(split, config.retrieve_n, valid_users)
+            stages.lap("ranker_candidates")
         jobs = [
             Job(n, config.models[n], trainer_config(config.models[n], config), candidates, dict(trained))
             for n in sorted(group, key=lambda m: COST_ORDER.index(m))
@@ -349,12 +403,14 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         done = train_models(
             jobs, split, feats, valid_users, config.seed, config.jobs, config.threads, dist=dist
         )
+        stages.lap("train_rankers" if group is rankers else "train_full_ranking_models")
         for name in group:
             module, result = done[name]
             trained[name] = module
             records[name] = _fit_record(result)
-            if name in RANKERS and "two_tower" in trained:
-                records[name]["over"] = f"retrieval candidates ({config.retrieve_n})"
+            if name in RANKERS and candidates is not None:
+                source = "retrieval" if "two_tower" in trained else "popularity"
+                records[name]["over"] = f"{source} candidates ({config.retrieve_n})"
             logger.info(
                 "%s test %s (%.1f s, stopped by %s)",
                 name,
@@ -366,6 +422,7 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         return Path(dist.broadcast(None))
     if "two_tower" in trained and "retrieval" not in serving:
         configure_retrieval()
+        stages.lap("retrieval_config")
     metrics: dict = {
         "data_spec": data_spec,
         "split_fingerprint": split.fingerprint(),
@@ -393,7 +450,9 @@ def train_bundle(data_spec: str, out: Path, config: TrainConfig, dist: Dist | No
         pipe["eval_seconds"] = round(time.perf_counter() - t1, 2)
         metrics["pipeline"] = pipe
         serving["rerank"] = rerank
+        stages.lap("pipeline_eval")
     metrics["total_seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["stage_seconds"] = stages.seconds
     if warnings:
         metrics["warnings"] = warnings
     vdir = save_bundle(

@@ -228,16 +228,25 @@ class RankerTask:
             loss = loss + self.cfg.softmax_weight * F.cross_entropy(out["click"], target)
         return loss
 
+    def score_candidates(
+        self, user_indices: np.ndarray, stage: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items [B, C], valid [B, C], combined scores [B, C]) over the users' candidates: what the
+        trainer evaluates when the task has candidates (users x candidates pairs, never all items)."""
+        users = np.asarray(user_indices)
+        items, valid = self.candidates.grid(users, stage)
+        hist, gen = self.feats.stages[stage].batch(users, self.max_len)
+        with torch.no_grad():
+            logits = self.model.score_grid(_t(users), _t(hist), _t(gen), _t(items))
+            probs = {t: torch.sigmoid(v) for t, v in logits.items()}
+            scores = combine(probs, self.model.cfg.task_weights).numpy()
+        return items, valid, scores
+
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
         """Combined scores [B, n_items + 1]: over the candidates when the task has them, else all items."""
         users = np.asarray(user_indices)
         if self.candidates is not None:
-            items, valid = self.candidates.grid(users, stage)
-            hist, gen = self.feats.stages[stage].batch(users, self.max_len)
-            with torch.no_grad():
-                logits = self.model.score_grid(_t(users), _t(hist), _t(gen), _t(items))
-                probs = {t: torch.sigmoid(v) for t, v in logits.items()}
-                scores = combine(probs, self.model.cfg.task_weights).numpy()
+            items, valid, scores = self.score_candidates(users, stage)
             return self.candidates.scatter(scores, items, valid, self.feats.n_items)
         items = torch.arange(self.feats.n_items + 1)
         out = np.empty((len(users), self.feats.n_items + 1), np.float32)
@@ -342,14 +351,22 @@ class NeuMFTask:
             return -F.logsigmoid(grid[:, :1] - grid[:, 1:]).mean()
         return F.binary_cross_entropy_with_logits(logits, batch["label"])
 
+    def score_candidates(
+        self, user_indices: np.ndarray, stage: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items [B, C], valid [B, C], logits [B, C]) over the users' candidates (see RankerTask)."""
+        users = np.asarray(user_indices)
+        items, valid = self.candidates.grid(users, stage)
+        with torch.no_grad():
+            logits = self.model(_t(np.repeat(users, items.shape[1])), _t(items.reshape(-1)))
+        return items, valid, logits.view(items.shape).numpy()
+
     def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
         """Logits [B, n_items + 1]: over the candidates when the task has them, else all items."""
         users = np.asarray(user_indices)
         if self.candidates is not None:
-            items, valid = self.candidates.grid(users, stage)
-            with torch.no_grad():
-                logits = self.model(_t(np.repeat(users, items.shape[1])), _t(items.reshape(-1)))
-            return self.candidates.scatter(logits.view(items.shape).numpy(), items, valid, self.feats.n_items)
+            items, valid, scores = self.score_candidates(users, stage)
+            return self.candidates.scatter(scores, items, valid, self.feats.n_items)
         items = torch.arange(self.feats.n_items + 1)
         out = np.empty((len(users), self.feats.n_items + 1), np.float32)
         with torch.no_grad():

@@ -107,6 +107,8 @@ class FitResult:
     train_seconds: float = 0.0
     peak_rss_mb: float = 0.0
     stopped_by: str = "epochs"  # "patience" (early stopping), "epochs" (budget) or "wall_clock"
+    valid_seconds: float = 0.0  # part of train_seconds spent on validation (early stopping)
+    test_seconds: float = 0.0  # the test evaluation of the best checkpoint (after train_seconds)
 
     def to_dict(self) -> dict:
         return {
@@ -118,6 +120,8 @@ class FitResult:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "peak_rss_mb": self.peak_rss_mb,
+            "valid_seconds": self.valid_seconds,
+            "test_seconds": self.test_seconds,
         }
 
 
@@ -165,10 +169,13 @@ def seed_everything(seed: int) -> None:
 def evaluate_task(task: TrainTask, split: Split, stage: str, users: np.ndarray | None = None) -> dict:
     """Metrics of ``task`` under the evaluation protocol at ``stage`` ("valid" or "test"), over
     ``users`` (user indices; None = every user with a target)."""
-    from recstack.evaluation import evaluate_scores
+    from recstack.evaluation import evaluate_candidates, evaluate_scores
 
     task.model.eval()
     with torch.no_grad():
+        if getattr(task, "candidates", None) is not None and hasattr(task, "score_candidates"):
+            # a pair-scoring ranker: users x candidates pairs, never users x items
+            return evaluate_candidates(lambda u: task.score_candidates(u, stage), split, stage, users=users)
         return evaluate_scores(lambda u: task.score_all(u, stage), split, stage, users=users)
 
 
@@ -235,6 +242,7 @@ def fit(
     bad_evals = 0
     last_ndcg = float("nan")
     stopped_by = "epochs"
+    valid_seconds = 0.0
     start = time.perf_counter()
     with PeakRSS() as rss:
         for epoch in range(cfg.epochs):
@@ -288,7 +296,9 @@ def fit(
             if dist is not None:
                 out_of_time = dist.broadcast(out_of_time)  # rank 0's clock decides for everyone
             if (epoch + 1) % cfg.eval_every == 0 or is_last or out_of_time:
+                t_valid = time.perf_counter()
                 valid = evaluate_task(task, split, "valid", valid_users) if evaluates else None
+                valid_seconds += time.perf_counter() - t_valid
                 if dist is not None:
                     valid = dist.broadcast(valid)
                 last_ndcg = valid[SELECTION_METRIC]
@@ -334,6 +344,7 @@ def fit(
         model.load_state_dict(best_state)
         train_seconds = time.perf_counter() - start
         test = evaluate_task(task, split, "test") if evaluates else None
+        test_seconds = time.perf_counter() - start - train_seconds
         if dist is not None:
             test = dist.broadcast(test)
     return FitResult(
@@ -345,4 +356,6 @@ def fit(
         train_seconds=train_seconds,
         peak_rss_mb=rss.peak_mb,
         stopped_by=stopped_by,
+        valid_seconds=valid_seconds,
+        test_seconds=test_seconds,
     )
