@@ -138,6 +138,30 @@ def serve(d: dict) -> list[str]:
                 )
             cpu = [entry[t].get("cpu_ms_per_request", {}).get("total") for t in ("stack", "floor")]
             out.append(f"| {rate} | {cells[0]} | {cells[1]} | {_ms(cpu[0])} | {_ms(cpu[1])} |")
+        secure = [(r, e) for r, e in m["per_rate"].items() if "stack_secure" in e]
+        if secure:
+            out += [
+                "",
+                f"**{mode}, `--secure`** (the same stack started again with mTLS on every gRPC hop and "
+                "API-key authentication of the load's caller, measured after the plain one): achieved "
+                "RPS, p50 / p99 ms, degraded share, errors; p50 against the plain stack.",
+                "",
+                "| offered RPS | stack_secure | p50 vs plain | gateway CPU ms / reply (plain → secure) |",
+                "|---|---|---|---|",
+            ]
+            for rate, entry in secure:
+                x, plain = entry["stack_secure"], entry["stack"]
+                errors = ", ".join(f"{k} {v}" for k, v in x["errors"].items()) or "0 errors"
+                rel = (
+                    f"{(x['p50_ms'] / plain['p50_ms'] - 1) * 100:+.0f} %"
+                    if x.get("p50_ms") and plain.get("p50_ms")
+                    else "–"
+                )
+                gw = [e.get("cpu_ms_per_request", {}).get("services.gateway") for e in (plain, x)]
+                out.append(
+                    f"| {rate} | {x['achieved_rps']:g}, {_ms(x['p50_ms'])} / {_ms(x['p99_ms'])}, "
+                    f"{x['degraded_share'] * 100:.1f} %, {errors} | {rel} | {_ms(gw[0])} → {_ms(gw[1])} |"
+                )
         at = m["per_rate"].get("50", {}).get("stack", {}).get("cpu_ms_per_request")
         if at:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in at.items() if k != "total" and v >= 0.1)
