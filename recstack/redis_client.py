@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from recstack.config_files import read_setting_file
 
 REDIS_CA_ENV = "RECSTACK_REDIS_CA"
 CLUSTER_ENV = "RECSTACK_REDIS_CLUSTER"
@@ -40,12 +41,7 @@ def connection_kwargs(url: str, environ: Mapping[str, str] | None = None) -> dic
     kwargs: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
     ca = environ.get(REDIS_CA_ENV, "")
     if ca:
-        try:
-            data = Path(ca).read_bytes()
-        except OSError as exc:
-            raise RedisConfigError(
-                f"{REDIS_CA_ENV}={ca}: cannot read the file ({exc.strerror or exc})"
-            ) from exc
+        data = read_setting_file(ca, REDIS_CA_ENV, RedisConfigError)
         if b"-----BEGIN CERTIFICATE" not in data:
             raise RedisConfigError(f"{REDIS_CA_ENV}={ca}: not a PEM certificate bundle")
         kwargs["ssl_ca_certs"] = ca

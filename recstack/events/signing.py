@@ -24,8 +24,9 @@ import hmac
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from recstack.config_files import read_setting_yaml
 
 KEYS_FILE_ENV = "RECSTACK_EVENT_KEYS_FILE"
 PRODUCER_ID_ENV = "RECSTACK_EVENT_PRODUCER_ID"
@@ -49,14 +50,7 @@ def new_secret() -> str:
 
 def load_keys(path: str, variable: str = KEYS_FILE_ENV) -> dict[str, bytes]:
     """producer id -> secret bytes from the keys file."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SigningConfigError(f"{variable}={path}: cannot read the file ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise SigningConfigError(f"{variable}={path}: not YAML/JSON ({exc})") from exc
+    data = read_setting_yaml(path, variable, SigningConfigError)
     producers = data.get("producers") if isinstance(data, dict) else None
     if not isinstance(producers, dict) or not producers:
         raise SigningConfigError(f"{variable}={path}: expected a non-empty mapping under 'producers'")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recstack.config_files import read_setting_file
 from recstack.rpc.settings import env
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,7 @@ class TlsSettings(BaseSettings):
 
 def read_pem(path: str, variable: str, marker: bytes = b"-----BEGIN ") -> bytes:
     """The bytes of the PEM file ``path``; TlsError naming ``variable`` when it cannot be used."""
-    if not path:
-        raise TlsError(f"{variable} is not set")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise TlsError(f"{variable}={path}: cannot read the file ({exc.strerror or exc})") from exc
+    data = read_setting_file(path, variable, TlsError)
     if marker not in data:
         raise TlsError(f"{variable}={path}: not a PEM file (no '-----BEGIN' line)")
     return data

@@ -32,7 +32,6 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,6 +39,7 @@ from prometheus_client import Counter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recstack.config_files import read_setting_file, read_setting_yaml
 from recstack.rpc.ratelimit import KeyedLimiter
 from recstack.rpc.settings import env
 
@@ -111,18 +111,7 @@ class ApiKey:
 
 
 def _read_structured(path: str, variable: str) -> Any:
-    if not path:
-        raise AuthConfigError(f"{variable} is not set")
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise AuthConfigError(f"{variable}={path}: cannot read the file ({exc.strerror or exc})") from exc
-    import yaml
-
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise AuthConfigError(f"{variable}={path}: not YAML/JSON ({exc})") from exc
+    return read_setting_yaml(path, variable, AuthConfigError)
 
 
 def load_api_keys(path: str, variable: str = "RECSTACK_API_KEYS_FILE") -> list[ApiKey]:
@@ -189,12 +178,7 @@ class ApiKeyVerifier:
 def load_jwt_key(path: str, variable: str = "RECSTACK_JWT_KEY_FILE") -> tuple[Any, list[str]]:
     """(verification key, accepted algorithms): a PEM public key or certificate (RSA: RS256, EC:
     ES256) or, for any other file, its stripped bytes as an HS256 secret (at least 32 bytes)."""
-    if not path:
-        raise AuthConfigError(f"{variable} is not set (RECSTACK_AUTH_MODE=jwt)")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise AuthConfigError(f"{variable}={path}: cannot read the file ({exc.strerror or exc})") from exc
+    data = read_setting_file(path, variable, AuthConfigError, " (RECSTACK_AUTH_MODE=jwt)")
     if b"-----BEGIN" in data:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
