@@ -63,6 +63,18 @@ def _mask_flat(hist: list[np.ndarray], users: np.ndarray) -> tuple[np.ndarray, n
     return rows, cols
 
 
+def _evaluated_users(
+    split: Split, stage: str, users: Sequence[int] | None
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(targets by user, the users of ``users`` (default all) that have a target at ``stage``,
+    the histories masked at ``stage``); ValueError for user indices outside 1..n_users."""
+    targets = split.targets(stage)
+    cand = np.arange(1, split.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
+    if len(cand) and (cand.min() < 1 or cand.max() > split.n_users):
+        raise ValueError(f"user indices must lie in 1..{split.n_users}")
+    return targets, cand[targets[cand] > 0], user_histories(split, stage)
+
+
 def target_ranks(
     score_fn: ScoreFn,
     split: Split,
@@ -74,12 +86,7 @@ def target_ranks(
 
     ``score_fn(user_indices [B]) -> scores [B, n_items + 1]`` (column 0 ignored).
     """
-    targets = split.targets(stage)
-    cand = np.arange(1, split.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
-    if len(cand) and (cand.min() < 1 or cand.max() > split.n_users):
-        raise ValueError(f"user indices must lie in 1..{split.n_users}")
-    cand = cand[targets[cand] > 0]
-    hist = user_histories(split, stage)
+    targets, cand, hist = _evaluated_users(split, stage, users)
     n_cols = split.n_items + 1
     ranks = np.empty(len(cand), dtype=np.int64)
     for start in range(0, len(cand), batch_size):
@@ -142,12 +149,7 @@ def candidate_ranks(
     masking and pessimistic tie rule apply; a target that is not among its user's candidates (or
     scores -inf) ranks behind every item, n_items + 2, as it does in the full matrix.
     """
-    targets = split.targets(stage)
-    cand = np.arange(1, split.n_users + 1) if users is None else np.asarray(users, dtype=np.int64)
-    if len(cand) and (cand.min() < 1 or cand.max() > split.n_users):
-        raise ValueError(f"user indices must lie in 1..{split.n_users}")
-    cand = cand[targets[cand] > 0]
-    hist = user_histories(split, stage)
+    targets, cand, hist = _evaluated_users(split, stage, users)
     ranks = np.empty(len(cand), dtype=np.int64)
     for start in range(0, len(cand), batch_size):
         batch = cand[start : start + batch_size]
