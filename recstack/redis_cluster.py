@@ -5,6 +5,7 @@ hash tags (recstack/features/keys.py) so every Lua call and multi-key command st
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from recstack.redis_client import CLUSTER_ENV, async_redis, cluster_enabled, sync_redis
@@ -12,12 +13,17 @@ from recstack.redis_client import CLUSTER_ENV, async_redis, cluster_enabled, syn
 __all__ = ["CLUSTER_ENV", "async_from_url", "cluster_enabled", "is_cluster", "sync_from_url"]
 
 
-def is_cluster(client: Any) -> bool:
-    """True for a Redis Cluster client (redis.asyncio.cluster.RedisCluster or redis.cluster.RedisCluster)."""
+@functools.cache
+def _cluster_types() -> tuple[type, ...]:
     from redis.asyncio.cluster import RedisCluster as AsyncCluster
     from redis.cluster import RedisCluster
 
-    return isinstance(client, AsyncCluster | RedisCluster)
+    return (AsyncCluster, RedisCluster)
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client (redis.asyncio.cluster.RedisCluster or redis.cluster.RedisCluster)."""
+    return isinstance(client, _cluster_types())
 
 
 def async_from_url(url: str, cluster: bool | None = None, **kwargs: Any) -> Any:
@@ -40,7 +46,7 @@ async def ensure_initialized(client: Any) -> None:
     """Initialize a cluster client once, before concurrent use (redis-py 8.1's asyncio RedisCluster
     fails concurrent first commands with AttributeError when they race its lazy initialization);
     a no-op for a single-Redis client and for an initialized one."""
-    if is_cluster(client) and getattr(client, "_initialize", False):
+    if getattr(client, "_initialize", False) and is_cluster(client):  # cheap for a single Redis
         await client.initialize()
 
 
