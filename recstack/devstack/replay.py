@@ -411,13 +411,13 @@ async def run_live(
     variants = {"deterministic": deterministic} if deterministic else {}
     variants["default"] = ""
     out: dict = {"cold": {}, "after": {}, "degraded": {}, "variants_served": {}, "forced": variants}
+
+    async def ask(forced: str, label: str) -> list:
+        calls = [lambda u=u: live.recommend(u, forced) for u in ids]
+        return await _gather(calls, config.concurrency, label, config.progress)
+
     for name, forced in variants.items():
-        replies = await _gather(
-            [lambda u=u, f=forced: live.recommend(u, f) for u in ids],
-            config.concurrency,
-            f"cold start ({name})",
-            config.progress,
-        )
+        replies = await ask(forced, f"cold start ({name})")
         out["cold"][name] = [r.items for r in replies]
         out["degraded"][f"cold_{name}"] = degraded_summary(replies)
     t0 = time.perf_counter()
@@ -425,12 +425,7 @@ async def run_live(
     out["features"] = await _wait_applied(live, ids, [len(e.items) - 1 for e in events], config.progress)
     out["applied_s"] = round(time.perf_counter() - t0, 2)
     for name, forced in variants.items():
-        replies = await _gather(
-            [lambda u=u, f=forced: live.recommend(u, f) for u in ids],
-            config.concurrency,
-            f"after the history ({name})",
-            config.progress,
-        )
+        replies = await ask(forced, f"after the history ({name})")
         out["after"][name] = [r.items for r in replies]
         out["degraded"][f"after_{name}"] = degraded_summary(replies)
         out["variants_served"][name] = sorted({r.variant for r in replies})
