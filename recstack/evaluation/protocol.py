@@ -91,7 +91,11 @@ def target_ranks(
     ranks = np.empty(len(cand), dtype=np.int64)
     for start in range(0, len(cand), batch_size):
         batch = cand[start : start + batch_size]
-        scores = np.array(score_fn(batch), dtype=np.float64, copy=True)
+        raw = np.asarray(score_fn(batch))
+        # float32 scores are compared as they are: widening them to float64 is exact and keeps every
+        # order and tie, and costs a copy twice the size
+        kind = raw.dtype if raw.dtype in (np.float32, np.float64) else np.float64
+        scores = np.array(raw, dtype=kind, copy=True)
         if scores.shape != (len(batch), n_cols):
             raise EvaluationError(
                 f"score_fn returned shape {scores.shape}, expected ({len(batch)}, {n_cols}) = "

@@ -305,11 +305,24 @@ class _SequentialTask:
             return full_softmax_loss(self.model, hidden, targets)
         return sampled_softmax_loss(self.model, hidden, targets, self.loss_items)
 
-    def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
-        """Scores (B, n_items+1) float32 for users (B,) at stage "valid" or "test"; column 0 = PAD_SCORE."""
+    def _stage_histories(self, stage: str) -> np.ndarray:
+        """[n_users + 1, max_len] left-padded histories at ``stage`` (computed once per stage)."""
         if stage not in self._histories:
             self._histories[stage] = history_matrix(self.split, stage, self.model.max_len)
-        hist = self._histories[stage][np.asarray(user_indices, dtype=np.int64)]
+        return self._histories[stage]
+
+    def evaluation_order(self, users: np.ndarray | None, stage: str) -> np.ndarray:
+        """``users`` (None: every user) ordered by history length at ``stage``, so that each scoring
+        batch holds histories of about one length and ``represent`` trims most of the padding
+        (validation of short-history data cost ``max_len`` positions a user otherwise). The metrics
+        are means over users: the order does not change them."""
+        hist = self._stage_histories(stage)
+        users = np.arange(1, len(hist)) if users is None else np.asarray(users, dtype=np.int64)
+        return users[np.argsort((hist[users] != 0).sum(axis=1), kind="stable")]
+
+    def score_all(self, user_indices: np.ndarray, stage: str) -> np.ndarray:
+        """Scores (B, n_items+1) float32 for users (B,) at stage "valid" or "test"; column 0 = PAD_SCORE."""
+        hist = self._stage_histories(stage)[np.asarray(user_indices, dtype=np.int64)]
         was_training = self.model.training
         self.model.eval()
         try:

@@ -171,6 +171,9 @@ def evaluate_task(task: TrainTask, split: Split, stage: str, users: np.ndarray |
     ``users`` (user indices; None = every user with a target)."""
     from recstack.evaluation import evaluate_candidates, evaluate_scores
 
+    order = getattr(task, "evaluation_order", None)  # users in the order the task scores cheapest
+    if order is not None:
+        users = order(users, stage)
     task.model.eval()
     with torch.no_grad():
         if getattr(task, "candidates", None) is not None and hasattr(task, "score_candidates"):

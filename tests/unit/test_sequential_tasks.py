@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recstack.data.schema import Dataset
-from recstack.evaluation import history_matrix, leave_one_out
+from recstack.evaluation import evaluate_scores, history_matrix, leave_one_out
 from recstack.models.sasrec import SASRec, SASRecConfig
 from recstack.training.sequential_tasks import (
     BERT4RecTaskConfig,
@@ -23,7 +23,7 @@ from recstack.training.sequential_tasks import (
     sampled_softmax_loss,
     training_windows,
 )
-from recstack.training.trainer import TrainerConfig, fit
+from recstack.training.trainer import TrainerConfig, evaluate_task, fit
 
 N_ITEMS = 20
 
@@ -142,6 +142,24 @@ def test_score_all_uses_stage_history() -> None:
             want = task.model.eval().score_all(hist).numpy()
         assert got.shape == (3, N_ITEMS + 1)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_evaluation_orders_users_by_history_length_and_keeps_the_metrics(name: str) -> None:
+    split = leave_one_out(planted_dataset(60))
+    task = build_task(name, split, None, PROFILES[name])
+    users = np.arange(1, split.n_users + 1)
+    ordered = task.evaluation_order(None, "valid")
+    lengths = (history_matrix(split, "valid", task.model.max_len)[ordered] != 0).sum(axis=1)
+    assert sorted(ordered.tolist()) == users.tolist() and (np.diff(lengths) >= 0).all()
+    assert set(task.evaluation_order(np.array([5, 2, 9]), "test").tolist()) == {2, 5, 9}
+    for stage in ("valid", "test"):
+        with torch.no_grad():
+            plain = evaluate_scores(lambda u, s=stage: task.score_all(u, s), split, stage, users=users)
+        got = evaluate_task(task, split, stage, users)  # scores the users shortest history first
+        assert got.keys() == plain.keys()
+        for key, value in plain.items():
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
 
 
 PROFILES = {
