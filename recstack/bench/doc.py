@@ -142,9 +142,10 @@ def serve(d: dict) -> list[str]:
         if secure:
             out += [
                 "",
-                f"**{mode}, `--secure`** (the same stack started again with mTLS on every gRPC hop and "
-                "API-key authentication of the load's caller, measured after the plain one): achieved "
-                "RPS, p50 / p99 ms, degraded share, errors; p50 against the plain stack.",
+                f"**{mode}, `--secure`** (a copy of the stack running beside the plain one, with mTLS "
+                "on every gRPC hop and API-key authentication of the load's caller, measured right "
+                "after the plain one at each rate): achieved RPS, p50 / p99 ms, degraded share, "
+                "errors; p50 against the plain stack.",
                 "",
                 "| offered RPS | stack_secure | p50 vs plain | gateway CPU ms / reply (plain → secure) |",
                 "|---|---|---|---|",
@@ -162,6 +163,13 @@ def serve(d: dict) -> list[str]:
                     f"| {rate} | {x['achieved_rps']:g}, {_ms(x['p50_ms'])} / {_ms(x['p99_ms'])}, "
                     f"{x['degraded_share'] * 100:.1f} %, {errors} | {rel} | {_ms(gw[0])} → {_ms(gw[1])} |"
                 )
+        if m.get("secure_rounds_at_50"):
+            pairs = "; ".join(f"{r['stack']:.1f} → {r['stack_secure']:.1f}" for r in m["secure_rounds_at_50"])
+            out += [
+                "",
+                f"TLS + auth at 50 RPS ({mode}), plain → secure p50 ms over {len(m['secure_rounds_at_50'])} "
+                f"alternations: {pairs}; median overhead {m['secure_overhead_p50_pct_at_50']:+.1f} %.",
+            ]
         at = m["per_rate"].get("50", {}).get("stack", {}).get("cpu_ms_per_request")
         if at:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in at.items() if k != "total" and v >= 0.1)
@@ -174,7 +182,7 @@ def serve(d: dict) -> list[str]:
                 f"{swap['promoted_at_s']:g} s in; {swap['failed']} failed calls, "
                 f"{swap['degraded_share'] * 100:.1f} % degraded, every stage on the new version "
                 f"{swap['every_stage_new_after_s']} s after the switch (the stages poll `CURRENT` every "
-                "`RECSTACK_RELOAD_S`, 30 s by default), "
+                f"`RECSTACK_RELOAD_S`, {swap.get('reload_s', 30):g} s in this run), "
                 f"{swap['mixed_version_replies']} replies with stages of both versions.",
             ]
     return out

@@ -14,10 +14,13 @@ Hot swap (the last mode): at 50 RPS, a new bundle version is promoted (``CURRENT
 the bench reports failed calls, degraded share, replies whose stages ran different versions and
 how long until every stage answered with the new version (``hot_swap``).
 
-Security (``--secure``): after each mode's plain stack, the same stack again with TLS + mTLS on
-every gRPC hop (a throwaway CA, recstack/rpc/certs.py) and API-key authentication at the gateway
-(RECSTACK_AUTH_MODE=api_key; the load client presents the key), measured at the same rates as target
-``stack_secure``; ``secure_overhead_ms`` is its p50/p99 minus the plain stack's at each rate.
+Security (``--secure``): beside each mode's plain stack, a second copy of it (its own Redis, Kafka
+and processes) with TLS + mTLS on every gRPC hop (a throwaway CA, recstack/rpc/certs.py) and API-key
+authentication at the gateway (RECSTACK_AUTH_MODE=api_key; the load client presents the key),
+measured as target ``stack_secure`` right after the plain stack at each rate, so that both see the
+same machine load; ``secure_overhead_ms`` is its p50/p99 minus the plain stack's at each rate. At
+50 RPS (the issue's reference rate) plain and secure alternate ``SECURE_ROUNDS`` times and
+``secure_overhead_p50_pct_at_50`` is the median of the rounds' relative p50 differences.
 
 Per rate and target: achieved_rps (OK replies per second), p50/p95/p99 latency of the OK replies,
 errors by status code, degraded_share, cpu_ms_per_request (CPU time of each program of the bench
@@ -54,6 +57,8 @@ DEFAULT_RATES = (25, 50, 100, 200, 300)
 DEFAULT_DATA = "synthetic:n_users=6000,n_items=13000"  # 10,169 items with interactions
 DEFAULT_BUNDLE = Path("reports/bench/serve-bundle")
 P99_LIMIT_MS = 200.0
+SECURE_RATE = 50.0  # the rate the TLS + auth overhead goal is stated at
+SECURE_ROUNDS = 3  # plain / secure alternations at SECURE_RATE
 DEGRADED_LIMIT = 0.01
 RECENT_ITEMS = 20
 
@@ -315,12 +320,22 @@ async def hot_swap_load(address: str, users: Sequence[str], artifacts: Path, rat
         "mixed_version_replies": mixed,
         "every_stage_new_after_s": round(all_new_after, 2),
         "new_version_seen": any(all(x == new for x in r[3]) for r in ok),
+        "reload_s": reload_interval_s(),
     }
+
+
+def reload_interval_s() -> float:
+    """The stages' ``RECSTACK_RELOAD_S`` in this run (the environment the stack inherits, else the
+    default)."""
+    from recstack.rpc.settings import RELOAD_S
+
+    return float(os.environ.get("RECSTACK_RELOAD_S") or RELOAD_S)
 
 
 def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
              hot_swap: bool = False, secure: bool = False) -> dict:  # fmt: skip
-    """One mode: the stack and the floor measured interleaved at each rate."""
+    """One mode: the stack and the floor (and, with ``secure``, the secure copy of the stack)
+    measured interleaved at each rate."""
     from rich.console import Console
 
     from recstack.devstack.up import StackConfig, stack
@@ -328,20 +343,28 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
     run_dir = Path(tempfile.mkdtemp(prefix=f"recstack-bench-serve-{mode}-"))
     config = StackConfig(artifacts=artifacts, free_ports=True, train=False, run_dir=run_dir, stages=mode)
     per_rate: dict = {}
+    rounds: list[dict] = []
     with stack(config, Console(stderr=True, quiet=True)) as running:
         load_users = seed_redis(running.redis_url, artifacts, users)
-        with floor_servers(running.redis_url, run_dir / "floor") as floor:
-            for address in (running.gateway, floor):  # a few seconds of steady state first
-                asyncio.run(open_loop(address, load_users, min(rates), 3.0, warmup=0.0))
+        with contextlib.ExitStack() as beside:
+            floor = beside.enter_context(floor_servers(running.redis_url, run_dir / "floor"))
+            targets: list[tuple[str, str, Secure | None]] = [
+                ("stack", running.gateway, None), ("floor", floor, None)
+            ]  # fmt: skip
+            if secure:
+                address, sec = beside.enter_context(secure_stack(mode, artifacts, users, run_dir / "secure"))
+                targets.append(("stack_secure", address, sec))
+            for _, address, sec in targets:  # a few seconds of steady state first
+                asyncio.run(open_loop(address, load_users, min(rates), 3.0, warmup=0.0, secure=sec))
             for rate in rates:
                 entry = {}
-                for target, address in (("stack", running.gateway), ("floor", floor)):
-                    entry[target] = measured_load(address, load_users, rate, duration)
+                for target, address, sec in targets:
+                    entry[target] = measured_load(address, load_users, rate, duration, secure=sec)
                     log.info("%s %s at %s RPS: %s", mode, target, rate, entry[target])
                 per_rate[f"{rate:g}"] = entry
+            if secure:
+                rounds = secure_rounds(per_rate, targets, load_users, duration)
         swap = asyncio.run(hot_swap_load(running.gateway, load_users, artifacts)) if hot_swap else None
-    if secure:
-        measure_secure(mode, artifacts, rates, duration, users, run_dir / "secure", per_rate)
     out: dict = {"per_rate": per_rate}
     if swap is not None:
         out["hot_swap"] = swap
@@ -354,6 +377,9 @@ def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float
             r: {q: _diff(e["stack_secure"][q], e["stack"][q]) for q in ("p50_ms", "p99_ms")}
             for r, e in per_rate.items()
         }
+        if rounds:
+            out["secure_rounds_at_50"] = rounds
+            out["secure_overhead_p50_pct_at_50"] = median_overhead_pct(rounds)
     at_100 = per_rate.get("100")
     if at_100 and at_100["stack"]["p99_ms"] and at_100["floor"]["p99_ms"]:
         out["p99_ratio_at_100"] = round(at_100["stack"]["p99_ms"] / at_100["floor"]["p99_ms"], 2)
@@ -364,9 +390,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return round(a - b, 2) if a is not None and b is not None else None
 
 
-def measure_secure(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
-                   run_dir: Path, per_rate: dict) -> None:  # fmt: skip
-    """The same stack with TLS + mTLS + API keys, loaded at the same rates (``stack_secure``)."""
+@contextlib.contextmanager
+def secure_stack(mode: str, artifacts: Path, users: int, run_dir: Path) -> Iterator[tuple[str, Secure]]:
+    """A copy of the ``mode`` stack (its own Redis, Kafka and processes) with TLS + mTLS + API keys,
+    running beside the plain one; yields its gateway address and the load's credentials."""
     from rich.console import Console
 
     from recstack.devstack.up import StackConfig, stack
@@ -374,13 +401,37 @@ def measure_secure(mode: str, artifacts: Path, rates: Sequence[float], duration:
     run_dir.mkdir(parents=True, exist_ok=True)
     sec = make_secure(run_dir / "tls")
     config = StackConfig(artifacts=artifacts, free_ports=True, train=False, run_dir=run_dir, stages=mode)
-    with patched_environ(sec.server_env()), stack(config, Console(stderr=True, quiet=True)) as running:
-        load_users = seed_redis(running.redis_url, artifacts, users)
-        asyncio.run(open_loop(running.gateway, load_users, min(rates), 3.0, warmup=0.0, secure=sec))
-        for rate in rates:
-            result = measured_load(running.gateway, load_users, rate, duration, secure=sec)
-            log.info("%s stack_secure at %s RPS: %s", mode, rate, result)
-            per_rate[f"{rate:g}"]["stack_secure"] = result
+    with contextlib.ExitStack() as running_stack:
+        with patched_environ(sec.server_env()):  # the children and the start's health checks read it
+            running = running_stack.enter_context(stack(config, Console(stderr=True, quiet=True)))
+        seed_redis(running.redis_url, artifacts, users)  # the same users and recent items as the plain one
+        yield running.gateway, sec
+
+
+def secure_rounds(per_rate: dict, targets: Sequence[tuple[str, str, Secure | None]],
+                  users: Sequence[str], duration: float) -> list[dict]:  # fmt: skip
+    """p50 of the plain and the secure stack at SECURE_RATE: the round of the rate sweep, then
+    ``SECURE_ROUNDS - 1`` more alternations (the overhead goal is small against the machine's noise)."""
+    entry = per_rate.get(f"{SECURE_RATE:g}")
+    if entry is None:
+        return []
+    address = {t: (a, s) for t, a, s in targets}
+    rounds = [{t: entry[t]["p50_ms"] for t in ("stack", "stack_secure")}]
+    for _ in range(SECURE_ROUNDS - 1):
+        one = {}
+        for target in ("stack", "stack_secure"):
+            addr, sec = address[target]
+            one[target] = asyncio.run(open_loop(addr, users, SECURE_RATE, duration, secure=sec))["p50_ms"]
+        log.info("secure round at %g RPS: %s", SECURE_RATE, one)
+        rounds.append(one)
+    return rounds
+
+
+def median_overhead_pct(rounds: Sequence[dict]) -> float | None:
+    """Median over ``rounds`` of secure p50 / plain p50 - 1, in percent (None without a pair)."""
+    pairs = [(r.get("stack"), r.get("stack_secure")) for r in rounds]
+    pct = [100.0 * (secure / plain - 1.0) for plain, secure in pairs if plain and secure]
+    return round(float(np.median(pct)), 1) if pct else None
 
 
 def run(

@@ -40,12 +40,16 @@ class ServiceSettings(BaseSettings):
     max_connection_age_s: float = Field(300.0, ge=0, validation_alias=env("RECSTACK_MAX_CONNECTION_AGE_S"))
 
 
+RELOAD_S = 10.0  # default RECSTACK_RELOAD_S of every service that serves a bundle
+
+
 class ModelServiceSettings(ServiceSettings):
     """Settings of a service that serves models from a bundle (retrieval, ranking, rerank)."""
 
     artifacts: str = Field("artifacts", validation_alias=env("RECSTACK_ARTIFACTS"))
-    # Seconds between checks of artifacts/CURRENT for a new bundle; 0 disables hot reload.
-    reload_s: float = Field(30.0, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))
+    # Seconds between checks of artifacts/CURRENT for a new bundle (a stat of one small file); 0
+    # disables hot reload. Every stage serves a promoted bundle within this plus its load time.
+    reload_s: float = Field(RELOAD_S, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))
 
 
 S = TypeVar("S", bound=ServiceSettings)

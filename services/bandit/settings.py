@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from recstack.rpc.settings import ServiceSettings, env
+from recstack.rpc.settings import RELOAD_S, ServiceSettings, env
 
 
 class BanditSettings(ServiceSettings):
@@ -48,4 +48,4 @@ class BanditSettings(ServiceSettings):
     hybrid_shared_dim: int = Field(0, ge=0, validation_alias=env("RECSTACK_HYBRID_SHARED_DIM"))
     reward_window_s: float = Field(1800.0, ge=0, validation_alias=env("RECSTACK_REWARD_WINDOW_S"))
     record_contexts: bool = Field(True, validation_alias=env("RECSTACK_RECORD_CONTEXTS"))
-    reload_s: float = Field(30.0, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))
+    reload_s: float = Field(RELOAD_S, ge=0, validation_alias=env("RECSTACK_RELOAD_S"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recstack.bench.serve import _diff, make_secure, patched_environ
+from recstack.bench.serve import _diff, make_secure, median_overhead_pct, patched_environ, secure_rounds
 from recstack.rpc import tls
 from services.gateway import auth
 
@@ -40,3 +40,14 @@ def test_patched_environ_restores(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_overhead_is_secure_minus_plain() -> None:
     assert _diff(65.74, 49.89) == 15.85 and _diff(None, 3.0) is None
+
+
+def test_secure_overhead_at_50_is_the_median_of_the_rounds_relative_p50() -> None:
+    rounds = [{"stack": 10.0, "stack_secure": 11.0}, {"stack": 10.0, "stack_secure": 10.5},
+              {"stack": 8.0, "stack_secure": 12.0}]  # fmt: skip
+    assert median_overhead_pct(rounds) == 10.0  # +10 %, +5 %, +50 %
+    assert median_overhead_pct([{"stack": None, "stack_secure": 3.0}]) is None
+
+
+def test_secure_rounds_need_the_reference_rate() -> None:
+    assert secure_rounds({"25": {}}, [], [], 1.0) == []
