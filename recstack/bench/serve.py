@@ -325,11 +325,11 @@ async def hot_swap_load(address: str, users: Sequence[str], artifacts: Path, rat
 
 
 def reload_interval_s() -> float:
-    """The stages' ``RECSTACK_RELOAD_S`` in this run (the environment the stack inherits, else the
-    default)."""
-    from recstack.rpc.settings import RELOAD_S
+    """The stages' ``RECSTACK_RELOAD_S`` in this run, read as the services read it (the stack
+    inherits this process's environment)."""
+    from recstack.rpc.settings import ModelServiceSettings
 
-    return float(os.environ.get("RECSTACK_RELOAD_S") or RELOAD_S)
+    return ModelServiceSettings().reload_s
 
 
 def run_mode(mode: str, artifacts: Path, rates: Sequence[float], duration: float, users: int,
